@@ -1,1 +1,326 @@
-//! TODO
+//! Configuration: `quietus.toml`, environment overrides, embedded defaults.
+//!
+//! Where the config comes from: `--config PATH`, else `$QUIETUS_CONFIG`, else
+//! `./quietus.toml` if present, else the embedded defaults (SQLite state store and outbox
+//! under `./var/`, policies from `./policies/`). Every key can be overridden from the
+//! environment as `QUIETUS_<SECTION>__<KEY>` (for example `QUIETUS_STORE__URL`). Unknown
+//! keys are errors. Relative paths are relative to the config file's folder (the working
+//! directory for the embedded defaults), so a config works from any directory. Every key
+//! is documented once, in `deploy/quietus.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Code, Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub policies: PoliciesConfig,
+    pub inbox: InboxConfig,
+    pub server: ServerConfig,
+    pub api: ApiConfig,
+    pub deadlines: DeadlinesConfig,
+    /// The folder relative paths are resolved against (not a key: set on load).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file the config came from, if any (not a key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://...`. A secret when it carries a password: prefer
+    /// `QUIETUS_STORE__URL` or `url_file`.
+    pub url: String,
+    /// A file whose first line is the URL (wins over `url`).
+    pub url_file: Option<PathBuf>,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://var/quietus.db".into(),
+            url_file: None,
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Folder of retention files (`*.toml`) and data maps (`systems/*.toml`).
+    pub dir: PathBuf,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        PoliciesConfig {
+            dir: "policies".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Folder watched by `quietus serve` for `*.json` tickets and `*.csv` exit lists.
+    /// Processed files move to `done/` or `rejected/` inside it.
+    pub dir: PathBuf,
+    /// Seconds between two looks at the inbox.
+    pub poll_seconds: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            dir: "var/inbox".into(),
+            poll_seconds: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (tickets, CSV lists).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Files requests that still need identity verification.
+    Submitter,
+    /// HR systems: exit tickets, trusted identity.
+    Hr,
+    /// Reviews and decides.
+    Dpo,
+    /// Reads everything, changes nothing.
+    Auditor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submitter => "submitter",
+            Role::Hr => "hr",
+            Role::Dpo => "dpo",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer tokens, stored as SHA-256 hashes (`quietus token` makes one).
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it ("hr-system"); recorded as the actor of what it does.
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadlinesConfig {
+    /// A holiday calendar file replacing the built-in mainland-China calendar.
+    pub calendar: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store: StoreConfig::default(),
+            policies: PoliciesConfig::default(),
+            inbox: InboxConfig::default(),
+            server: ServerConfig::default(),
+            api: ApiConfig::default(),
+            deadlines: DeadlinesConfig::default(),
+            base_dir: PathBuf::from("."),
+            source: None,
+        }
+    }
+}
+
+impl Config {
+    /// Load the config: explicit path, `$QUIETUS_CONFIG`, `./quietus.toml`, or the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let from_env = std::env::var_os("QUIETUS_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let path = match (explicit, from_env) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(p),
+            (None, None) => Some(PathBuf::from("quietus.toml")).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = &path {
+            if !p.is_file() {
+                return Err(Error::new(
+                    Code::Config,
+                    format!("config file {} does not exist", p.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(p));
+        }
+        figment = figment.merge(
+            Env::prefixed("QUIETUS_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            Error::new(
+                Code::Config,
+                format!("invalid configuration: {}", msgs.join("; ")),
+            )
+        })?;
+        let base = match &path {
+            Some(p) => p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ".".into()),
+            None => PathBuf::from("."),
+        };
+        config.base_dir = std::path::absolute(&base).unwrap_or(base);
+        config.source = path;
+        Ok(config)
+    }
+
+    /// A config for a folder (the demo's): paths relative to `dir`.
+    pub fn for_dir(dir: &Path) -> Config {
+        Config {
+            base_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    /// A path from the config, resolved against the config's folder.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn policies_dir(&self) -> PathBuf {
+        self.path(&self.policies.dir)
+    }
+
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.path(&self.inbox.dir)
+    }
+
+    /// The state store URL, with a relative SQLite path made absolute.
+    pub fn store_url(&self) -> Result<String> {
+        let url = match &self.store.url_file {
+            Some(f) => {
+                let f = self.path(f);
+                let text = std::fs::read_to_string(&f).map_err(|e| {
+                    Error::new(Code::Config, format!("store.url_file {}: {e}", f.display()))
+                })?;
+                text.lines().next().unwrap_or("").trim().to_owned()
+            }
+            None => self.store.url.clone(),
+        };
+        Ok(resolve_sqlite_url(&url, &self.base_dir))
+    }
+}
+
+/// Make the path of a `sqlite:` URL absolute against `base`; other URLs unchanged.
+pub fn resolve_sqlite_url(url: &str, base: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_owned();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path == ":memory:" || Path::new(path).is_absolute() {
+        return url.to_owned();
+    }
+    let abs = base.join(path);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", abs.display()),
+        None => format!("sqlite://{}", abs.display()),
+    }
+}
+
+/// Hide the password of a URL for display.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+    {
+        let user = userinfo.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_resolve_against_the_config_folder() {
+        let base = Path::new("/srv/q");
+        assert_eq!(
+            resolve_sqlite_url("sqlite://var/q.db", base),
+            "sqlite:///srv/q/var/q.db"
+        );
+        assert_eq!(
+            resolve_sqlite_url("sqlite:///abs.db", base),
+            "sqlite:///abs.db"
+        );
+        assert_eq!(
+            resolve_sqlite_url("postgres://h/db", base),
+            "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

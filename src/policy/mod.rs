@@ -1,5 +1,752 @@
-//! Policy files: retention rules and data maps; loading and validation.
+//! Policy files: retention rules and data maps; loading, validation and rule resolution.
+//!
+//! A policy folder holds retention files (`*.toml`) and data maps (`systems/*.toml`);
+//! the format is documented in `docs/policies.md`. Loading validates everything and
+//! reports every problem at once, each with its file and, where there is one, line and
+//! column. Nothing in quietus runs on a policy that did not validate.
 
+pub mod datamap;
 pub mod period;
+pub mod rules;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use datamap::{Driver, Identities, IdentityKind, OnErase, System, Table};
 pub use period::{Jurisdiction, Period, Unit};
+pub use rules::{Action, ClockStart, DeadlinePolicy, FollowUp, Rule, StartRule};
+
+use crate::error::{Code, Error};
+
+/// The fideslang default taxonomy (fideslang 3.1.4, Apache-2.0), one key a line.
+const FIDESLANG: &str = include_str!("fideslang-categories.txt");
+
+/// The example policies shipped with quietus (the demo installs them).
+pub const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "retention.toml",
+        include_str!("../../policies/retention.toml"),
+    ),
+    (
+        "systems/crm.toml",
+        include_str!("../../policies/systems/crm.toml"),
+    ),
+];
+
+/// The kind of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Erasure,
+    Exit,
+    Access,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 3] =
+        [RequestKind::Erasure, RequestKind::Exit, RequestKind::Access];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Erasure => "erasure",
+            RequestKind::Exit => "exit",
+            RequestKind::Access => "access",
+        }
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RequestKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown request kind {s:?} (expected erasure, exit or access)"))
+    }
+}
+
+/// One problem found in a policy folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem of a policy folder.
+#[derive(Debug, Clone)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Problems> for Error {
+    #[track_caller]
+    fn from(p: Problems) -> Self {
+        let n = p.0.len();
+        Error::new(
+            Code::Policy,
+            format!(
+                "invalid policy ({n} problem{}):\n{p}",
+                if n == 1 { "" } else { "s" }
+            ),
+        )
+    }
+}
+
+/// A validated policy folder.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    pub deadlines: DeadlinePolicy,
+    /// Declared (non-fideslang) categories: key -> description.
+    pub declared: BTreeMap<String, String>,
+    pub rules: Vec<Rule>,
+    pub systems: Vec<System>,
+    /// SHA-256 over the files' names and contents, hex.
+    pub digest: String,
+    /// The files read, relative to the folder.
+    pub files: Vec<String>,
+}
+
+/// A policy source file: its name relative to the folder, and its text.
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl Policies {
+    /// Read and validate a policy folder.
+    pub fn load(dir: &Path) -> Result<Policies, Problems> {
+        let files = read_dir(dir)?;
+        Policies::from_files(files)
+    }
+
+    /// The example policies shipped with quietus.
+    pub fn examples() -> Result<Policies, Problems> {
+        Policies::from_files(
+            EXAMPLES
+                .iter()
+                .map(|(n, t)| SourceFile {
+                    name: (*n).to_owned(),
+                    text: (*t).to_owned(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Parse and validate a set of files (names relative to the folder; data maps under
+    /// `systems/`).
+    pub fn from_files(mut files: Vec<SourceFile>) -> Result<Policies, Problems> {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut problems = Vec::new();
+        let mut deadlines: Option<(DeadlinePolicy, String)> = None;
+        let mut declared: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let mut rules: Vec<(Rule, String)> = Vec::new();
+        let mut systems: Vec<(System, String)> = Vec::new();
+
+        let mut digest = Sha256::new();
+        for f in &files {
+            digest.update((f.name.len() as u64).to_be_bytes());
+            digest.update(f.name.as_bytes());
+            digest.update((f.text.len() as u64).to_be_bytes());
+            digest.update(f.text.as_bytes());
+            if f.name.starts_with("systems/") {
+                match toml::from_str::<System>(&f.text) {
+                    Ok(s) => systems.push((s, f.name.clone())),
+                    Err(e) => problems.push(toml_problem(&f.name, &f.text, &e)),
+                }
+            } else {
+                match toml::from_str::<rules::RetentionFile>(&f.text) {
+                    Ok(r) => {
+                        if let Some(d) = r.deadlines {
+                            if let Some((_, first)) = &deadlines {
+                                problems.push(at(&f.name, &f.text, "[deadlines]", format!(
+                                    "[deadlines] is declared again (first in {first}); declare it once"
+                                )));
+                            } else {
+                                deadlines = Some((d, f.name.clone()));
+                            }
+                        }
+                        for c in r.categories {
+                            let needle = format!("\"{}\"", c.key);
+                            if let Some((_, first)) = declared.get(&c.key) {
+                                problems.push(at(
+                                    &f.name,
+                                    &f.text,
+                                    &needle,
+                                    format!(
+                                        "category {} is declared twice (also in {first})",
+                                        c.key
+                                    ),
+                                ));
+                            } else {
+                                declared.insert(c.key.clone(), (c.description, f.name.clone()));
+                            }
+                        }
+                        rules.extend(r.rules.into_iter().map(|r| (r, f.name.clone())));
+                    }
+                    Err(e) => problems.push(toml_problem(&f.name, &f.text, &e)),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let text_of = |name: &str| -> String {
+            files
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.text.clone())
+                .unwrap_or_default()
+        };
+
+        let Some((deadlines, _)) = deadlines else {
+            return Err(Problems(vec![Problem {
+                file: files
+                    .first()
+                    .map(|f| f.name.clone())
+                    .unwrap_or_else(|| "(policy folder)".into()),
+                line: None,
+                column: None,
+                message: if files.is_empty() {
+                    "no policy files found (expected *.toml and systems/*.toml)".into()
+                } else {
+                    "no [deadlines] table in any retention file".into()
+                },
+            }]));
+        };
+        let known: BTreeSet<&str> = FIDESLANG
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .chain(declared.keys().map(String::as_str))
+            .collect();
+
+        // Declared categories must not shadow fideslang keys and must be well-formed.
+        for (key, (_, file)) in &declared {
+            if !is_category_key(key) {
+                problems.push(at(
+                    file,
+                    &text_of(file),
+                    &format!("\"{key}\""),
+                    format!(
+                        "category key {key:?} is not a dotted lower-case key like business.owner"
+                    ),
+                ));
+            }
+        }
+
+        validate_rules(&rules, &known, &text_of, &mut problems);
+        validate_systems(&systems, &known, &text_of, &mut problems);
+
+        let policies = Policies {
+            deadlines,
+            declared: declared.into_iter().map(|(k, (d, _))| (k, d)).collect(),
+            rules: rules.into_iter().map(|(r, _)| r).collect(),
+            systems: systems.iter().map(|(s, _)| s.clone()).collect(),
+            digest: hex::encode(digest.finalize()),
+            files: files.iter().map(|f| f.name.clone()).collect(),
+        };
+        if problems.is_empty() {
+            // Coverage: every mapped category needs a rule for every kind that reaches it.
+            for (sys, file) in &systems {
+                coverage(&policies, sys, file, &text_of(file), &mut problems);
+            }
+        }
+        if problems.is_empty() {
+            Ok(policies)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// The rule that governs `category` for a request: the most specific wins; between
+    /// equally specific rules, the one that keeps data longer.
+    pub fn resolve(&self, category: &str, kind: RequestKind, j: Jurisdiction) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|r| r.applies_to(kind, j))
+            .filter_map(|r| r.specificity(category).map(|s| (s, r)))
+            .max_by(|(sa, a), (sb, b)| {
+                sa.cmp(sb)
+                    .then(a.keep_rank().cmp(&b.keep_rank()))
+                    // deterministic between identical ranks: the first id in order wins
+                    .then(b.id.cmp(&a.id))
+            })
+            .map(|(_, r)| r)
+    }
+
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    pub fn system(&self, name: &str) -> Option<&System> {
+        self.systems.iter().find(|s| s.name == name)
+    }
+
+    /// Whether an exit needs a successor: some rule hands records over.
+    pub fn handover_required(&self) -> bool {
+        self.systems
+            .iter()
+            .flat_map(|s| &s.tables)
+            .any(|t| t.owner.is_some())
+            && self.rules.iter().any(|r| r.action == Action::Reassign)
+    }
+}
+
+fn is_category_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.split('.').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Problems> {
+    let problem = |file: &Path, message: String| {
+        Problems(vec![Problem {
+            file: file.display().to_string(),
+            line: None,
+            column: None,
+            message,
+        }])
+    };
+    let mut out = Vec::new();
+    for (sub, prefix) in [(dir.to_path_buf(), ""), (dir.join("systems"), "systems/")] {
+        let entries = match std::fs::read_dir(&sub) {
+            Ok(e) => e,
+            Err(e) if prefix.is_empty() => {
+                return Err(problem(dir, format!("cannot read the policy folder: {e}")));
+            }
+            Err(_) => continue, // no systems/ folder: no data maps
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| problem(&p, format!("cannot read: {e}")))?;
+            let file_name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(SourceFile {
+                name: format!("{prefix}{file_name}"),
+                text,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Line and column (1-based) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
+    (line, col)
+}
+
+fn toml_problem(file: &str, text: &str, e: &toml::de::Error) -> Problem {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let (l, c) = line_col(text, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        message: e.message().trim().to_owned(),
+    }
+}
+
+/// A problem located at the first occurrence of `needle` in the file (if any).
+fn at(file: &str, text: &str, needle: &str, message: String) -> Problem {
+    let (line, column) = match text.find(needle) {
+        Some(off) => {
+            let (l, c) = line_col(text, off);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+fn validate_rules(
+    rules: &[(Rule, String)],
+    known: &BTreeSet<&str>,
+    text_of: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) {
+    let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
+    for (r, file) in rules {
+        let text = &text_of(file);
+        let id_needle = format!("\"{}\"", r.id);
+        let here = |msg: String| at(file, text, &id_needle, msg);
+        let id_ok = !r.id.is_empty()
+            && r.id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !id_ok {
+            problems.push(here(format!(
+                "rule id {:?} must be lower-case letters, digits, - or _",
+                r.id
+            )));
+        }
+        if let Some(first) = ids.insert(&r.id, file) {
+            problems.push(here(format!(
+                "rule id {} is used twice (also in {first})",
+                r.id
+            )));
+        }
+        if r.categories.is_empty() {
+            problems.push(here(format!("rule {} covers no categories", r.id)));
+        }
+        for c in &r.categories {
+            if !known.contains(c.as_str()) {
+                problems.push(at(file, text, &format!("\"{c}\""), format!(
+                    "rule {}: unknown category {c:?} (not in the fideslang taxonomy and not declared with [[category]])",
+                    r.id
+                )));
+            }
+        }
+        if r.kinds.as_ref().is_some_and(|k| k.is_empty())
+            || r.jurisdictions.as_ref().is_some_and(|j| j.is_empty())
+        {
+            problems.push(here(format!(
+                "rule {}: kinds and jurisdictions, when given, must not be empty",
+                r.id
+            )));
+        }
+        let retain = r.action == Action::Retain;
+        match (retain, r.period.is_some(), r.from.is_some(), r.then.is_some()) {
+            (true, true, true, true) | (false, false, false, false) => {}
+            (true, ..) => problems.push(here(format!(
+                "rule {}: action retain needs `for` (a period), `from` (a start rule) and `then` (erase or anonymize)",
+                r.id
+            ))),
+            (false, ..) => problems.push(here(format!(
+                "rule {}: `for`, `from` and `then` only go with action retain (this rule's action is {})",
+                r.id, r.action
+            ))),
+        }
+        if r.period.is_some_and(|p| p.unit == Unit::WorkingDays) {
+            problems.push(here(format!(
+                "rule {}: retention periods are in days, weeks, months or years, not working days",
+                r.id
+            )));
+        }
+        if r.action == Action::Export {
+            problems.push(here(format!(
+                "rule {}: action export is implied by access requests and cannot be a retention rule",
+                r.id
+            )));
+        }
+    }
+}
+
+fn validate_systems(
+    systems: &[(System, String)],
+    known: &BTreeSet<&str>,
+    text_of: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) {
+    use datamap::{is_identifier, split_target};
+    let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+    for (sys, file) in systems {
+        let text = &text_of(file);
+        let p = |needle: &str, msg: String| at(file, text, needle, msg);
+        if !is_identifier(&sys.name) {
+            problems.push(p(
+                "name",
+                format!("system name {:?} must be a plain identifier", sys.name),
+            ));
+        }
+        if let Some(first) = names.insert(&sys.name, file) {
+            problems.push(p(
+                "name",
+                format!("system {} is defined twice (also in {first})", sys.name),
+            ));
+        }
+        match (sys.driver, &sys.url, &sys.owner_email) {
+            (Driver::Manual, _, None) => problems.push(p(
+                "driver",
+                format!(
+                    "system {}: a manual system needs owner_email (who confirms its tasks)",
+                    sys.name
+                ),
+            )),
+            (Driver::Manual, _, Some(_)) => {}
+            (_, None, _) => {
+                problems.push(p("driver", format!("system {}: url is missing", sys.name)))
+            }
+            _ => {}
+        }
+        let mut tables: BTreeSet<&str> = BTreeSet::new();
+        for t in &sys.tables {
+            let tn = format!("\"{}\"", t.name);
+            let where_ = format!("{}.{}", sys.name, t.name);
+            if !tables.insert(&t.name) {
+                problems.push(p(&tn, format!("table {where_} is mapped twice")));
+            }
+            for col in t.known_columns().into_iter().chain([t.name.as_str()]) {
+                if !is_identifier(col) {
+                    problems.push(p(&format!("{col}"), format!(
+                        "{where_}: {col:?} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63 characters)"
+                    )));
+                }
+            }
+            for (col, cat) in &t.columns {
+                if !known.contains(cat.as_str()) {
+                    problems.push(p(&format!("\"{cat}\""), format!(
+                        "{where_}.{col}: unknown category {cat:?} (not in the fideslang taxonomy and not declared with [[category]])"
+                    )));
+                }
+            }
+            for cat in t
+                .account
+                .iter()
+                .map(|a| &a.category)
+                .chain(t.owner.iter().map(|o| &o.category))
+            {
+                if !known.contains(cat.as_str()) {
+                    problems.push(p(
+                        &format!("\"{cat}\""),
+                        format!("{where_}: unknown category {cat:?}"),
+                    ));
+                }
+            }
+            for col in t.anonymize.keys() {
+                if !t.columns.contains_key(col) {
+                    problems.push(p(&format!("{col} ="), format!(
+                        "{where_}: anonymize names column {col}, which is not a mapped column (columns = {{...}})"
+                    )));
+                }
+            }
+            if t.on_erase == OnErase::Anonymize && t.columns.contains_key(&t.key) {
+                problems.push(p(
+                    &tn,
+                    format!("{where_}: the key column cannot be anonymised"),
+                ));
+            }
+            if t.account.as_ref().is_some_and(|a| a.set.is_empty()) {
+                problems.push(p(
+                    "account",
+                    format!("{where_}: account.set must name at least one column"),
+                ));
+            }
+            if t.identity.is_empty() && t.references.is_empty() && t.owner.is_none() {
+                problems.push(p(&tn, format!(
+                    "{where_}: no identity columns, references or owner: no row of it can ever be found"
+                )));
+            }
+        }
+        // References and owners must point at a mapped table's key or identity column.
+        for t in &sys.tables {
+            let where_ = format!("{}.{}", sys.name, t.name);
+            let targets = t
+                .references
+                .iter()
+                .map(|r| ("reference", &r.to))
+                .chain(t.owner.iter().map(|o| ("owner", &o.references)));
+            for (what, target) in targets {
+                let needle = format!("\"{target}\"");
+                match split_target(target) {
+                    None => problems.push(p(&needle, format!(
+                        "{where_}: {what} target {target:?} must be written table.column"
+                    ))),
+                    Some((tt, tc)) => match sys.table(tt) {
+                        None => problems.push(p(&needle, format!(
+                            "{where_}: {what} to {target}: table {tt} is not in the data map of {}", sys.name
+                        ))),
+                        Some(other) if !other.is_referenceable(tc) => problems.push(p(&needle, format!(
+                            "{where_}: {what} to {target}: {tc} is neither the key nor an identity column of {tt}"
+                        ))),
+                        Some(_) => {}
+                    },
+                }
+            }
+        }
+        if let Some(cycle) = reference_cycle(sys) {
+            problems.push(p(
+                "references",
+                format!(
+                    "system {}: references form a cycle: {}",
+                    sys.name,
+                    cycle.join(" -> ")
+                ),
+            ));
+        }
+    }
+}
+
+/// A cycle in a system's reference graph (child -> parent), if any.
+fn reference_cycle(sys: &System) -> Option<Vec<String>> {
+    fn visit<'a>(
+        sys: &'a System,
+        t: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| *p == t) {
+            let mut cycle: Vec<String> = path[i..].iter().map(|s| (*s).to_owned()).collect();
+            cycle.push(t.to_owned());
+            return Some(cycle);
+        }
+        if !done.insert(t) {
+            return None;
+        }
+        path.push(t);
+        if let Some(table) = sys.table(t) {
+            for r in &table.references {
+                if let Some((parent, _)) = datamap::split_target(&r.to)
+                    && let Some(c) = visit(sys, parent, path, done)
+                {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    for t in &sys.tables {
+        let mut path = Vec::new();
+        if let Some(c) = visit(sys, &t.name, &mut path, &mut done) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn coverage(
+    policies: &Policies,
+    sys: &System,
+    file: &str,
+    text: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let js = [Jurisdiction::Gdpr, Jurisdiction::Pipl];
+    for t in &sys.tables {
+        let where_ = format!("{}.{}", sys.name, t.name);
+        for (col, cat) in &t.columns {
+            for kind in [RequestKind::Exit, RequestKind::Erasure] {
+                let missing: Vec<&str> = js
+                    .iter()
+                    .filter(|j| policies.resolve(cat, kind, **j).is_none())
+                    .map(|j| j.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    problems.push(at(file, text, &format!("\"{cat}\""), format!(
+                        "{where_}.{col}: category {cat} is not covered by any rule for {kind} requests under {} \
+                         (nothing is erased or kept by default: add a rule)",
+                        missing.join(" and ")
+                    )));
+                    continue;
+                }
+                for j in js {
+                    if let Some(r) = policies.resolve(cat, kind, j)
+                        && matches!(r.action, Action::Reassign | Action::Disable)
+                    {
+                        problems.push(at(file, text, &format!("\"{cat}\""), format!(
+                            "{where_}.{col}: rule {} ({}) resolves for a data column; {} applies only to owner and account mappings",
+                            r.id, r.action, r.action
+                        )));
+                    }
+                }
+            }
+        }
+        let special = [
+            (
+                t.account.as_ref().map(|a| &a.category),
+                Action::Disable,
+                "account",
+            ),
+            (
+                t.owner.as_ref().map(|o| &o.category),
+                Action::Reassign,
+                "owner",
+            ),
+        ];
+        for (cat, want, what) in special {
+            let Some(cat) = cat else { continue };
+            for j in js {
+                match policies.resolve(cat, RequestKind::Exit, j) {
+                    Some(r) if r.action == want => {}
+                    Some(r) => problems.push(at(file, text, what, format!(
+                        "{where_}: the {what} category {cat} resolves to rule {} ({}) for exits under {j}; it must be {want}",
+                        r.id, r.action
+                    ))),
+                    None => problems.push(at(file, text, what, format!(
+                        "{where_}: the {what} category {cat} is not covered by any rule for exit requests under {j} \
+                         (add a rule with action {want})"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn shipped_examples_validate() {
+        let p = Policies::examples().map_err(|e| e.to_string()).unwrap();
+        assert!(p.rules.iter().any(|r| r.id == "labour-contract"));
+        assert_eq!(p.digest.len(), 64);
+    }
+}

@@ -78,7 +78,9 @@ impl FromStr for Period {
             _ => return Err(bad()),
         };
         if count == 0 || count > 100_000 {
-            return Err(format!("invalid period {s:?}: the number must be 1 to 100000"));
+            return Err(format!(
+                "invalid period {s:?}: the number must be 1 to 100000"
+            ));
         }
         Ok(Period { count, unit })
     }
@@ -140,7 +142,9 @@ impl FromStr for Jurisdiction {
         match s {
             "GDPR" | "gdpr" => Ok(Jurisdiction::Gdpr),
             "PIPL" | "pipl" => Ok(Jurisdiction::Pipl),
-            _ => Err(format!("unknown jurisdiction {s:?} (expected GDPR or PIPL)")),
+            _ => Err(format!(
+                "unknown jurisdiction {s:?} (expected GDPR or PIPL)"
+            )),
         }
     }
 }
@@ -172,6 +176,9 @@ mod tests {
         let m1 = Period::new(1, Unit::Months);
         assert_eq!(m1.add_calendar(d("2026-01-31")), Some(d("2026-02-28")));
         assert_eq!(m1.add_calendar(d("2028-01-31")), Some(d("2028-02-29")));
-        assert_eq!(Period::new(2, Unit::Years).add_calendar(d("2028-02-29")), Some(d("2030-02-28")));
+        assert_eq!(
+            Period::new(2, Unit::Years).add_calendar(d("2028-02-29")),
+            Some(d("2030-02-28"))
+        );
     }
 }

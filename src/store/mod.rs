@@ -1,1 +1,445 @@
-//! TODO
+//! The state store: SQLite (default, embedded, WAL) or PostgreSQL, with the same
+//! behaviour. One migrations folder per dialect (`migrations/sqlite`, `migrations/postgres`),
+//! embedded and applied at start. Queries are written once, with `$N` placeholders that
+//! both drivers accept, and run on whichever pool is configured (no `Any` driver).
+//!
+//! The store speaks in plain rows; `lifecycle` gives them meaning.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::error::{Code, Error, Result};
+
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database holds the state.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Run the same code on whichever pool the store has. The body is compiled once per
+/// driver, so queries stay typed without an `Any` driver.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The state store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub pool: Pool,
+}
+
+/// A request as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestRow {
+    pub id: String,
+    pub kind: String,
+    pub external_id: Option<String>,
+    pub ticket_digest: String,
+    pub state: String,
+    pub held_from: Option<String>,
+    pub jurisdiction: String,
+    pub locale: String,
+    pub source: String,
+    pub requested_by: Option<String>,
+    pub exit_date: Option<NaiveDate>,
+    pub received_at: DateTime<Utc>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub clock_start: Option<NaiveDate>,
+    pub due_date: Option<NaiveDate>,
+    pub original_due_date: Option<NaiveDate>,
+    pub extended_at: Option<DateTime<Utc>>,
+    pub extension_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const REQUEST_COLUMNS: &str = "id, kind, external_id, ticket_digest, state, held_from, jurisdiction, locale, \
+     source, requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
+     extended_at, extension_reason, updated_at";
+
+/// An identity of a request's subject (or of an exit's successor).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct IdentityRow {
+    pub role: String,
+    pub kind: String,
+    pub value: String,
+}
+
+/// One state change.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct HistoryRow {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub reason: Option<String>,
+}
+
+/// A request to insert.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: String,
+    pub kind: String,
+    pub external_id: Option<String>,
+    pub ticket_digest: String,
+    pub ticket_body: String,
+    pub state: String,
+    pub jurisdiction: String,
+    pub locale: String,
+    pub source: String,
+    pub requested_by: Option<String>,
+    pub exit_date: Option<NaiveDate>,
+    pub received_at: DateTime<Utc>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub clock_start: Option<NaiveDate>,
+    pub due_date: Option<NaiveDate>,
+    pub verify_token_sha256: Option<String>,
+    pub identities: Vec<IdentityRow>,
+    pub actor: String,
+}
+
+/// What inserting a ticket did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    Created(String),
+    /// The external id was known, with the same ticket: this is the request.
+    Existing(String),
+}
+
+/// Fields a transition may set alongside the state.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub held_from: Option<Option<String>>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub clock_start: Option<NaiveDate>,
+    pub due_date: Option<NaiveDate>,
+    pub original_due_date: Option<NaiveDate>,
+    pub extended_at: Option<DateTime<Utc>>,
+    pub extension_reason: Option<String>,
+}
+
+/// A filter for listing requests.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Vec<String>,
+    pub limit: Option<i64>,
+}
+
+/// A saved plan.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PlanRow {
+    pub created_at: DateTime<Utc>,
+    pub policy_digest: String,
+    pub body: String,
+}
+
+const ID_ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// A new request id: 16 characters of Crockford base32 (80 random bits), so a short
+/// prefix is enough to name a request on the command line.
+pub fn new_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| char::from(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())]))
+        .collect()
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// Connect and apply the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| Error::new(Code::Config, format!("store.url: {e}")))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            if let Some(parent) = opts.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::new(Code::Io, format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .connect_with(opts)
+                .await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+            Store {
+                pool: Pool::Sqlite(pool),
+            }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        Code::Store,
+                        format!("cannot connect to the PostgreSQL state store: {e}"),
+                    )
+                })?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Store {
+                pool: Pool::Postgres(pool),
+            }
+        } else {
+            return Err(Error::new(
+                Code::Config,
+                "store.url must start with sqlite: or postgres: (MySQL is supported as a target, not as the state store)",
+            ));
+        };
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+
+    /// Insert a request with its ticket, identities and first history entry, in one
+    /// transaction. The same external id with the same ticket is the same request; with a
+    /// different ticket it is a conflict.
+    pub async fn insert_request(&self, r: &NewRequest) -> Result<Inserted> {
+        if let Some(ext) = &r.external_id
+            && let Some(found) = self.find_external(ext, &r.kind, &r.ticket_digest).await?
+        {
+            return Ok(found);
+        }
+        let result: std::result::Result<(), sqlx::Error> = on_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO requests (id, kind, external_id, ticket_digest, state, jurisdiction, locale, source, \
+                     requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
+                     verify_token_sha256, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11)",
+                )
+                .bind(&r.id).bind(&r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(&r.state)
+                .bind(&r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
+                .bind(r.received_at).bind(r.verified_at).bind(r.clock_start).bind(r.due_date)
+                .bind(&r.verify_token_sha256)
+                .execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO tickets (request_id, body, received_at) VALUES ($1, $2, $3)")
+                    .bind(&r.id).bind(&r.ticket_body).bind(r.received_at)
+                    .execute(&mut *tx).await?;
+                for i in &r.identities {
+                    sqlx::query("INSERT INTO identities (request_id, role, kind, value) VALUES ($1, $2, $3, $4)")
+                        .bind(&r.id).bind(&i.role).bind(&i.kind).bind(&i.value)
+                        .execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, NULL, $4, 'received')")
+                    .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(&r.state)
+                    .execute(&mut *tx).await?;
+                tx.commit().await
+            }.await
+        });
+        match result {
+            Ok(()) => Ok(Inserted::Created(r.id.clone())),
+            // Another door inserted the same external id at the same moment.
+            Err(e) if is_unique_violation(&e) && r.external_id.is_some() => {
+                let ext = r.external_id.as_deref().unwrap_or_default();
+                self.find_external(ext, &r.kind, &r.ticket_digest)
+                    .await?
+                    .ok_or_else(|| Error::from(e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_external(&self, ext: &str, kind: &str, digest: &str) -> Result<Option<Inserted>> {
+        let row: Option<(String, String, String)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, kind, ticket_digest FROM requests WHERE external_id = $1")
+                .bind(ext).fetch_optional(pool).await?
+        });
+        match row {
+            None => Ok(None),
+            Some((id, k, d)) if k == kind && d == digest => Ok(Some(Inserted::Existing(id))),
+            Some((id, ..)) => Err(Error::new(
+                Code::Conflict,
+                format!(
+                    "external_id {ext:?} already names request {id}, with a different ticket; \
+                         send the same ticket again or use a new external_id"
+                ),
+            )),
+        }
+    }
+
+    /// A request by id or by a unique prefix of its id.
+    pub async fn request(&self, id_or_prefix: &str) -> Result<RequestRow> {
+        let needle = id_or_prefix.trim().to_ascii_lowercase();
+        if needle.is_empty() || !needle.bytes().all(|b| ID_ALPHABET.contains(&b)) {
+            return Err(Error::new(
+                Code::NotFound,
+                format!("no request {id_or_prefix:?} (ids are 16 letters and digits)"),
+            ));
+        }
+        let sql =
+            format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id LIKE $1 ORDER BY id LIMIT 2");
+        let rows: Vec<RequestRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(format!("{needle}%")).fetch_all(pool).await?
+        });
+        match rows.len() {
+            0 => Err(Error::new(Code::NotFound, format!("no request {needle}"))),
+            1 => Ok(rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::new(Code::Internal, "row vanished"))?),
+            _ => Err(Error::new(
+                Code::Ambiguous,
+                format!("{needle} is the start of more than one request id; give more of it"),
+            )),
+        }
+    }
+
+    pub async fn list_requests(&self, filter: &ListFilter) -> Result<Vec<RequestRow>> {
+        let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM requests");
+        if !filter.states.is_empty() {
+            let marks: Vec<String> = (1..=filter.states.len()).map(|i| format!("${i}")).collect();
+            sql.push_str(&format!(" WHERE state IN ({})", marks.join(", ")));
+        }
+        sql.push_str(" ORDER BY received_at, id");
+        if let Some(l) = filter.limit {
+            sql.push_str(&format!(" LIMIT {}", l.max(0)));
+        }
+        let rows: Vec<RequestRow> = on_pool!(self, pool => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+            for s in &filter.states {
+                q = q.bind(s);
+            }
+            q.fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    pub async fn identities(&self, request_id: &str) -> Result<Vec<IdentityRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT role, kind, value FROM identities WHERE request_id = $1 ORDER BY id")
+                .bind(request_id).fetch_all(pool).await?
+        }))
+    }
+
+    pub async fn ticket(&self, request_id: &str) -> Result<String> {
+        let row: (String,) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT body FROM tickets WHERE request_id = $1").bind(request_id).fetch_one(pool).await?
+        });
+        Ok(row.0)
+    }
+
+    pub async fn history(&self, request_id: &str) -> Result<Vec<HistoryRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT at, actor, from_state, to_state, reason FROM history WHERE request_id = $1 ORDER BY id")
+                .bind(request_id).fetch_all(pool).await?
+        }))
+    }
+
+    /// Move a request from `from` to `to`, recording who and why, if and only if it is
+    /// still in `from` (a concurrent change makes this fail rather than overwrite it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        actor: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+        c: &Changes,
+    ) -> Result<()> {
+        let changed: u64 = on_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                let n = sqlx::query(
+                    "UPDATE requests SET state = $3, updated_at = $4, \
+                     held_from = CASE WHEN $5 THEN $6 ELSE held_from END, \
+                     verified_at = COALESCE($7, verified_at), \
+                     clock_start = COALESCE($8, clock_start), \
+                     due_date = COALESCE($9, due_date), \
+                     original_due_date = COALESCE($10, original_due_date), \
+                     extended_at = COALESCE($11, extended_at), \
+                     extension_reason = COALESCE($12, extension_reason) \
+                     WHERE id = $1 AND state = $2",
+                )
+                .bind(id).bind(from).bind(to).bind(now)
+                .bind(c.held_from.is_some()).bind(c.held_from.clone().flatten())
+                .bind(c.verified_at).bind(c.clock_start).bind(c.due_date).bind(c.original_due_date)
+                .bind(c.extended_at).bind(&c.extension_reason)
+                .execute(&mut *tx).await?
+                .rows_affected();
+                if n == 1 {
+                    sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(id).bind(now).bind(actor).bind(from).bind(to).bind(reason)
+                        .execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok::<u64, sqlx::Error>(n)
+            }.await?
+        });
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Code::IllegalTransition,
+                format!("request {id} is no longer {from}: it changed meanwhile; look again"),
+            ))
+        }
+    }
+
+    /// The request whose verification token has this SHA-256, if it is still unverified.
+    pub async fn request_by_verify_token(&self, sha256: &str) -> Result<Option<RequestRow>> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE verify_token_sha256 = $1");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(sha256).fetch_optional(pool).await?),
+        )
+    }
+
+    pub async fn save_plan(
+        &self,
+        request_id: &str,
+        now: DateTime<Utc>,
+        policy_digest: &str,
+        body: &str,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("INSERT INTO plans (request_id, created_at, policy_digest, body) VALUES ($1, $2, $3, $4)")
+                .bind(request_id).bind(now).bind(policy_digest).bind(body).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn latest_plan(&self, request_id: &str) -> Result<Option<PlanRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT created_at, policy_digest, body FROM plans WHERE request_id = $1 ORDER BY id DESC LIMIT 1")
+                .bind(request_id).fetch_optional(pool).await?
+        }))
+    }
+}

@@ -1,1 +1,315 @@
-//! TODO
+//! Connectors to the systems that hold personal data (PostgreSQL, MySQL/MariaDB, SQLite).
+//!
+//! This part: find how many of a subject's rows each mapped table holds (the
+//! "survey" a plan is made from), without reading the rows themselves.
+
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+use crate::config::resolve_sqlite_url;
+use crate::error::{Code, Error, Result};
+use crate::policy::{Driver, Identities, System};
+pub use sql::{Dialect, Statement};
+
+/// An open connection pool to one target system.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    Mysql(MySqlPool),
+}
+
+/// Expand `${VAR}` and `${VAR:-default}` from the environment.
+pub fn expand_env(s: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| Error::new(Code::Config, "unclosed ${ in a system url"))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(Error::new(
+                    Code::Config,
+                    format!("environment variable {name} is not set (a system url needs it)"),
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Target {
+    /// Open a pool to `sys`. Relative SQLite paths are relative to `base_dir` (the config
+    /// file's folder). A SQLite file that does not exist is an error, never created.
+    pub async fn connect(sys: &System, base_dir: &Path) -> Result<Target> {
+        let name = &sys.name;
+        let raw = sys
+            .url
+            .as_deref()
+            .ok_or_else(|| Error::new(Code::Config, format!("system {name} has no url")))?;
+        let url = expand_env(raw)?;
+        let fail = |e: sqlx::Error| {
+            Error::new(
+                Code::Target,
+                format!("cannot connect to system {name}: {e}"),
+            )
+        };
+        match sys.driver {
+            Driver::Sqlite => {
+                let url = resolve_sqlite_url(&url, base_dir);
+                let opts = SqliteConnectOptions::from_str(&url)
+                    .map_err(|e| Error::new(Code::Config, format!("system {name}: bad url: {e}")))?
+                    .create_if_missing(false)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(30));
+                if !opts.get_filename().exists() {
+                    return Err(Error::new(
+                        Code::Target,
+                        format!(
+                            "system {name}: database file {} does not exist",
+                            opts.get_filename().display()
+                        ),
+                    ));
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await
+                    .map_err(fail)?;
+                Ok(Target::Sqlite(pool))
+            }
+            Driver::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await
+                    .map_err(fail)?;
+                Ok(Target::Postgres(pool))
+            }
+            Driver::Mysql => {
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await
+                    .map_err(fail)?;
+                Ok(Target::Mysql(pool))
+            }
+            Driver::Manual => Err(Error::new(
+                Code::Target,
+                format!("system {name} is manual: it has no connector"),
+            )),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Target::Sqlite(_) => Dialect::Sqlite,
+            Target::Postgres(_) => Dialect::Postgres,
+            Target::Mysql(_) => Dialect::Mysql,
+        }
+    }
+
+    /// Run a statement that returns one row of integers.
+    pub async fn query_counts(&self, st: &Statement) -> Result<Vec<i64>> {
+        macro_rules! run {
+            ($pool:expr, $row:ty) => {{
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(st.sql.clone()));
+                for b in &st.binds {
+                    q = q.bind(b.clone());
+                }
+                let row: $row = q
+                    .fetch_one($pool)
+                    .await
+                    .map_err(|e| Error::new(Code::Target, format!("query failed: {e}")))?;
+                use sqlx::Row;
+                let mut out = Vec::new();
+                for i in 0..row.len() {
+                    // SUM() is a DECIMAL in MySQL; read what the driver gives.
+                    let v: i64 = match row.try_get::<i64, _>(i) {
+                        Ok(v) => v,
+                        Err(_) => row
+                            .try_get::<String, _>(i)
+                            .ok()
+                            .and_then(|s| s.split('.').next().and_then(|n| n.parse().ok()))
+                            .ok_or_else(|| {
+                                Error::new(Code::Target, "a count came back in an unexpected type")
+                            })?,
+                    };
+                    out.push(v);
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Target::Sqlite(p) => run!(p, sqlx::sqlite::SqliteRow),
+            Target::Postgres(p) => run!(p, sqlx::postgres::PgRow),
+            Target::Mysql(p) => run!(p, sqlx::mysql::MySqlRow),
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Target::Sqlite(p) => p.close().await,
+            Target::Postgres(p) => p.close().await,
+            Target::Mysql(p) => p.close().await,
+        }
+    }
+}
+
+/// What a survey found in one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TableCounts {
+    /// Rows that belong to the subject (identity or references).
+    pub subject_rows: u64,
+    /// Rows the subject owns (an exit hands them over).
+    pub owned_rows: u64,
+}
+
+/// The successor of an exit, as found in the table the owner columns point at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SuccessorCheck {
+    pub table: String,
+    pub found: u64,
+    pub disabled: u64,
+}
+
+/// What a survey found in one system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SystemSurvey {
+    pub system: String,
+    /// Why the system could not be surveyed, if it could not.
+    pub error: Option<String>,
+    pub manual: bool,
+    pub tables: BTreeMap<String, TableCounts>,
+    pub successor: Option<SuccessorCheck>,
+}
+
+/// Count a subject's rows (and an exit successor's) in every mapped system.
+pub async fn survey(
+    systems: &[System],
+    base_dir: &Path,
+    subject: &Identities,
+    successor: Option<&Identities>,
+) -> Vec<SystemSurvey> {
+    let mut out = Vec::new();
+    for sys in systems {
+        let mut s = SystemSurvey {
+            system: sys.name.clone(),
+            ..SystemSurvey::default()
+        };
+        if sys.driver == Driver::Manual {
+            s.manual = true;
+            out.push(s);
+            continue;
+        }
+        match survey_one(sys, base_dir, subject, successor).await {
+            Ok((tables, succ)) => {
+                s.tables = tables;
+                s.successor = succ;
+            }
+            Err(e) => s.error = Some(e.message),
+        }
+        out.push(s);
+    }
+    out
+}
+
+async fn survey_one(
+    sys: &System,
+    base_dir: &Path,
+    subject: &Identities,
+    successor: Option<&Identities>,
+) -> Result<(BTreeMap<String, TableCounts>, Option<SuccessorCheck>)> {
+    let target = Target::connect(sys, base_dir).await?;
+    let d = target.dialect();
+    let mut tables = BTreeMap::new();
+    let result = async {
+        for t in &sys.tables {
+            let mut c = TableCounts::default();
+            if let Some(st) = sql::count_subject_rows(d, sys, t, subject)? {
+                c.subject_rows = first(
+                    &target
+                        .query_counts(&st)
+                        .await
+                        .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
+                );
+            }
+            if let Some(st) = sql::count_owned_rows(d, sys, t, subject)? {
+                c.owned_rows = first(
+                    &target
+                        .query_counts(&st)
+                        .await
+                        .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
+                );
+            }
+            tables.insert(t.name.clone(), c);
+        }
+        let mut succ = None;
+        if let Some(ids) = successor {
+            // The successor is looked up where the owner columns point.
+            let owner_table = sys
+                .tables
+                .iter()
+                .filter_map(|t| t.owner.as_ref())
+                .filter_map(|o| crate::policy::datamap::split_target(&o.references).map(|(t, _)| t))
+                .next();
+            if let Some(tn) = owner_table
+                && let Some(t) = sys.table(tn)
+                && let Some(st) = sql::count_identity_rows(d, t, ids)?
+            {
+                let counts = target.query_counts(&st).await?;
+                succ = Some(SuccessorCheck {
+                    table: tn.to_owned(),
+                    found: counts.first().copied().unwrap_or(0).max(0) as u64,
+                    disabled: counts.get(1).copied().unwrap_or(0).max(0) as u64,
+                });
+            }
+        }
+        Ok::<_, Error>(succ)
+    }
+    .await;
+    target.close().await;
+    Ok((tables, result?))
+}
+
+fn first(v: &[i64]) -> u64 {
+    v.first().copied().unwrap_or(0).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion() {
+        assert_eq!(
+            expand_env("${QUIETUS_SURELY_UNSET_VAR:-sqlite://crm.db}").unwrap(),
+            "sqlite://crm.db"
+        );
+        assert!(expand_env("${QUIETUS_SURELY_UNSET_VAR}").is_err());
+        assert_eq!(expand_env("plain").unwrap(), "plain");
+    }
+}

@@ -1,0 +1,5 @@
+DROP TABLE plans;
+DROP TABLE history;
+DROP TABLE identities;
+DROP TABLE tickets;
+DROP TABLE requests;

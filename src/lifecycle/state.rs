@@ -1,0 +1,167 @@
+//! Request states and the transitions between them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a request is in its life (DESIGN.md section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Self-service request waiting for the subject to confirm their identity.
+    Unverified,
+    /// Waiting for a DPO.
+    PendingReview,
+    Approved,
+    Scheduled,
+    Running,
+    Completed,
+    /// Refused, with reasons sent.
+    Rejected,
+    /// Legal hold: nothing destructive happens.
+    OnHold,
+    Cancelled,
+    /// A task failed; retrying.
+    Failed,
+    /// The retry budget ran out; a person must look.
+    NeedsAttention,
+}
+
+impl State {
+    pub const ALL: [State; 11] = [
+        State::Unverified,
+        State::PendingReview,
+        State::Approved,
+        State::Scheduled,
+        State::Running,
+        State::Completed,
+        State::Rejected,
+        State::OnHold,
+        State::Cancelled,
+        State::Failed,
+        State::NeedsAttention,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Unverified => "unverified",
+            State::PendingReview => "pending_review",
+            State::Approved => "approved",
+            State::Scheduled => "scheduled",
+            State::Running => "running",
+            State::Completed => "completed",
+            State::Rejected => "rejected",
+            State::OnHold => "on_hold",
+            State::Cancelled => "cancelled",
+            State::Failed => "failed",
+            State::NeedsAttention => "needs_attention",
+        }
+    }
+
+    /// No further transitions.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Completed | State::Rejected | State::Cancelled)
+    }
+
+    /// Whether the response deadline still runs (the request is not answered yet).
+    pub fn deadline_runs(self) -> bool {
+        !self.is_terminal()
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        State::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
+            let all: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown state {s:?} (one of {})", all.join(", "))
+        })
+    }
+}
+
+/// A decision a person (or a system) takes on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Verify,
+    Approve,
+    Reject,
+    Hold,
+    Release,
+    Cancel,
+    Extend,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Verify => "verify",
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+            Decision::Hold => "hold",
+            Decision::Release => "release",
+            Decision::Cancel => "cancel",
+            Decision::Extend => "extend",
+        }
+    }
+
+    /// The state a decision leads to from `from`, or `None` when it is not allowed.
+    /// `held_from` is the state a held request returns to on release.
+    pub fn target(self, from: State, held_from: Option<State>) -> Option<State> {
+        use State::*;
+        match (self, from) {
+            (Decision::Verify, Unverified) => Some(PendingReview),
+            (Decision::Approve, PendingReview) => Some(Approved),
+            (Decision::Reject, Unverified | PendingReview | OnHold | NeedsAttention) => Some(Rejected),
+            (Decision::Hold, s) if !s.is_terminal() && s != OnHold && s != Running => Some(OnHold),
+            (Decision::Release, OnHold) => Some(held_from.unwrap_or(PendingReview)),
+            (Decision::Cancel, s) if !s.is_terminal() && s != Running => Some(Cancelled),
+            // An extension changes the deadline, not the state.
+            (Decision::Extend, s) if !s.is_terminal() => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_round_trips() {
+        for s in State::ALL {
+            assert_eq!(s.as_str().parse::<State>().unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn terminal_states_allow_nothing() {
+        for s in [State::Completed, State::Rejected, State::Cancelled] {
+            for d in [
+                Decision::Verify,
+                Decision::Approve,
+                Decision::Reject,
+                Decision::Hold,
+                Decision::Release,
+                Decision::Cancel,
+                Decision::Extend,
+            ] {
+                assert_eq!(d.target(s, None), None, "{} from {s}", d.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn hold_and_release_return_to_where_it_was() {
+        assert_eq!(Decision::Hold.target(State::Approved, None), Some(State::OnHold));
+        assert_eq!(Decision::Release.target(State::OnHold, Some(State::Approved)), Some(State::Approved));
+        assert_eq!(Decision::Approve.target(State::OnHold, None), None);
+        assert_eq!(Decision::Approve.target(State::Rejected, None), None);
+    }
+}
