@@ -17,6 +17,8 @@ pub enum Code {
     Policy,
     /// A ticket is malformed, incomplete or too large.
     Ticket,
+    /// A body or file over its size limit.
+    TooLarge,
     /// The same external id was sent with a different ticket.
     Conflict,
     /// No request (or other object) with that id.
@@ -51,6 +53,7 @@ impl Code {
             Code::Config => "config_invalid",
             Code::Policy => "policy_invalid",
             Code::Ticket => "ticket_invalid",
+            Code::TooLarge => "too_large",
             Code::Conflict => "external_id_conflict",
             Code::NotFound => "not_found",
             Code::Ambiguous => "ambiguous_id",
@@ -72,6 +75,7 @@ impl Code {
         match self {
             Code::Ticket | Code::Usage | Code::Deadline => 400,
             Code::Unauthorized => 401,
+            Code::TooLarge => 413,
             Code::Forbidden => 403,
             Code::NotFound => 404,
             Code::Conflict | Code::IllegalTransition | Code::Ambiguous => 409,

@@ -1,4 +1,246 @@
-//! TODO
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The command line: one function per subcommand, no logic of its own.
+
+mod output;
+mod policy;
+mod requests;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+use crate::lifecycle::{Context, HolidayCalendar};
+use crate::policy::Policies;
+use crate::store::Store;
+
+/// quietus carries out GDPR and PIPL data-subject requests and employee exits, backs up
+/// before it deletes, and proves what it erased.
+#[derive(Debug, Parser)]
+#[command(name = "quietus", version, about, long_about = None)]
+pub struct Cli {
+    /// The config file (default: $QUIETUS_CONFIG, else ./quietus.toml if present, else the
+    /// embedded defaults).
+    #[arg(long, global = true, env = "QUIETUS_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Who is acting, recorded in the request history (default: cli:$USER).
+    #[arg(long, global = true, env = "QUIETUS_ACTOR")]
+    pub actor: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: the HTTP API and the inbox watcher.
+    Serve {
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Set up a demo in DIR (config, example policies, demo CRM) and show it working.
+    Demo {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace DIR if it is not empty.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a ticket (a JSON file, or - for standard input); prints the request id.
+    Submit {
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The requests, overdue first, then by days left.
+    Queue {
+        /// Only requests in this state (pending_review, approved, on_hold, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only overdue requests.
+        #[arg(long)]
+        overdue: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request: ticket, deadline, plan summary, history.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What would happen for a request (a dry run: reads the target systems, changes nothing).
+    Plan {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request whose plan is not blocked.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a request; the reason is sent to the subject.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put a legal hold on a request: nothing destructive happens until it is released.
+    Hold {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a legal hold.
+    Release {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Extend the response deadline once, with a reason sent to the subject.
+    Extend {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        /// How much longer ("2 months", "10 working days"); GDPR allows up to 2 months.
+        #[arg(long, default_value = "2 months")]
+        by: String,
+    },
+    /// Cancel a request.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Make an API token: prints the token once and the line for quietus.toml.
+    Token {
+        /// Who will hold it (recorded as the actor of what it does).
+        #[arg(long)]
+        name: String,
+        /// submitter | hr | dpo | auditor | admin
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy folder (default: the configured one).
+    Check {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parse the command line, run it, and turn errors into messages and exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            eprintln!("  (code: {})", e.code);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("QUIETUS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,quietus=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let actor = cli.actor.clone().unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "operator".into())
+        )
+    });
+    match cli.command {
+        Command::Policy {
+            command: PolicyCommand::Check { dir, json },
+        } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => Config::load(cli.config.as_deref())?.policies_dir(),
+            };
+            policy::check(&dir, json)
+        }
+        Command::Token { name, role } => policy::token(&name, &role),
+        Command::Demo { dir, force, json } => crate::demo::run(&dir, force, json, &actor)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Serve { listen } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let ctx = context(&config).await?;
+            serve::run(config, ctx, listen)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        other => {
+            let config = Config::load(cli.config.as_deref())?;
+            let ctx = context(&config).await?;
+            let r = requests::run(&ctx, other, &actor).await;
+            ctx.store.close().await;
+            r
+        }
+    }
+}
+
+/// Everything a request command needs: validated policies, the calendar, the store.
+pub async fn context(config: &Config) -> Result<Context> {
+    let dir = config.policies_dir();
+    let policies = Policies::load(&dir)
+        .map_err(|p| Error::from(p).context(format!("policy folder {}", dir.display())))?;
+    let calendar = match &config.deadlines.calendar {
+        Some(p) => HolidayCalendar::load(&config.path(p))?,
+        None => HolidayCalendar::builtin()?,
+    };
+    let url = config.store_url()?;
+    let store = Store::connect(&url, config.store.max_connections)
+        .await
+        .map_err(|e| e.context(format!("state store {}", crate::config::redact_url(&url))))?;
+    Ok(Context {
+        store,
+        policies,
+        calendar,
+        base_dir: config.base_dir.clone(),
+    })
+}
+
+pub(crate) fn usage(msg: impl Into<String>) -> Error {
+    Error::new(Code::Usage, msg)
 }

@@ -1,1 +1,223 @@
-//! TODO
+//! `quietus demo --dir DIR`: a guided tour on a fresh folder. It writes a config, the
+//! example policies and the demo CRM (SQLite), submits a realistic exit ticket and an
+//! erasure request, and shows their plans. Nothing outside DIR is touched.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{Days, Utc};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+use crate::intake::{self, Source};
+use crate::policy::EXAMPLES;
+
+/// The demo CRM schema per dialect, and its data (portable INSERTs).
+pub const CRM_SCHEMA_SQLITE: &str = include_str!("crm/schema.sqlite.sql");
+pub const CRM_SCHEMA_POSTGRES: &str = include_str!("crm/schema.postgres.sql");
+pub const CRM_SCHEMA_MYSQL: &str = include_str!("crm/schema.mysql.sql");
+pub const CRM_SEED: &str = include_str!("crm/seed.sql");
+
+/// Marks a folder as made by `quietus demo`, so that `--force` never deletes anything else.
+const MARKER: &str = ".quietus-demo";
+
+/// Create a demo CRM database (SQLite) at `path`.
+pub async fn create_crm_sqlite(path: &Path) -> Result<()> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(CRM_SCHEMA_SQLITE).execute(&mut *tx).await?;
+    sqlx::raw_sql(CRM_SEED).execute(&mut *tx).await?;
+    tx.commit().await?;
+    pool.close().await;
+    Ok(())
+}
+
+fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::new(Code::Io, format!("{}: {e}", dir.display())))?;
+        if entries.next().is_some() {
+            if !force {
+                return Err(Error::new(
+                    Code::Usage,
+                    format!(
+                        "{} is not empty; choose a new folder or add --force to replace it",
+                        dir.display()
+                    ),
+                ));
+            }
+            if !dir.join(MARKER).is_file() {
+                return Err(Error::new(
+                    Code::Usage,
+                    format!(
+                        "{} is not empty and was not made by `quietus demo`; refusing to delete it",
+                        dir.display()
+                    ),
+                ));
+            }
+            std::fs::remove_dir_all(dir).map_err(|e| {
+                Error::new(Code::Io, format!("cannot replace {}: {e}", dir.display()))
+            })?;
+        }
+    }
+    std::fs::create_dir_all(dir.join("policies/systems"))
+        .map_err(|e| Error::new(Code::Io, format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by quietus demo; `quietus demo --force` may replace this folder\n",
+    )?;
+    Ok(())
+}
+
+fn token() -> (String, String) {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let t = format!("qt_{}", hex::encode(bytes));
+    let h = hex::encode(Sha256::digest(t.as_bytes()));
+    (t, h)
+}
+
+/// Run the demo.
+pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result<()> {
+    prepare_dir(dir, force)?;
+    let dir: PathBuf = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for (name, text) in EXAMPLES {
+        std::fs::write(dir.join("policies").join(name), text)?;
+    }
+    let crm = dir.join("crm.db");
+    create_crm_sqlite(&crm).await?;
+
+    let (hr_token, hr_hash) = token();
+    let (dpo_token, dpo_hash) = token();
+    let config_text = format!(
+        "# quietus demo configuration (every key: deploy/quietus.toml)\n\
+         [store]\nurl = \"sqlite://var/quietus.db\"\n\n\
+         [policies]\ndir = \"policies\"\n\n\
+         [inbox]\ndir = \"var/inbox\"\n\n\
+         [server]\nlisten = \"127.0.0.1:8750\"\n\n\
+         # Tokens are stored as SHA-256 hashes; the tokens themselves are in tokens.txt.\n\
+         [[api.tokens]]\nname = \"hr-system\"\nrole = \"hr\"\nsha256 = \"{hr_hash}\"\n\n\
+         [[api.tokens]]\nname = \"dpo\"\nrole = \"dpo\"\nsha256 = \"{dpo_hash}\"\n"
+    );
+    let config_path = dir.join("quietus.toml");
+    std::fs::write(&config_path, config_text)?;
+    write_secret(
+        &dir.join("tokens.txt"),
+        &format!("hr-system {hr_token}\ndpo {dpo_token}\n"),
+    )?;
+
+    let config = Config::load(Some(&config_path))?;
+    let ctx = crate::cli::context(&config).await?;
+    let now = crate::clock::now();
+    let today = ctx.today(now);
+    let exit_date = today.checked_add_days(Days::new(14)).unwrap_or(today);
+
+    let exit_ticket = json!({
+        "kind": "exit",
+        "external_id": "HR-2026-0042",
+        "subject": {"email": "fang.wang@corp.example", "employee_id": "E100"},
+        "exit_date": exit_date.to_string(),
+        "successor": {"employee_id": "E200"},
+        "jurisdiction": "PIPL",
+        "locale": "zh-CN",
+        "requested_by": "HR system (Moka)",
+        "note": "Resigned; last working day agreed with the sales director."
+    });
+    let erasure_ticket = json!({
+        "kind": "erasure",
+        "external_id": "DSR-2026-0107",
+        "subject": {"email": "olivia.chen@example.com"},
+        "jurisdiction": "GDPR",
+        "locale": "en",
+        "requested_by": "privacy web form"
+    });
+    let mut summary = Vec::new();
+    let mut texts = Vec::new();
+    for (ticket, door) in [(&exit_ticket, "hr-system"), (&erasure_ticket, "dpo")] {
+        let body = serde_json::to_string_pretty(ticket)?;
+        let t = intake::parse_ticket(
+            body.as_bytes(),
+            "demo ticket",
+            ctx.policies.handover_required(),
+        )?;
+        let source = Source {
+            door: "cli",
+            actor: format!("{actor} (demo: {door})"),
+            trusted: true,
+        };
+        let sub = intake::submit(&ctx, &t, &body, &source, now).await?;
+        let req = ctx.request(&sub.id).await?;
+        let plan = ctx.plan(&req, now).await;
+        texts.push(plan.render_text());
+        summary.push(json!({
+            "id": req.id, "kind": req.kind, "state": req.state, "jurisdiction": req.jurisdiction,
+            "due_date": req.due_date, "subject": req.subject, "successor": req.successor,
+            "plan": {"blocked": plan.blocked, "entries": plan.entries},
+        }));
+    }
+    ctx.store.close().await;
+
+    if json_out {
+        let v = json!({
+            "config": config_path,
+            "crm": crm,
+            "store": dir.join("var/quietus.db"),
+            "policies": dir.join("policies"),
+            "today": today,
+            "now": now.with_timezone(&Utc),
+            "requests": summary,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let cfg = config_path.display();
+    println!("quietus demo in {}\n", dir.display());
+    println!("  config     {cfg}");
+    println!(
+        "  policies   {}/policies (retention.toml, systems/crm.toml)",
+        dir.display()
+    );
+    println!(
+        "  demo CRM   {} (SQLite: employees, customers, deals, follow-ups, contracts, ...)",
+        crm.display()
+    );
+    println!("  API tokens {}/tokens.txt\n", dir.display());
+    println!(
+        "HR filed an exit ticket: 王芳 Wang Fang (E100) leaves on {exit_date}; 李明 Li Ming (E200) takes over."
+    );
+    println!("A customer asked for erasure under GDPR: Olivia Chen.\n");
+    for t in &texts {
+        println!("{t}");
+    }
+    println!("Try next:");
+    println!("  quietus --config {cfg} queue");
+    println!(
+        "  quietus --config {cfg} show {}",
+        summary
+            .first()
+            .and_then(|s| s["id"].as_str())
+            .unwrap_or("ID")
+    );
+    println!("  quietus --config {cfg} approve ID");
+    println!("  quietus --config {cfg} serve");
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

@@ -23,7 +23,9 @@ pub fn normalize(kind: IdentityKind, raw: &str) -> Result<String, String> {
             // One @, a dotted domain, no spaces or quotes: the forms a CRM holds.
             if !email_address::EmailAddress::is_valid(&lower)
                 || lower.contains(['"', ' ', '\'', ';', '(', ')', '<', '>', ',', '\\'])
-                || !lower.rsplit_once('@').is_some_and(|(_, d)| d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+                || !lower.rsplit_once('@').is_some_and(|(_, d)| {
+                    d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+                })
             {
                 return Err("is not a valid email address".into());
             }
@@ -31,7 +33,10 @@ pub fn normalize(kind: IdentityKind, raw: &str) -> Result<String, String> {
         }
         IdentityKind::Phone => {
             let plus = v.starts_with('+') || v.starts_with("00");
-            let body = v.strip_prefix('+').or_else(|| v.strip_prefix("00")).unwrap_or(v);
+            let body = v
+                .strip_prefix('+')
+                .or_else(|| v.strip_prefix("00"))
+                .unwrap_or(v);
             let mut digits = String::new();
             for c in body.chars() {
                 match c {
@@ -60,7 +65,11 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case(IdentityKind::Email, "  Fang.Wang@Corp.Example ", "fang.wang@corp.example")]
+    #[case(
+        IdentityKind::Email,
+        "  Fang.Wang@Corp.Example ",
+        "fang.wang@corp.example"
+    )]
     #[case(IdentityKind::Phone, "+86 138-0013-8000", "+8613800138000")]
     #[case(IdentityKind::Phone, "0044 (20) 7946.0018", "+442079460018")]
     #[case(IdentityKind::Phone, "138 0013 8000", "13800138000")]
@@ -80,6 +89,9 @@ mod tests {
     #[case(IdentityKind::CustomerId, "a\u{0}b")]
     fn rejects(#[case] kind: IdentityKind, #[case] raw: &str) {
         let e = normalize(kind, raw).unwrap_err();
-        assert!(!e.contains(raw.trim()), "the error must not echo the value: {e}");
+        assert!(
+            !e.contains(raw.trim()),
+            "the error must not echo the value: {e}"
+        );
     }
 }

@@ -1,1 +1,468 @@
-//! TODO
+//! Tickets in: parse, validate, normalise identities, dedupe by external id, store.
+//!
+//! Every door (CLI, HTTP, inbox) goes through [`parse_ticket`] and [`submit`], so a
+//! ticket means the same wherever it comes from. A ticket that fails validation changes
+//! nothing.
+
+pub mod identity;
+pub mod inbox;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use identity::{Identities, normalize};
+
+use crate::error::{Code, Error, Result};
+use crate::lifecycle::{Context, State};
+use crate::policy::{ClockStart, IdentityKind, Jurisdiction, RequestKind};
+use crate::store::{IdentityRow, Inserted, NewRequest};
+
+/// The largest ticket accepted by any door, in bytes (the HTTP limit is configurable
+/// below this).
+pub const MAX_TICKET_BYTES: usize = 1024 * 1024;
+
+/// A ticket as it arrives (JSON). Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTicket {
+    kind: String,
+    #[serde(default)]
+    external_id: Option<String>,
+    subject: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    exit_date: Option<String>,
+    #[serde(default)]
+    successor: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    jurisdiction: Option<String>,
+    #[serde(default)]
+    locale: Option<String>,
+    #[serde(default)]
+    requested_by: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// The languages quietus writes to people in.
+pub const LOCALES: [&str; 2] = ["en", "zh-CN"];
+
+/// A validated, normalised ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ticket {
+    pub kind: RequestKind,
+    pub external_id: Option<String>,
+    pub subject: Identities,
+    pub exit_date: Option<NaiveDate>,
+    pub successor: Option<Identities>,
+    pub jurisdiction: Option<Jurisdiction>,
+    pub locale: String,
+    pub requested_by: Option<String>,
+    pub note: Option<String>,
+}
+
+impl Ticket {
+    /// SHA-256 of the normalised ticket: the same request written twice has the same digest.
+    pub fn digest(&self) -> String {
+        // Serialising a struct with fixed field order and BTreeMaps is deterministic.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+}
+
+fn ticket_err(origin: &str, msg: impl std::fmt::Display) -> Error {
+    Error::new(Code::Ticket, format!("{origin}: {msg}"))
+}
+
+fn text_field(origin: &str, name: &str, v: Option<String>, max: usize) -> Result<Option<String>> {
+    let Some(v) = v else { return Ok(None) };
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if t.chars().count() > max {
+        return Err(ticket_err(
+            origin,
+            format!("{name} is longer than {max} characters"),
+        ));
+    }
+    if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ticket_err(
+            origin,
+            format!("{name} contains control characters"),
+        ));
+    }
+    Ok(Some(t.to_owned()))
+}
+
+fn identities(
+    origin: &str,
+    field: &str,
+    raw: BTreeMap<String, serde_json::Value>,
+) -> Result<Identities> {
+    let mut out = Identities::new();
+    for (k, v) in raw {
+        let kind: IdentityKind = k
+            .parse()
+            .map_err(|e| ticket_err(origin, format!("{field}.{k}: {e}")))?;
+        let s = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err(ticket_err(origin, format!("{field}.{k} must be a string"))),
+        };
+        let n = normalize(kind, &s).map_err(|e| ticket_err(origin, format!("{field}.{k} {e}")))?;
+        out.insert(kind, n);
+    }
+    if out.is_empty() {
+        return Err(ticket_err(
+            origin,
+            format!("{field} names no identity (email, phone, employee_id or customer_id)"),
+        ));
+    }
+    Ok(out)
+}
+
+fn date(origin: &str, field: &str, s: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| ticket_err(origin, format!("{field} {s:?} is not a date (YYYY-MM-DD)")))
+}
+
+/// Parse and validate a JSON ticket. `origin` names where it came from (a file path, "the
+/// request body") and starts every error message. `handover_required`: exits must name a
+/// successor.
+pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Result<Ticket> {
+    if bytes.len() > MAX_TICKET_BYTES {
+        return Err(Error::new(
+            Code::TooLarge,
+            format!(
+                "{origin}: ticket is {} bytes; the limit is {MAX_TICKET_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let raw: RawTicket = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json names the line and column; it quotes keys, never values.
+        ticket_err(origin, format!("malformed ticket: {e}"))
+    })?;
+    let kind: RequestKind = raw
+        .kind
+        .parse()
+        .map_err(|e| ticket_err(origin, format!("kind: {e}")))?;
+    let external_id = text_field(origin, "external_id", raw.external_id, 128)?;
+    if external_id
+        .as_deref()
+        .is_some_and(|e| e.contains('\n') || e.contains('\t'))
+    {
+        return Err(ticket_err(origin, "external_id must be one line"));
+    }
+    let subject = identities(origin, "subject", raw.subject)?;
+    let jurisdiction = raw
+        .jurisdiction
+        .map(|j| {
+            j.parse::<Jurisdiction>()
+                .map_err(|e| ticket_err(origin, format!("jurisdiction: {e}")))
+        })
+        .transpose()?;
+    let locale = match raw.locale.as_deref().map(str::trim) {
+        None | Some("") => "en".to_owned(),
+        Some(l) => LOCALES
+            .iter()
+            .find(|x| x.eq_ignore_ascii_case(l) || (l.eq_ignore_ascii_case("zh") && **x == "zh-CN"))
+            .map(|x| (*x).to_owned())
+            .ok_or_else(|| {
+                ticket_err(
+                    origin,
+                    format!("locale {l:?} is not supported (en or zh-CN)"),
+                )
+            })?,
+    };
+    let exit_date = raw
+        .exit_date
+        .as_deref()
+        .map(|s| date(origin, "exit_date", s))
+        .transpose()?;
+    let successor = raw
+        .successor
+        .map(|s| identities(origin, "successor", s))
+        .transpose()?;
+    match kind {
+        RequestKind::Exit => {
+            if exit_date.is_none() {
+                return Err(ticket_err(
+                    origin,
+                    "an exit ticket needs exit_date (YYYY-MM-DD)",
+                ));
+            }
+            if handover_required && successor.is_none() {
+                return Err(ticket_err(
+                    origin,
+                    "an exit ticket needs a successor (the policies hand over customers and open deals)",
+                ));
+            }
+            if let Some(s) = &successor
+                && s.iter().any(|(k, v)| subject.get(k) == Some(v))
+            {
+                return Err(ticket_err(origin, "the successor cannot be the leaver"));
+            }
+        }
+        _ => {
+            if exit_date.is_some() || successor.is_some() {
+                return Err(ticket_err(
+                    origin,
+                    format!("exit_date and successor only go with kind exit, not {kind}"),
+                ));
+            }
+        }
+    }
+    Ok(Ticket {
+        kind,
+        external_id,
+        subject,
+        exit_date,
+        successor,
+        jurisdiction,
+        locale,
+        requested_by: text_field(origin, "requested_by", raw.requested_by, 200)?,
+        note: text_field(origin, "note", raw.note, 2000)?,
+    })
+}
+
+/// Which door a ticket came through, and whether its identity is trusted.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// "cli", "api", "inbox"
+    pub door: &'static str,
+    /// Who submitted it (recorded in the history).
+    pub actor: String,
+    /// HR systems and DPO entry are trusted; self-service must verify by email.
+    pub trusted: bool,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Submitted {
+    pub id: String,
+    pub created: bool,
+    pub state: String,
+    /// For an untrusted submission that created a request: the token of its verification
+    /// link (shown once; only its hash is stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_token: Option<String>,
+}
+
+/// Store a ticket as a request (or find the request it already is).
+pub async fn submit(
+    ctx: &Context,
+    ticket: &Ticket,
+    raw_body: &str,
+    source: &Source,
+    now: DateTime<Utc>,
+) -> Result<Submitted> {
+    let jurisdiction = ticket
+        .jurisdiction
+        .unwrap_or(ctx.policies.deadlines.default);
+    let state = if source.trusted {
+        State::PendingReview
+    } else {
+        State::Unverified
+    };
+    let today = ctx.today(now);
+    let clock_runs = ctx.policies.deadlines.clock_start == ClockStart::Receipt || source.trusted;
+    let (clock_start, due) = if clock_runs {
+        let dl = ctx.initial_deadline(jurisdiction, today)?;
+        (Some(today), Some(dl.due))
+    } else {
+        (None, None)
+    };
+    let verify_token = (!source.trusted).then(|| {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::rng().random();
+        hex::encode(bytes)
+    });
+    let mut ids: Vec<IdentityRow> = ticket
+        .subject
+        .iter()
+        .map(|(k, v)| IdentityRow {
+            role: "subject".into(),
+            kind: k.as_str().into(),
+            value: v.clone(),
+        })
+        .collect();
+    if let Some(s) = &ticket.successor {
+        ids.extend(s.iter().map(|(k, v)| IdentityRow {
+            role: "successor".into(),
+            kind: k.as_str().into(),
+            value: v.clone(),
+        }));
+    }
+    let new = NewRequest {
+        id: crate::store::new_id(),
+        kind: ticket.kind.as_str().into(),
+        external_id: ticket.external_id.clone(),
+        ticket_digest: ticket.digest(),
+        ticket_body: raw_body.to_owned(),
+        state: state.as_str().into(),
+        jurisdiction: jurisdiction.as_str().into(),
+        locale: ticket.locale.clone(),
+        source: source.door.into(),
+        requested_by: ticket.requested_by.clone(),
+        exit_date: ticket.exit_date,
+        received_at: now,
+        verified_at: source.trusted.then_some(now),
+        clock_start,
+        due_date: due,
+        verify_token_sha256: verify_token
+            .as_ref()
+            .map(|t| hex::encode(Sha256::digest(t.as_bytes()))),
+        identities: ids,
+        actor: source.actor.clone(),
+    };
+    match ctx.store.insert_request(&new).await? {
+        Inserted::Created(id) => {
+            tracing::info!(request = %id, kind = %ticket.kind, door = source.door, "request received");
+            Ok(Submitted {
+                id,
+                created: true,
+                state: state.as_str().into(),
+                verify_token,
+            })
+        }
+        Inserted::Existing(id) => {
+            let row = ctx.store.request(&id).await?;
+            Ok(Submitted {
+                id,
+                created: false,
+                state: row.state,
+                verify_token: None,
+            })
+        }
+    }
+}
+
+/// Confirm a self-service request's identity by the token of its verification link.
+pub async fn verify_token(
+    ctx: &Context,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<crate::lifecycle::Request> {
+    let hash = hex::encode(Sha256::digest(token.trim().as_bytes()));
+    let row = ctx
+        .store
+        .request_by_verify_token(&hash)
+        .await?
+        .ok_or_else(|| Error::new(Code::NotFound, "this verification link is not valid"))?;
+    if row.state != State::Unverified.as_str() {
+        return ctx.request(&row.id).await;
+    }
+    ctx.decide(
+        &row.id,
+        crate::lifecycle::Decision::Verify,
+        "subject (email link)",
+        None,
+        now,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Ticket> {
+        parse_ticket(s.as_bytes(), "t.json", true)
+    }
+
+    #[test]
+    fn parses_the_issue_examples() {
+        let t =
+            parse(r#"{"kind":"erasure","external_id":"T-1","subject":{"email":"a@b.example"}}"#)
+                .unwrap();
+        assert_eq!(t.kind, RequestKind::Erasure);
+        let t = parse(r#"{"kind":"exit","external_id":"HR-7","subject":{"email":"x@corp.example","employee_id":"E100"},"exit_date":"2026-12-31","successor":{"employee_id":"E200"}}"#).unwrap();
+        assert_eq!(t.exit_date, NaiveDate::from_ymd_opt(2026, 12, 31));
+        assert_eq!(t.successor.unwrap()[&IdentityKind::EmployeeId], "E200");
+    }
+
+    #[test]
+    fn the_same_ticket_written_differently_has_one_digest() {
+        let a =
+            parse(r#"{"kind":"erasure","external_id":"T-1","subject":{"email":"A@B.example"}}"#)
+                .unwrap();
+        let b = parse(
+            r#"{ "subject": {"email": " a@b.example"}, "external_id": "T-1", "kind": "erasure" }"#,
+        )
+        .unwrap();
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn bad_tickets_say_what_and_where() {
+        let cases = [
+            (
+                r#"{"kind":"erasure","subject":{"email":"a@b.example"}"#,
+                "malformed",
+            ),
+            (
+                r#"{"kind":"erase","subject":{"email":"a@b.example"}}"#,
+                "unknown request kind",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{"email":"nope"}}"#,
+                "subject.email is not a valid email",
+            ),
+            (r#"{"kind":"erasure","subject":{}}"#, "names no identity"),
+            (
+                r#"{"kind":"erasure","subject":{"passport":"X1"}}"#,
+                "unknown identity kind",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{"email":"a@b.example"},"colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"kind":"exit","subject":{"employee_id":"E1"},"exit_date":"2026-02-30","successor":{"employee_id":"E2"}}"#,
+                "exit_date",
+            ),
+            (
+                r#"{"kind":"exit","subject":{"employee_id":"E1"},"exit_date":"2026-02-03"}"#,
+                "needs a successor",
+            ),
+            (
+                r#"{"kind":"exit","subject":{"employee_id":"E1"},"exit_date":"2026-02-03","successor":{"employee_id":"E1"}}"#,
+                "cannot be the leaver",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{"email":"a@b.example"},"exit_date":"2026-02-03"}"#,
+                "only go with kind exit",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{"email":"a@b.example"},"jurisdiction":"CCPA"}"#,
+                "jurisdiction",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{"email":"a@b.example"},"locale":"fr"}"#,
+                "locale",
+            ),
+            (r#"[1,2]"#, "malformed"),
+        ];
+        for (body, want) in cases {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.code, Code::Ticket, "{body}");
+            assert!(e.message.starts_with("t.json: "), "{}", e.message);
+            assert!(
+                e.message.contains(want),
+                "{body}: {} lacks {want:?}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_tickets_are_refused_before_parsing() {
+        let big = vec![b' '; MAX_TICKET_BYTES + 1];
+        let e = parse_ticket(&big, "body", false).unwrap_err();
+        assert!(e.message.contains("limit"));
+    }
+}

@@ -1,4 +1,334 @@
 //! Request states, transitions with who and why, and deadlines.
+//!
+//! Every change of a request goes through [`decide`] or [`extend`]: the transition is
+//! checked against the state machine ([`state::Decision::target`]), written with its
+//! actor and reason in the same transaction as the new state, and refused when someone
+//! else changed the request meanwhile.
 
 pub mod calendar;
 pub mod deadline;
+pub mod state;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+
+pub use calendar::HolidayCalendar;
+pub use state::{Decision, State};
+
+use crate::error::{Code, Error, Result};
+use crate::plan::{Plan, PlanInput};
+use crate::policy::{
+    ClockStart, Identities, IdentityKind, Jurisdiction, Period, Policies, RequestKind,
+};
+use crate::store::{Changes, IdentityRow, RequestRow, Store};
+
+/// What the lifecycle needs: the store, the validated policies, the calendar, and the
+/// folder relative system paths resolve against.
+pub struct Context {
+    pub store: Store,
+    pub policies: Policies,
+    pub calendar: HolidayCalendar,
+    pub base_dir: PathBuf,
+}
+
+/// A request with its meaning.
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    pub id: String,
+    pub kind: RequestKind,
+    pub external_id: Option<String>,
+    pub state: State,
+    pub held_from: Option<State>,
+    pub jurisdiction: Jurisdiction,
+    pub locale: String,
+    pub source: String,
+    pub requested_by: Option<String>,
+    pub exit_date: Option<NaiveDate>,
+    pub received_at: DateTime<Utc>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub clock_start: Option<NaiveDate>,
+    pub due_date: Option<NaiveDate>,
+    pub original_due_date: Option<NaiveDate>,
+    pub extended_at: Option<DateTime<Utc>>,
+    pub extension_reason: Option<String>,
+    pub subject: Identities,
+    pub successor: Option<Identities>,
+}
+
+impl Request {
+    pub fn from_row(row: RequestRow, identities: &[IdentityRow]) -> Result<Request> {
+        let bad = |what: &str, e: String| {
+            Error::new(
+                Code::Store,
+                format!("request {}: stored {what} is invalid: {e}", row.id),
+            )
+        };
+        let state: State = row.state.parse().map_err(|e| bad("state", e))?;
+        let held_from = row
+            .held_from
+            .as_deref()
+            .map(str::parse::<State>)
+            .transpose()
+            .map_err(|e| bad("held_from", e))?;
+        let kind: RequestKind = row.kind.parse().map_err(|e| bad("kind", e))?;
+        let jurisdiction: Jurisdiction = row
+            .jurisdiction
+            .parse()
+            .map_err(|e| bad("jurisdiction", e))?;
+        let mut subject = Identities::new();
+        let mut successor = Identities::new();
+        for i in identities {
+            let k: IdentityKind = i.kind.parse().map_err(|e| bad("identity", e))?;
+            match i.role.as_str() {
+                "successor" => successor.insert(k, i.value.clone()),
+                _ => subject.insert(k, i.value.clone()),
+            };
+        }
+        Ok(Request {
+            id: row.id,
+            kind,
+            external_id: row.external_id,
+            state,
+            held_from,
+            jurisdiction,
+            locale: row.locale,
+            source: row.source,
+            requested_by: row.requested_by,
+            exit_date: row.exit_date,
+            received_at: row.received_at,
+            verified_at: row.verified_at,
+            clock_start: row.clock_start,
+            due_date: row.due_date,
+            original_due_date: row.original_due_date,
+            extended_at: row.extended_at,
+            extension_reason: row.extension_reason,
+            subject,
+            successor: (!successor.is_empty()).then_some(successor),
+        })
+    }
+
+    /// Days until the due date (negative when overdue); `None` while the clock has not
+    /// started or once the request is answered.
+    pub fn days_left(&self, today: NaiveDate) -> Option<i64> {
+        if !self.state.deadline_runs() {
+            return None;
+        }
+        self.due_date.map(|d| deadline::days_left(d, today))
+    }
+
+    pub fn is_overdue(&self, today: NaiveDate) -> bool {
+        self.days_left(today).is_some_and(|d| d < 0)
+    }
+
+    pub fn plan_input(&self, policies: &Policies) -> PlanInput {
+        PlanInput {
+            request_id: self.id.clone(),
+            kind: self.kind,
+            jurisdiction: self.jurisdiction,
+            request_date: deadline::local_date(self.received_at, policies.deadlines.timezone),
+            exit_date: self.exit_date,
+            has_successor: self.successor.is_some(),
+        }
+    }
+}
+
+impl Context {
+    /// "Today" where the policy counts days.
+    pub fn today(&self, now: DateTime<Utc>) -> NaiveDate {
+        deadline::local_date(now, self.policies.deadlines.timezone)
+    }
+
+    pub async fn request(&self, id: &str) -> Result<Request> {
+        let row = self.store.request(id).await?;
+        let ids = self.store.identities(&row.id).await?;
+        Request::from_row(row, &ids)
+    }
+
+    /// The response deadline of a request whose clock starts on `start`.
+    pub fn initial_deadline(
+        &self,
+        j: Jurisdiction,
+        start: NaiveDate,
+    ) -> Result<deadline::Deadline> {
+        deadline::initial(j, start, self.policies.deadlines.period(j), &self.calendar)
+    }
+
+    /// Survey the target systems and make the plan of a request, as of `now`.
+    pub async fn plan(&self, req: &Request, now: DateTime<Utc>) -> Plan {
+        let survey = crate::targets::survey(
+            &self.policies.systems,
+            &self.base_dir,
+            &req.subject,
+            req.successor.as_ref(),
+        )
+        .await;
+        crate::plan::make(
+            &req.plan_input(&self.policies),
+            &self.policies,
+            &survey,
+            now,
+        )
+    }
+
+    /// Take a decision on a request: verify, approve, reject, hold, release or cancel.
+    /// Reject and hold need a reason. Approval needs a plan that is not blocked; the plan
+    /// approved is saved with the decision.
+    pub async fn decide(
+        &self,
+        id: &str,
+        d: Decision,
+        actor: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Request> {
+        let req = self.request(id).await?;
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if matches!(d, Decision::Reject | Decision::Hold) && reason.is_none() {
+            return Err(Error::new(
+                Code::Usage,
+                format!("{} needs a reason (--reason)", d.as_str()),
+            ));
+        }
+        if let Some(r) = reason
+            && r.chars().count() > 2000
+        {
+            return Err(Error::new(
+                Code::Usage,
+                "a reason is at most 2000 characters",
+            ));
+        }
+        let Some(to) = d.target(req.state, req.held_from) else {
+            return Err(illegal(&req, d));
+        };
+        let mut changes = Changes::default();
+        match d {
+            Decision::Hold => changes.held_from = Some(Some(req.state.as_str().to_owned())),
+            Decision::Release => changes.held_from = Some(None),
+            Decision::Verify => {
+                changes.verified_at = Some(now);
+                if self.policies.deadlines.clock_start == ClockStart::Verification
+                    || req.due_date.is_none()
+                {
+                    let start = self.today(now);
+                    let dl = self.initial_deadline(req.jurisdiction, start)?;
+                    changes.clock_start = Some(start);
+                    changes.due_date = Some(dl.due);
+                    changes.original_due_date = Some(dl.due);
+                }
+            }
+            Decision::Approve => {
+                let plan = self.plan(&req, now).await;
+                if plan.is_blocked() {
+                    return Err(Error::new(
+                        Code::PlanBlocked,
+                        format!(
+                            "request {} cannot be approved: its plan is blocked:\n- {}",
+                            req.id,
+                            plan.blocked.join("\n- ")
+                        ),
+                    ));
+                }
+                let body = serde_json::to_string(&plan)?;
+                self.store
+                    .save_plan(&req.id, now, &plan.policy_digest, &body)
+                    .await?;
+            }
+            _ => {}
+        }
+        self.store
+            .transition(
+                &req.id,
+                req.state.as_str(),
+                to.as_str(),
+                actor,
+                reason,
+                now,
+                &changes,
+            )
+            .await?;
+        self.request(&req.id).await
+    }
+
+    /// Extend the response deadline once, with a reason (sent to the subject).
+    pub async fn extend(
+        &self,
+        id: &str,
+        by: Period,
+        reason: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Request> {
+        let req = self.request(id).await?;
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(Error::new(
+                Code::Usage,
+                "extend needs a reason (--reason): it is sent to the subject",
+            ));
+        }
+        if Decision::Extend.target(req.state, req.held_from).is_none() {
+            return Err(illegal(&req, Decision::Extend));
+        }
+        let (Some(start), Some(original)) = (req.clock_start, req.original_due_date) else {
+            return Err(Error::new(
+                Code::Deadline,
+                format!(
+                    "request {}: its deadline has not started (it is not verified yet)",
+                    req.id
+                ),
+            ));
+        };
+        let dl = deadline::extend(
+            req.jurisdiction,
+            start,
+            original,
+            req.extended_at.is_some(),
+            by,
+            self.today(now),
+            &self.calendar,
+        )?;
+        let changes = Changes {
+            due_date: Some(dl.due),
+            extended_at: Some(now),
+            extension_reason: Some(reason.to_owned()),
+            ..Changes::default()
+        };
+        let why = format!("deadline extended by {by} to {}: {reason}", dl.due);
+        self.store
+            .transition(
+                &req.id,
+                req.state.as_str(),
+                req.state.as_str(),
+                actor,
+                Some(&why),
+                now,
+                &changes,
+            )
+            .await?;
+        self.request(&req.id).await
+    }
+}
+
+fn illegal(req: &Request, d: Decision) -> Error {
+    let hint = match (d, req.state) {
+        (Decision::Extend, _) if req.extended_at.is_some() => {
+            " (it was extended already)".to_owned()
+        }
+        (_, s) if s.is_terminal() => format!(" ({s} is final)"),
+        (Decision::Approve, State::Unverified) => {
+            " (the subject has not verified their identity yet)".to_owned()
+        }
+        _ => String::new(),
+    };
+    Error::new(
+        Code::IllegalTransition,
+        format!(
+            "cannot {} request {}: it is {}{hint}",
+            d.as_str(),
+            req.id,
+            req.state
+        ),
+    )
+}

@@ -79,10 +79,13 @@ impl fmt::Display for State {
 impl FromStr for State {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        State::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
-            let all: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
-            format!("unknown state {s:?} (one of {})", all.join(", "))
-        })
+        State::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown state {s:?} (one of {})", all.join(", "))
+            })
     }
 }
 
@@ -118,7 +121,9 @@ impl Decision {
         match (self, from) {
             (Decision::Verify, Unverified) => Some(PendingReview),
             (Decision::Approve, PendingReview) => Some(Approved),
-            (Decision::Reject, Unverified | PendingReview | OnHold | NeedsAttention) => Some(Rejected),
+            (Decision::Reject, Unverified | PendingReview | OnHold | NeedsAttention) => {
+                Some(Rejected)
+            }
             (Decision::Hold, s) if !s.is_terminal() && s != OnHold && s != Running => Some(OnHold),
             (Decision::Release, OnHold) => Some(held_from.unwrap_or(PendingReview)),
             (Decision::Cancel, s) if !s.is_terminal() && s != Running => Some(Cancelled),
@@ -159,8 +164,14 @@ mod tests {
 
     #[test]
     fn hold_and_release_return_to_where_it_was() {
-        assert_eq!(Decision::Hold.target(State::Approved, None), Some(State::OnHold));
-        assert_eq!(Decision::Release.target(State::OnHold, Some(State::Approved)), Some(State::Approved));
+        assert_eq!(
+            Decision::Hold.target(State::Approved, None),
+            Some(State::OnHold)
+        );
+        assert_eq!(
+            Decision::Release.target(State::OnHold, Some(State::Approved)),
+            Some(State::Approved)
+        );
         assert_eq!(Decision::Approve.target(State::OnHold, None), None);
         assert_eq!(Decision::Approve.target(State::Rejected, None), None);
     }

@@ -365,6 +365,60 @@ impl TableCtx<'_> {
     }
 }
 
+impl Plan {
+    /// The plan as a table for people.
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "Plan for request {} ({}, {}), made {} with policy {}",
+            self.request_id,
+            self.kind,
+            self.jurisdiction,
+            self.made_at.format("%Y-%m-%d %H:%M UTC"),
+            &self.policy_digest[..12.min(self.policy_digest.len())]
+        );
+        if self.entries.is_empty() {
+            let _ = writeln!(o, "  (nothing to do)");
+        } else {
+            let _ = writeln!(
+                o,
+                "  {:<8} {:<18} {:<10} {:>5}  {:<21} {:<24} COLUMNS",
+                "SYSTEM", "TABLE", "ACTION", "ROWS", "DUE", "RULE"
+            );
+            for e in &self.entries {
+                let due = match (e.action, e.then) {
+                    (Action::Retain, Some(FollowUp::Erase)) => format!("{} then erase", e.due),
+                    (Action::Retain, Some(FollowUp::Anonymize)) => {
+                        format!("{} then anonymize", e.due)
+                    }
+                    _ => e.due.to_string(),
+                };
+                let _ = writeln!(
+                    o,
+                    "  {:<8} {:<18} {:<10} {:>5}  {:<21} {:<24} {}",
+                    e.system,
+                    e.table,
+                    e.action.as_str(),
+                    e.rows,
+                    due,
+                    e.rule,
+                    e.columns.join(", ")
+                );
+                let _ = writeln!(o, "  {:<8} {:<18} basis: {}", "", "", e.basis);
+            }
+        }
+        for b in &self.blocked {
+            let _ = writeln!(o, "  BLOCKED: {b}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(o, "  note: {n}");
+        }
+        o
+    }
+}
+
 fn sorted(it: impl Iterator<Item = String>) -> Vec<String> {
     it.collect::<BTreeSet<_>>().into_iter().collect()
 }

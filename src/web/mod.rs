@@ -1,1 +1,262 @@
-//! TODO
+//! The HTTP door: a JSON API under `/api/v1` with bearer tokens, and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Role, TokenConfig};
+use crate::error::{Code, Error};
+use crate::intake::{self, Source};
+use crate::lifecycle::Context;
+
+/// What the handlers share.
+pub struct AppState {
+    pub ctx: Context,
+    pub tokens: Vec<TokenConfig>,
+    pub max_body_bytes: usize,
+}
+
+/// An error as the API answers it: `{"error": {"code", "message"}}` with the code's status.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = %self.0.code, location = %self.0.location, "request failed: {}", self.0.message);
+        }
+        (
+            status,
+            Json(json!({"error": {"code": self.0.code.as_str(), "message": self.0.message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The caller, from its bearer token.
+struct Caller {
+    name: String,
+    role: Role,
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::new(
+                Code::Unauthorized,
+                "a bearer token is required (Authorization: Bearer TOKEN)",
+            )
+        })?;
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    state
+        .tokens
+        .iter()
+        .find(|t| t.sha256.eq_ignore_ascii_case(&hash))
+        .map(|t| Caller {
+            name: t.name.clone(),
+            role: t.role,
+        })
+        .ok_or_else(|| Error::new(Code::Unauthorized, "unknown token"))
+}
+
+fn require(caller: &Caller, roles: &[Role]) -> Result<(), Error> {
+    if caller.role == Role::Admin || roles.contains(&caller.role) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Code::Forbidden,
+            format!("the role {} may not do this", caller.role.as_str()),
+        ))
+    }
+}
+
+/// Build the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/requests", post(create_request).get(list_requests))
+        .route("/api/v1/requests/{id}", get(get_request))
+        .route("/api/v1/verify", post(verify))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+async fn healthz(AxState(state): AxState<Arc<AppState>>) -> Response {
+    let ok = match &state.ctx.store.pool {
+        crate::store::Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+        crate::store::Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+    };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({"status": if ok { "ok" } else { "store unavailable" }, "version": crate::TOOL}),
+        ),
+    )
+        .into_response()
+}
+
+fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::new(
+                Code::TooLarge,
+                format!(
+                    "the request body is larger than {} bytes",
+                    state.max_body_bytes
+                ),
+            )
+        } else {
+            Error::new(
+                Code::Ticket,
+                format!("the request body could not be read: {e}"),
+            )
+        }
+    })
+}
+
+async fn create_request(
+    AxState(state): AxState<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = authenticate(&state, &headers)?;
+    require(&caller, &[Role::Submitter, Role::Hr, Role::Dpo])?;
+    let bytes = body_bytes(&state, body)?;
+    let ctx = &state.ctx;
+    let ticket = intake::parse_ticket(&bytes, "request body", ctx.policies.handover_required())?;
+    let source = Source {
+        door: "api",
+        actor: format!("api:{}", caller.name),
+        trusted: matches!(caller.role, Role::Hr | Role::Dpo | Role::Admin),
+    };
+    let raw = String::from_utf8_lossy(&bytes).into_owned();
+    let sub = intake::submit(ctx, &ticket, &raw, &source, crate::clock::now()).await?;
+    let status = if sub.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sub)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list_requests(
+    AxState(state): AxState<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    let caller = authenticate(&state, &headers)?;
+    require(&caller, &[Role::Dpo, Role::Auditor])?;
+    let states: Vec<String> = q.state.into_iter().collect();
+    let rows = state
+        .ctx
+        .store
+        .list_requests(&crate::store::ListFilter {
+            states,
+            limit: Some(1000),
+        })
+        .await?;
+    let today = state.ctx.today(crate::clock::now());
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            let days_left = r.due_date.map(|d| crate::lifecycle::deadline::days_left(d, today));
+            json!({"id": r.id, "kind": r.kind, "state": r.state, "jurisdiction": r.jurisdiction,
+                   "external_id": r.external_id, "received_at": r.received_at, "due_date": r.due_date,
+                   "days_left": days_left})
+        })
+        .collect();
+    Ok(Json(json!({"requests": items})).into_response())
+}
+
+async fn get_request(
+    AxState(state): AxState<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let caller = authenticate(&state, &headers)?;
+    require(&caller, &[Role::Dpo, Role::Auditor])?;
+    let req = state.ctx.request(&id).await?;
+    let history = state.ctx.store.history(&req.id).await?;
+    Ok(Json(json!({"request": req, "history": history})).into_response())
+}
+
+#[derive(Deserialize)]
+struct VerifyBody {
+    token: String,
+}
+
+async fn verify(
+    AxState(state): AxState<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let bytes = body_bytes(&state, body)?;
+    let v: VerifyBody = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::new(Code::Ticket, format!("request body: {e}")))?;
+    let req = intake::verify_token(&state.ctx, &v.token, crate::clock::now()).await?;
+    Ok(Json(json!({"id": req.id, "state": req.state})).into_response())
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+        .map_err(|e| Error::new(Code::Io, format!("HTTP server: {e}")))
+}

@@ -1,0 +1,328 @@
+//! The request commands: submit, queue, show, plan, approve, reject, hold, release,
+//! extend, cancel.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::output::{days_left_text, masked_subject};
+use super::{Command, usage};
+use crate::error::{Code, Error, Result};
+use crate::intake::{self, Source};
+use crate::lifecycle::{Context, Decision, Request, State};
+use crate::policy::Period;
+use crate::store::ListFilter;
+
+pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
+    let now = crate::clock::now();
+    match cmd {
+        Command::Submit { file, json } => submit(ctx, &file, json, actor, now).await,
+        Command::Queue {
+            state,
+            overdue,
+            json,
+        } => queue(ctx, state, overdue, json, now).await,
+        Command::Show { id, json } => show(ctx, &id, json, now).await,
+        Command::Plan { id, json } => {
+            let req = ctx.request(&id).await?;
+            let plan = ctx.plan(&req, now).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render_text());
+            }
+            Ok(if plan.is_blocked() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Approve { id, reason } => {
+            decide(ctx, &id, Decision::Approve, reason.as_deref(), actor, now).await
+        }
+        Command::Reject { id, reason } => {
+            decide(ctx, &id, Decision::Reject, Some(&reason), actor, now).await
+        }
+        Command::Hold { id, reason } => {
+            decide(ctx, &id, Decision::Hold, Some(&reason), actor, now).await
+        }
+        Command::Release { id, reason } => {
+            decide(ctx, &id, Decision::Release, reason.as_deref(), actor, now).await
+        }
+        Command::Cancel { id, reason } => {
+            decide(ctx, &id, Decision::Cancel, reason.as_deref(), actor, now).await
+        }
+        Command::Extend { id, reason, by } => {
+            let by: Period = by
+                .parse()
+                .map_err(|e: String| usage(format!("--by: {e}")))?;
+            let req = ctx.extend(&id, by, &reason, actor, now).await?;
+            println!(
+                "request {} deadline extended to {} (reason recorded; the subject is told)",
+                req.id,
+                req.due_date.map(|d| d.to_string()).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(Error::new(Code::Internal, "not a request command")),
+    }
+}
+
+async fn submit(
+    ctx: &Context,
+    file: &str,
+    json: bool,
+    actor: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ExitCode> {
+    let (bytes, origin) = if file == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(intake::MAX_TICKET_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::new(Code::Io, format!("standard input: {e}")))?;
+        (buf, "standard input".to_owned())
+    } else {
+        let meta =
+            std::fs::metadata(file).map_err(|e| Error::new(Code::Io, format!("{file}: {e}")))?;
+        if meta.len() > intake::MAX_TICKET_BYTES as u64 {
+            return Err(Error::new(
+                Code::TooLarge,
+                format!(
+                    "{file}: ticket is {} bytes; the limit is {}",
+                    meta.len(),
+                    intake::MAX_TICKET_BYTES
+                ),
+            ));
+        }
+        (
+            std::fs::read(file).map_err(|e| Error::new(Code::Io, format!("{file}: {e}")))?,
+            file.to_owned(),
+        )
+    };
+    let ticket = intake::parse_ticket(&bytes, &origin, ctx.policies.handover_required())?;
+    // The DPO's own entry: trusted, as HR's systems are.
+    let source = Source {
+        door: "cli",
+        actor: actor.to_owned(),
+        trusted: true,
+    };
+    let raw = String::from_utf8_lossy(&bytes).into_owned();
+    let sub = intake::submit(ctx, &ticket, &raw, &source, now).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(
+                &json!({"id": sub.id, "created": sub.created, "state": sub.state})
+            )?
+        );
+    } else if sub.created {
+        println!("{}", sub.id);
+    } else {
+        println!("{}", sub.id);
+        eprintln!(
+            "(already received: external_id {:?} is request {})",
+            ticket.external_id.unwrap_or_default(),
+            sub.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn load_all(ctx: &Context, states: Vec<String>) -> Result<Vec<Request>> {
+    let rows = ctx
+        .store
+        .list_requests(&ListFilter {
+            states,
+            limit: None,
+        })
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let ids = ctx.store.identities(&row.id).await?;
+        out.push(Request::from_row(row, &ids)?);
+    }
+    Ok(out)
+}
+
+async fn queue(
+    ctx: &Context,
+    state: Option<String>,
+    overdue: bool,
+    json: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ExitCode> {
+    let states = match state {
+        Some(s) => {
+            let st: State = s
+                .parse()
+                .map_err(|e: String| usage(format!("--state: {e}")))?;
+            vec![st.as_str().to_owned()]
+        }
+        None => vec![],
+    };
+    let today = ctx.today(now);
+    let mut reqs = load_all(ctx, states).await?;
+    if overdue {
+        reqs.retain(|r| r.is_overdue(today));
+    }
+    // Overdue first, then by days left; requests without a running deadline last.
+    reqs.sort_by_key(|r| (r.days_left(today).unwrap_or(i64::MAX), r.received_at));
+    if json {
+        let items: Vec<serde_json::Value> = reqs
+            .iter()
+            .map(|r| {
+                json!({"id": r.id, "kind": r.kind, "state": r.state, "jurisdiction": r.jurisdiction,
+                       "external_id": r.external_id, "received_at": r.received_at, "due_date": r.due_date,
+                       "days_left": r.days_left(today), "overdue": r.is_overdue(today), "extended": r.extended_at.is_some()})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"today": today, "requests": items}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if reqs.is_empty() {
+        println!("no requests");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16}  {:<7} {:<15} {:<4}  {:<10}  {:<18} SUBJECT",
+        "ID", "KIND", "STATE", "LAW", "DUE", "LEFT"
+    );
+    for r in &reqs {
+        println!(
+            "{:<16}  {:<7} {:<15} {:<4}  {:<10}  {:<18} {}",
+            r.id,
+            r.kind.as_str(),
+            r.state.as_str(),
+            r.jurisdiction.as_str(),
+            r.due_date
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
+            days_left_text(r, today),
+            masked_subject(r)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(
+    ctx: &Context,
+    id: &str,
+    json: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ExitCode> {
+    let req = ctx.request(id).await?;
+    let today = ctx.today(now);
+    let ticket = ctx.store.ticket(&req.id).await?;
+    let history = ctx.store.history(&req.id).await?;
+    let saved = ctx.store.latest_plan(&req.id).await?;
+    let plan = match &saved {
+        Some(p) => serde_json::from_str::<crate::plan::Plan>(&p.body)?,
+        None => ctx.plan(&req, now).await,
+    };
+    let mut warnings = Vec::new();
+    if let (Some(start), Some(due)) = (req.clock_start, req.due_date) {
+        for y in start.format("%Y").to_string().parse::<i32>().unwrap_or(0)
+            ..=due.format("%Y").to_string().parse::<i32>().unwrap_or(0)
+        {
+            if req.jurisdiction == crate::policy::Jurisdiction::Pipl && !ctx.calendar.covers(y) {
+                warnings.push(format!("the holiday calendar has no data for {y}: working days in {y} were counted as weekends only"));
+            }
+        }
+    }
+    if json {
+        let ticket_json: serde_json::Value =
+            serde_json::from_str(&ticket).unwrap_or(serde_json::Value::String(ticket));
+        let v = json!({
+            "request": req, "days_left": req.days_left(today), "overdue": req.is_overdue(today),
+            "deadline_warnings": warnings, "ticket": ticket_json,
+            "plan": plan, "plan_approved": saved.is_some(), "history": history,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "request {}  ({}, {}, locale {})",
+        req.id, req.kind, req.jurisdiction, req.locale
+    );
+    println!(
+        "  state:       {}{}",
+        req.state,
+        req.held_from
+            .map(|h| format!(" (held from {h})"))
+            .unwrap_or_default()
+    );
+    if let Some(e) = &req.external_id {
+        println!("  external id: {e}");
+    }
+    println!(
+        "  received:    {} via {}",
+        req.received_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        req.source
+    );
+    if let Some(x) = req.exit_date {
+        println!("  exit date:   {x}");
+    }
+    match req.due_date {
+        Some(d) => println!(
+            "  due:         {d} ({}){}",
+            days_left_text(&req, today),
+            if req.extended_at.is_some() {
+                " — extended"
+            } else {
+                ""
+            }
+        ),
+        None => println!("  due:         the clock starts when the subject verifies"),
+    }
+    if let Some(r) = &req.extension_reason {
+        println!(
+            "  extension:   from {} — {r}",
+            req.original_due_date
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+    }
+    for w in &warnings {
+        println!("  warning:     {w}");
+    }
+    println!("  ticket:      {}", ticket.trim());
+    println!();
+    if saved.is_some() {
+        println!("approved plan:");
+    }
+    print!("{}", plan.render_text());
+    println!();
+    println!("history:");
+    for h in &history {
+        println!(
+            "  {}  {:<28} {} -> {}{}",
+            h.at.format("%Y-%m-%d %H:%M:%S"),
+            h.actor,
+            h.from_state.as_deref().unwrap_or("-"),
+            h.to_state,
+            h.reason
+                .as_deref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn decide(
+    ctx: &Context,
+    id: &str,
+    d: Decision,
+    reason: Option<&str>,
+    actor: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ExitCode> {
+    let req = ctx.decide(id, d, actor, reason, now).await?;
+    println!("request {} is now {}", req.id, req.state);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,80 @@
+//! `quietus serve`: the HTTP API and the inbox watcher, until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+use crate::lifecycle::Context;
+use crate::web::AppState;
+
+pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let addr = listen.unwrap_or(config.server.listen);
+    let today = ctx.today(crate::clock::now());
+    for y in [
+        today.format("%Y").to_string(),
+        (today + chrono::Days::new(60)).format("%Y").to_string(),
+    ] {
+        if let Ok(y) = y.parse::<i32>()
+            && !ctx.calendar.covers(y)
+        {
+            tracing::warn!(
+                "the holiday calendar has no data for {y}: PIPL working days in {y} are counted as weekends only"
+            );
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::new(Code::Io, format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::new(Code::Io, e.to_string()))?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let inbox_dir = config.inbox_dir();
+    let every = Duration::from_secs(config.inbox.poll_seconds.max(1));
+    let state = Arc::new(AppState {
+        ctx,
+        tokens: config.api.tokens.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+    });
+    tracing::info!(%bound, inbox = %inbox_dir.display(), store = state.ctx.store.dialect(), "quietus serving");
+    // Tests and supervisors read this line to learn the port.
+    println!("listening on http://{bound}");
+    let web = tokio::spawn(crate::web::serve(state.clone(), listener, rx.clone()));
+    let inbox_state = state.clone();
+    let inbox_rx = rx.clone();
+    let inbox = tokio::spawn(async move {
+        crate::intake::inbox::watch(&inbox_state.ctx, inbox_dir, every, inbox_rx).await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    let _ = inbox.await;
+    match web.await {
+        Ok(r) => r?,
+        Err(e) => return Err(Error::new(Code::Internal, format!("HTTP task: {e}"))),
+    }
+    state.ctx.store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
