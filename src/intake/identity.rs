@@ -90,7 +90,7 @@ mod tests {
     fn rejects(#[case] kind: IdentityKind, #[case] raw: &str) {
         let e = normalize(kind, raw).unwrap_err();
         assert!(
-            !e.contains(raw.trim()),
+            raw.trim().is_empty() || !e.contains(raw.trim()),
             "the error must not echo the value: {e}"
         );
     }

@@ -537,7 +537,7 @@ fn validate_systems(
             }
             for col in t.known_columns().into_iter().chain([t.name.as_str()]) {
                 if !is_identifier(col) {
-                    problems.push(p(&format!("{col}"), format!(
+                    problems.push(p(col, format!(
                         "{where_}: {col:?} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63 characters)"
                     )));
                 }

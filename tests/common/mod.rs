@@ -1,0 +1,277 @@
+//! Shared test set-up: state stores on SQLite and (when its URL is given) PostgreSQL,
+//! target databases on PostgreSQL and MariaDB, a demo folder, and the binary.
+//!
+//! Environment:
+//! - `QUIETUS_TEST_POSTGRES_URL`: an admin URL (e.g. `postgres://postgres@127.0.0.1:5432/postgres`);
+//!   each test creates and drops a database of its own there.
+//! - `QUIETUS_TEST_MYSQL_URL`: the same for MariaDB/MySQL (e.g. `mysql://root@127.0.0.1:3306/mysql`).
+//! - `QUIETUS_TEST_REQUIRE_SERVERS=1` (CI): a missing URL fails the test instead of skipping
+//!   that backend.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use quietus::config::Config;
+use quietus::lifecycle::Context;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_quietus");
+
+fn require_servers() -> bool {
+    std::env::var("QUIETUS_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1")
+}
+
+/// The admin URL of a server kind, or `None` when not configured (a failure in CI).
+pub fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+        Some(u) => Some(u),
+        None if require_servers() => panic!("{var} is not set, and QUIETUS_TEST_REQUIRE_SERVERS=1"),
+        None => {
+            eprintln!("note: {var} is not set; skipping that backend");
+            None
+        }
+    }
+}
+
+fn random_name(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{prefix}_{n:016x}")
+}
+
+fn with_database(admin: &str, db: &str) -> String {
+    let (scheme, rest) = admin.split_once("://").expect("url has a scheme");
+    let (authority, _) = rest.split_once('/').unwrap_or((rest, ""));
+    format!("{scheme}://{authority}/{db}")
+}
+
+/// A fresh database on a server, dropped by [`Db::drop_now`].
+pub struct Db {
+    pub admin: String,
+    pub name: String,
+    pub url: String,
+    pub kind: &'static str,
+}
+
+impl Db {
+    pub async fn postgres() -> Option<Db> {
+        let admin = server_url("QUIETUS_TEST_POSTGRES_URL")?;
+        let name = random_name("quietus_test");
+        let pool = sqlx::PgPool::connect(&admin)
+            .await
+            .expect("PostgreSQL answers at QUIETUS_TEST_POSTGRES_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .expect("create database");
+        pool.close().await;
+        Some(Db {
+            url: with_database(&admin, &name),
+            admin,
+            name,
+            kind: "postgres",
+        })
+    }
+
+    pub async fn mysql() -> Option<Db> {
+        let admin = server_url("QUIETUS_TEST_MYSQL_URL")?;
+        let name = random_name("quietus_test");
+        let pool = sqlx::MySqlPool::connect(&admin)
+            .await
+            .expect("MariaDB answers at QUIETUS_TEST_MYSQL_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        )))
+        .execute(&pool)
+        .await
+        .expect("create database");
+        pool.close().await;
+        Some(Db {
+            url: with_database(&admin, &name),
+            admin,
+            name,
+            kind: "mysql",
+        })
+    }
+
+    pub async fn drop_now(self) {
+        let sql = format!("DROP DATABASE IF EXISTS {}", self.name);
+        if self.kind == "postgres" {
+            let pool = sqlx::PgPool::connect(&self.admin)
+                .await
+                .expect("admin connection");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{sql} WITH (FORCE)")))
+                .execute(&pool)
+                .await;
+            pool.close().await;
+        } else {
+            let pool = sqlx::MySqlPool::connect(&self.admin)
+                .await
+                .expect("admin connection");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+            pool.close().await;
+        }
+    }
+}
+
+/// A state store to run a test against.
+pub enum StoreKind {
+    Sqlite,
+    Postgres(Db),
+}
+
+impl StoreKind {
+    /// SQLite always; PostgreSQL when its URL is given.
+    pub async fn all() -> Vec<StoreKind> {
+        let mut v = vec![StoreKind::Sqlite];
+        if let Some(db) = Db::postgres().await {
+            v.push(StoreKind::Postgres(db));
+        }
+        v
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn cleanup(self) {
+        if let StoreKind::Postgres(db) = self {
+            db.drop_now().await;
+        }
+    }
+}
+
+/// A demo folder: config, example policies, the demo CRM (SQLite), and a state store.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub store_url: String,
+}
+
+impl Env {
+    pub async fn new(store: &StoreKind) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("policies/systems")).unwrap();
+        for (name, text) in quietus::policy::EXAMPLES {
+            std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+        }
+        quietus::demo::create_crm_sqlite(&dir.path().join("crm.db"))
+            .await
+            .expect("demo CRM");
+        let store_url = match store {
+            StoreKind::Sqlite => "sqlite://var/quietus.db".to_owned(),
+            StoreKind::Postgres(db) => db.url.clone(),
+        };
+        let config = dir.path().join("quietus.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nurl = \"{store_url}\"\n[inbox]\ndir = \"var/inbox\"\npoll_seconds = 1\n\
+                 [[api.tokens]]\nname = \"hr-system\"\nrole = \"hr\"\nsha256 = \"{}\"\n\
+                 [[api.tokens]]\nname = \"form\"\nrole = \"submitter\"\nsha256 = \"{}\"\n\
+                 [[api.tokens]]\nname = \"dpo\"\nrole = \"dpo\"\nsha256 = \"{}\"\n",
+                sha("hr-token"),
+                sha("form-token"),
+                sha("dpo-token")
+            ),
+        )
+        .unwrap();
+        Env {
+            dir,
+            config,
+            store_url,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub async fn context(&self) -> Context {
+        let config = Config::load(Some(&self.config)).expect("config");
+        quietus::cli::context(&config).await.expect("context")
+    }
+
+    /// Run the binary with this env's config.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_at(args, None, None)
+    }
+
+    /// Run the binary with `QUIETUS_NOW` set and/or standard input.
+    pub fn run_at(&self, args: &[&str], now: Option<&str>, stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("QUIETUS_CONFIG")
+            .env("QUIETUS_LOG", "warn");
+        match now {
+            Some(n) => cmd.env("QUIETUS_NOW", n),
+            None => cmd.env_remove("QUIETUS_NOW"),
+        };
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn quietus");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("quietus runs")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+pub fn sha(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert success and return stdout.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "quietus failed:\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// Assert failure and return stderr.
+#[track_caller]
+pub fn fails(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "quietus should have failed:\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    stderr(o)
+}
+
+pub const EXIT_TICKET: &str = r#"{"kind":"exit","external_id":"HR-7","subject":{"email":"fang.wang@corp.example","employee_id":"E100"},"exit_date":"2026-12-31","successor":{"employee_id":"E200"},"jurisdiction":"PIPL"}"#;
+pub const ERASURE_TICKET: &str = r#"{"kind":"erasure","external_id":"T-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#;
