@@ -1,0 +1,338 @@
+//! The DPO's command line, end to end, on SQLite and PostgreSQL state stores.
+
+mod common;
+
+use common::{BIN, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, fails, ok};
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "serve", "demo", "submit", "queue", "show", "plan", "approve", "reject", "hold", "release",
+        "extend", "cancel", "policy",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "--help lacks {cmd}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_submitted_twice_is_one_request() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let f = env.write("exit.json", EXIT_TICKET);
+        let f = f.to_str().unwrap();
+        let first = json(&ok(&env.run(&["submit", f, "--json"])));
+        assert_eq!(first["created"], true, "{}", kind.label());
+        let again = json(&ok(&env.run(&["submit", f, "--json"])));
+        assert_eq!(again["created"], false);
+        assert_eq!(again["id"], first["id"]);
+        // The same ticket on standard input, keys reordered and the email in capitals.
+        let reordered = r#"{"successor":{"employee_id":"E200"},"jurisdiction":"PIPL","exit_date":"2026-12-31","subject":{"employee_id":"E100","email":"Fang.Wang@Corp.Example"},"external_id":"HR-7","kind":"exit"}"#;
+        let third = json(&ok(&env.run_at(
+            &["submit", "-", "--json"],
+            None,
+            Some(reordered),
+        )));
+        assert_eq!(third["id"], first["id"]);
+        assert_eq!(third["created"], false);
+        let plain = ok(&env.run(&["submit", f]));
+        assert_eq!(plain.trim(), first["id"].as_str().unwrap());
+        let q = json(&ok(&env.run(&["queue", "--json"])));
+        assert_eq!(q["requests"].as_array().unwrap().len(), 1);
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tickets_are_refused_and_change_nothing() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let cases = [
+        (
+            "malformed.json",
+            r#"{"kind":"erasure","#,
+            "malformed.json: malformed ticket",
+        ),
+        (
+            "kind.json",
+            r#"{"kind":"forget","subject":{"email":"a@b.example"}}"#,
+            "unknown request kind",
+        ),
+        (
+            "email.json",
+            r#"{"kind":"erasure","subject":{"email":"x@y.z'); DROP TABLE customers; --"}}"#,
+            "subject.email is not a valid email",
+        ),
+        (
+            "exit.json",
+            r#"{"kind":"exit","subject":{"employee_id":"E100"},"exit_date":"2026-12-31"}"#,
+            "needs a successor",
+        ),
+        (
+            "date.json",
+            r#"{"kind":"exit","subject":{"employee_id":"E100"},"exit_date":"31.12.2026","successor":{"employee_id":"E200"}}"#,
+            "exit_date",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let f = env.write(name, body);
+        let err = fails(&env.run(&["submit", f.to_str().unwrap()]));
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(err.contains("ticket_invalid"), "{name}: {err}");
+    }
+    let big = env.write("big.json", &" ".repeat(1024 * 1024 + 10));
+    let err = fails(&env.run(&["submit", big.to_str().unwrap()]));
+    assert!(err.contains("too_large"), "{err}");
+    let q = json(&ok(&env.run(&["queue", "--json"])));
+    assert!(q["requests"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_exit_plan_lists_disable_reassign_retain_and_erase_with_real_counts() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let f = env.write("exit.json", EXIT_TICKET);
+        let id = ok(&env.run(&["submit", f.to_str().unwrap()]))
+            .trim()
+            .to_owned();
+        let plan = json(&ok(&env.run(&["plan", &id, "--json"])));
+        let entries = plan["entries"].as_array().unwrap();
+        let find = |table: &str, action: &str| {
+            entries
+                .iter()
+                .find(|e| e["table"] == table && e["action"] == action)
+                .unwrap_or_else(|| panic!("no {action} on {table}: {plan:#}"))
+        };
+        assert_eq!(find("employees", "disable")["rows"], 1);
+        assert_eq!(find("customers", "reassign")["rows"], 5);
+        assert_eq!(find("deals", "reassign")["rows"], 3);
+        let contract = find("labour_contracts", "retain");
+        assert_eq!(contract["due"], "2028-12-31");
+        assert!(
+            contract["basis"]
+                .as_str()
+                .unwrap()
+                .contains("Labor Contract Law, Art. 50")
+        );
+        assert_eq!(find("employee_roles", "erase")["rows"], 3);
+        assert_eq!(find("personal_notes", "erase")["rows"], 3);
+        assert_eq!(find("follow_ups", "retain")["rows"], 12);
+        let text = ok(&env.run(&["plan", &id]));
+        assert!(text.contains("2028-12-31 then erase"), "{text}");
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dpo_decides_and_illegal_steps_are_clear_errors() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let now = Some("2026-03-02T09:00:00Z");
+        let f = env.write("erasure.json", ERASURE_TICKET);
+        let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], now, None))
+            .trim()
+            .to_owned();
+        let short = &id[..6];
+        ok(&env.run_at(&["hold", short, "--reason", "litigation hold"], now, None));
+        let err = fails(&env.run_at(&["approve", short], now, None));
+        assert!(
+            err.contains("illegal_transition") && err.contains("on_hold"),
+            "{err}"
+        );
+        ok(&env.run_at(&["release", short], now, None));
+        // GDPR: one month from 2 March is 2 April; one extension of up to two months.
+        let shown = json(&ok(&env.run_at(&["show", short, "--json"], now, None)));
+        assert_eq!(shown["request"]["due_date"], "2026-04-02");
+        let err = fails(&env.run_at(
+            &["extend", short, "--reason", "complex", "--by", "3 months"],
+            now,
+            None,
+        ));
+        assert!(err.contains("deadline_rule"), "{err}");
+        ok(&env.run_at(
+            &[
+                "extend",
+                short,
+                "--reason",
+                "many systems to search",
+                "--by",
+                "2 months",
+            ],
+            now,
+            None,
+        ));
+        let err = fails(&env.run_at(
+            &["extend", short, "--reason", "again", "--by", "1 month"],
+            now,
+            None,
+        ));
+        assert!(
+            err.contains("deadline_rule") || err.contains("illegal_transition"),
+            "{err}"
+        );
+        let shown = json(&ok(&env.run_at(&["show", short, "--json"], now, None)));
+        assert_eq!(shown["request"]["due_date"], "2026-06-02");
+        assert_eq!(shown["request"]["original_due_date"], "2026-04-02");
+        ok(&env.run_at(&["approve", short], now, None));
+        let err = fails(&env.run_at(&["reject", short, "--reason", "too late"], now, None));
+        assert!(
+            err.contains("illegal_transition") && err.contains("approved"),
+            "{err}"
+        );
+        // reject needs a reason
+        let out = env.run_at(&["reject", short], now, None);
+        assert!(!out.status.success());
+        ok(&env.run_at(
+            &["cancel", short, "--reason", "withdrawn by the subject"],
+            now,
+            None,
+        ));
+        let err = fails(&env.run_at(&["hold", short, "--reason", "x"], now, None));
+        assert!(err.contains("cancelled is final"), "{err}");
+        let shown = json(&ok(&env.run_at(&["show", &id, "--json"], now, None)));
+        let states: Vec<&str> = shown["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["to_state"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "pending_review",
+                "on_hold",
+                "pending_review",
+                "pending_review",
+                "approved",
+                "cancelled"
+            ],
+            "{}",
+            kind.label()
+        );
+        let err = fails(&env.run(&["show", "zzzzzzzz"]));
+        assert!(err.contains("not_found"), "{err}");
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_puts_overdue_requests_first_when_time_passes() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        // GDPR, received 31 January 2026 (Asia/Shanghai): due 28 February.
+        let gdpr = env.write("g.json", r#"{"kind":"erasure","external_id":"G","subject":{"email":"a@example.com"},"jurisdiction":"GDPR"}"#);
+        let g = ok(&env.run_at(
+            &["submit", gdpr.to_str().unwrap()],
+            Some("2026-01-31T03:00:00Z"),
+            None,
+        ))
+        .trim()
+        .to_owned();
+        // PIPL, received 20 February 2026: 15 working days is 13 March.
+        let pipl = env.write("p.json", r#"{"kind":"erasure","external_id":"P","subject":{"email":"b@example.com"},"jurisdiction":"PIPL"}"#);
+        let p = ok(&env.run_at(
+            &["submit", pipl.to_str().unwrap()],
+            Some("2026-02-20T03:00:00Z"),
+            None,
+        ))
+        .trim()
+        .to_owned();
+        let q = json(&ok(&env.run_at(
+            &["queue", "--json"],
+            Some("2026-03-05T03:00:00Z"),
+            None,
+        )));
+        let reqs = q["requests"].as_array().unwrap();
+        assert_eq!(reqs[0]["id"], g.as_str(), "{q:#}");
+        assert_eq!(reqs[0]["due_date"], "2026-02-28");
+        assert_eq!(reqs[0]["overdue"], true);
+        assert_eq!(reqs[0]["days_left"], -5);
+        assert_eq!(reqs[1]["id"], p.as_str());
+        assert_eq!(reqs[1]["due_date"], "2026-03-13");
+        assert_eq!(reqs[1]["overdue"], false);
+        let od = json(&ok(&env.run_at(
+            &["queue", "--overdue", "--json"],
+            Some("2026-03-05T03:00:00Z"),
+            None,
+        )));
+        assert_eq!(od["requests"].as_array().unwrap().len(), 1);
+        let text = ok(&env.run_at(&["queue"], Some("2026-03-05T03:00:00Z"), None));
+        assert!(text.contains("OVERDUE by 5d"), "{text}");
+        assert!(
+            !text.contains("a@example.com"),
+            "the queue masks emails: {text}"
+        );
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_policy_stops_every_command_and_the_daemon() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let path = env.path().join("policies/retention.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("action = \"erase\"", "action = \"obliterate\"");
+    std::fs::write(&path, text).unwrap();
+    let err = fails(&env.run(&["queue"]));
+    assert!(
+        err.contains("retention.toml:")
+            && err.contains("obliterate")
+            && err.contains("policy_invalid"),
+        "{err}"
+    );
+    let err = fails(&env.run(&["serve", "--listen", "127.0.0.1:0"]));
+    assert!(
+        err.contains("retention.toml:") && err.contains("obliterate"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_rejects_unknown_keys_takes_env_overrides_and_works_from_anywhere() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{text}\n[server]\nlisten = \"127.0.0.1:0\"\nmax_body = 5\n"),
+    )
+    .unwrap();
+    let err = fails(&env.run(&["queue"]));
+    assert!(
+        err.contains("max_body") && err.contains("config_invalid"),
+        "{err}"
+    );
+    std::fs::write(&env.config, &text).unwrap();
+    // Relative paths are relative to the config file, whatever the working directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .arg("--config")
+        .arg(&env.config)
+        .args(["queue", "--json"])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(env.path().join("var/quietus.db").exists());
+    // Every key can come from the environment.
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["queue"])
+        .env("QUIETUS_POLICIES__DIR", "no-such-folder")
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(err.contains("no-such-folder"), "{err}");
+}

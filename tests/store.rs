@@ -1,0 +1,253 @@
+//! The state store on SQLite and PostgreSQL: migrations up and down, every foreign key
+//! indexed, idempotent intake (also under a race), transitions that refuse to overwrite.
+
+mod common;
+
+use common::{Env, StoreKind};
+use quietus::intake::{self, Source};
+use quietus::lifecycle::{Decision, State};
+use quietus::store::{POSTGRES_MIGRATIONS, Pool, SQLITE_MIGRATIONS};
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-11-24T09:00:00Z")
+        .unwrap()
+        .to_utc()
+}
+
+const TABLES: [&str; 5] = ["requests", "tickets", "identities", "history", "plans"];
+
+async fn table_names(pool: &Pool) -> Vec<String> {
+    let mut names: Vec<String> = match pool {
+        Pool::Sqlite(p) => sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'")
+            .fetch_all(p)
+            .await
+            .unwrap(),
+        Pool::Postgres(p) => sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE '_sqlx%'")
+            .fetch_all(p)
+            .await
+            .unwrap(),
+    };
+    names.sort();
+    names
+}
+
+/// Foreign keys whose columns do not lead some index (or the primary key).
+async fn unindexed_foreign_keys(pool: &Pool) -> Vec<String> {
+    match pool {
+        Pool::Postgres(p) => sqlx::query_scalar(
+            "SELECT c.conrelid::regclass::text || '(' || c.conname || ')' FROM pg_constraint c \
+             WHERE c.contype = 'f' AND NOT EXISTS ( \
+               SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid \
+               AND (i.indkey::int2[])[0:array_length(c.conkey, 1) - 1] = c.conkey)",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap(),
+        Pool::Sqlite(p) => {
+            let mut missing = Vec::new();
+            for t in TABLES {
+                let fks: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT \"from\" FROM pragma_foreign_key_list('{t}')"
+                )))
+                .fetch_all(p)
+                .await
+                .unwrap();
+                for (col,) in fks {
+                    // First column of every index of the table, and the primary key.
+                    let leading: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT ii.name FROM pragma_index_list('{t}') il, pragma_index_info(il.name) ii WHERE ii.seqno = 0 \
+                         UNION SELECT name FROM pragma_table_info('{t}') WHERE pk = 1"
+                    )))
+                    .fetch_all(p)
+                    .await
+                    .unwrap();
+                    if !leading.iter().any(|(c,)| *c == col) {
+                        missing.push(format!("{t}({col})"));
+                    }
+                }
+            }
+            missing
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_go_up_and_down_and_every_foreign_key_is_indexed() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        let mut want: Vec<String> = TABLES.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        assert_eq!(table_names(&ctx.store.pool).await, want, "{}", kind.label());
+        assert_eq!(
+            unindexed_foreign_keys(&ctx.store.pool).await,
+            Vec::<String>::new(),
+            "{}",
+            kind.label()
+        );
+        match &ctx.store.pool {
+            Pool::Sqlite(p) => {
+                SQLITE_MIGRATIONS.undo(p, 0).await.unwrap();
+                assert!(table_names(&ctx.store.pool).await.is_empty());
+                SQLITE_MIGRATIONS.run(p).await.unwrap();
+            }
+            Pool::Postgres(p) => {
+                POSTGRES_MIGRATIONS.undo(p, 0).await.unwrap();
+                assert!(table_names(&ctx.store.pool).await.is_empty());
+                POSTGRES_MIGRATIONS.run(p).await.unwrap();
+            }
+        }
+        assert_eq!(table_names(&ctx.store.pool).await, want, "{}", kind.label());
+        ctx.store.close().await;
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_ticket_is_one_request_even_when_sent_at_once() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        let t = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
+        let src = Source {
+            door: "test",
+            actor: "test".into(),
+            trusted: true,
+        };
+        // Eight doors at the same moment.
+        let subs = futures::future::join_all(
+            (0..8).map(|_| intake::submit(&ctx, &t, common::ERASURE_TICKET, &src, now())),
+        )
+        .await;
+        let subs: Vec<_> = subs.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            subs.iter().filter(|s| s.created).count(),
+            1,
+            "{}",
+            kind.label()
+        );
+        assert!(subs.iter().all(|s| s.id == subs[0].id));
+        let all = ctx.store.list_requests(&Default::default()).await.unwrap();
+        assert_eq!(all.len(), 1);
+        // The same external id with another ticket is a conflict, and stores nothing.
+        let other = intake::parse_ticket(
+            br#"{"kind":"erasure","external_id":"T-1","subject":{"email":"someone.else@example.com"}}"#,
+            "t",
+            true,
+        )
+        .unwrap();
+        let e = intake::submit(&ctx, &other, "{}", &src, now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, quietus::Code::Conflict);
+        assert_eq!(
+            ctx.store
+                .list_requests(&Default::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        ctx.store.close().await;
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        let t = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
+        let src = Source {
+            door: "test",
+            actor: "tester".into(),
+            trusted: true,
+        };
+        let id = intake::submit(&ctx, &t, common::ERASURE_TICKET, &src, now())
+            .await
+            .unwrap()
+            .id;
+        let r = ctx
+            .decide(
+                &id,
+                Decision::Hold,
+                "dpo:alice",
+                Some("litigation hold, case 12"),
+                now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.state, State::OnHold);
+        let e = ctx
+            .decide(&id, Decision::Approve, "dpo:alice", None, now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, quietus::Code::IllegalTransition, "{}", e.message);
+        let r = ctx
+            .decide(&id, Decision::Release, "dpo:alice", None, now())
+            .await
+            .unwrap();
+        assert_eq!(r.state, State::PendingReview);
+        let r = ctx
+            .decide(&id, Decision::Approve, "dpo:bob", None, now())
+            .await
+            .unwrap();
+        assert_eq!(r.state, State::Approved);
+        assert!(
+            ctx.store.latest_plan(&id).await.unwrap().is_some(),
+            "the approved plan is saved"
+        );
+        let e = ctx
+            .decide(
+                &id,
+                Decision::Reject,
+                "dpo:bob",
+                Some("changed my mind"),
+                now(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, quietus::Code::IllegalTransition);
+        let h = ctx.store.history(&id).await.unwrap();
+        let steps: Vec<(Option<&str>, &str, &str)> = h
+            .iter()
+            .map(|x| {
+                (
+                    x.from_state.as_deref(),
+                    x.to_state.as_str(),
+                    x.actor.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                (None, "pending_review", "tester"),
+                (Some("pending_review"), "on_hold", "dpo:alice"),
+                (Some("on_hold"), "pending_review", "dpo:alice"),
+                (Some("pending_review"), "approved", "dpo:bob"),
+            ],
+            "{}",
+            kind.label()
+        );
+        assert_eq!(h[1].reason.as_deref(), Some("litigation hold, case 12"));
+        // A stale writer cannot overwrite a newer state.
+        let e = ctx
+            .store
+            .transition(
+                &id,
+                "pending_review",
+                "rejected",
+                "x",
+                None,
+                now(),
+                &Default::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, quietus::Code::IllegalTransition);
+        ctx.store.close().await;
+        kind.cleanup().await;
+    }
+}
