@@ -1,5 +1,7 @@
 //! The DPO's command line, end to end, on SQLite and PostgreSQL state stores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{BIN, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, fails, ok};

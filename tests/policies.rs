@@ -1,6 +1,8 @@
 //! Policy files: every shipped file validates; every kind of mistake is reported with its
 //! file and line; plans on the demo CRM are what the law and the policy say.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! The state store on SQLite and PostgreSQL: migrations up and down, every foreign key
 //! indexed, idempotent intake (also under a race), transitions that refuse to overwrite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{Env, StoreKind};

@@ -147,7 +147,12 @@ pub enum PolicyCommand {
 /// Parse the command line, run it, and turn errors into messages and exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The daemon reports what it does; one-shot commands only warn.
+    init_tracing(if matches!(cli.command, Command::Serve { .. }) {
+        "warn,quietus=info"
+    } else {
+        "warn"
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,10 +173,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("QUIETUS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,quietus=info"));
+    let filter = EnvFilter::try_from_env("QUIETUS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,7 +1,7 @@
 //! Policy files: retention rules and data maps; loading, validation and rule resolution.
 //!
 //! A policy folder holds retention files (`*.toml`) and data maps (`systems/*.toml`);
-//! the format is documented in `docs/policies.md`. Loading validates everything and
+//! the format is documented in `README.md, "Policy files"`. Loading validates everything and
 //! reports every problem at once, each with its file and, where there is one, line and
 //! column. Nothing in quietus runs on a policy that did not validate.
 

@@ -7,7 +7,7 @@
 //! - `QUIETUS_TEST_MYSQL_URL`: the same for MariaDB/MySQL (e.g. `mysql://root@127.0.0.1:3306/mysql`).
 //! - `QUIETUS_TEST_REQUIRE_SERVERS=1` (CI): a missing URL fails the test instead of skipping
 //!   that backend.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
