@@ -10,9 +10,8 @@ use super::output::{days_left_text, masked_subject};
 use super::{Command, usage};
 use crate::error::{Code, Error, Result};
 use crate::intake::{self, Source};
-use crate::lifecycle::{Context, Decision, Request, State};
+use crate::lifecycle::{Context, Decision, State};
 use crate::policy::Period;
-use crate::store::ListFilter;
 
 pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
     let now = crate::clock::now();
@@ -130,22 +129,6 @@ async fn submit(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn load_all(ctx: &Context, states: Vec<String>) -> Result<Vec<Request>> {
-    let rows = ctx
-        .store
-        .list_requests(&ListFilter {
-            states,
-            limit: None,
-        })
-        .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let ids = ctx.store.identities(&row.id).await?;
-        out.push(Request::from_row(row, &ids)?);
-    }
-    Ok(out)
-}
-
 async fn queue(
     ctx: &Context,
     state: Option<String>,
@@ -154,37 +137,22 @@ async fn queue(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<ExitCode> {
     let states = match state {
-        Some(s) => {
-            let st: State = s
-                .parse()
-                .map_err(|e: String| usage(format!("--state: {e}")))?;
-            vec![st.as_str().to_owned()]
-        }
+        Some(s) => vec![
+            s.parse::<State>()
+                .map_err(|e: String| usage(format!("--state: {e}")))?,
+        ],
         None => vec![],
     };
     let today = ctx.today(now);
-    let mut reqs = load_all(ctx, states).await?;
-    if overdue {
-        reqs.retain(|r| r.is_overdue(today));
-    }
-    // Overdue first, then by days left; requests without a running deadline last.
-    reqs.sort_by_key(|r| (r.days_left(today).unwrap_or(i64::MAX), r.received_at));
+    let items = ctx.queue(&states, overdue, today).await?;
     if json {
-        let items: Vec<serde_json::Value> = reqs
-            .iter()
-            .map(|r| {
-                json!({"id": r.id, "kind": r.kind, "state": r.state, "jurisdiction": r.jurisdiction,
-                       "external_id": r.external_id, "received_at": r.received_at, "due_date": r.due_date,
-                       "days_left": r.days_left(today), "overdue": r.is_overdue(today), "extended": r.extended_at.is_some()})
-            })
-            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"today": today, "requests": items}))?
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if reqs.is_empty() {
+    if items.is_empty() {
         println!("no requests");
         return Ok(ExitCode::SUCCESS);
     }
@@ -192,7 +160,8 @@ async fn queue(
         "{:<16}  {:<7} {:<15} {:<4}  {:<10}  {:<18} SUBJECT",
         "ID", "KIND", "STATE", "LAW", "DUE", "LEFT"
     );
-    for r in &reqs {
+    for i in &items {
+        let r = &i.request;
         println!(
             "{:<16}  {:<7} {:<15} {:<4}  {:<10}  {:<18} {}",
             r.id,

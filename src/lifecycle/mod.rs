@@ -311,6 +311,65 @@ impl Context {
     }
 }
 
+/// One line of the DPO's queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueItem {
+    pub id: String,
+    pub kind: RequestKind,
+    pub state: State,
+    pub jurisdiction: Jurisdiction,
+    pub external_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub due_date: Option<NaiveDate>,
+    pub days_left: Option<i64>,
+    pub overdue: bool,
+    pub extended: bool,
+    #[serde(skip)]
+    pub request: Request,
+}
+
+impl Context {
+    /// The queue: requests in `states` (all when empty), overdue first, then by days left;
+    /// requests whose deadline does not run come last.
+    pub async fn queue(
+        &self,
+        states: &[State],
+        overdue_only: bool,
+        today: NaiveDate,
+    ) -> Result<Vec<QueueItem>> {
+        let filter = crate::store::ListFilter {
+            states: states.iter().map(|s| s.as_str().to_owned()).collect(),
+            limit: None,
+        };
+        let rows = self.store.list_requests(&filter).await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let identities = self.store.identities_of(&ids).await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let own = identities.get(&row.id).map(Vec::as_slice).unwrap_or(&[]);
+            let req = Request::from_row(row.clone(), own)?;
+            if overdue_only && !req.is_overdue(today) {
+                continue;
+            }
+            items.push(QueueItem {
+                id: req.id.clone(),
+                kind: req.kind,
+                state: req.state,
+                jurisdiction: req.jurisdiction,
+                external_id: req.external_id.clone(),
+                received_at: req.received_at,
+                due_date: req.due_date,
+                days_left: req.days_left(today),
+                overdue: req.is_overdue(today),
+                extended: req.extended_at.is_some(),
+                request: req,
+            });
+        }
+        items.sort_by_key(|i| (i.days_left.unwrap_or(i64::MAX), i.received_at));
+        Ok(items)
+    }
+}
+
 fn illegal(req: &Request, d: Decision) -> Error {
     let hint = match (d, req.state) {
         (Decision::Extend, _) if req.extended_at.is_some() => {

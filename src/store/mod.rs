@@ -348,6 +348,35 @@ impl Store {
         }))
     }
 
+    /// The identities of many requests in a few queries (500 ids each), by request id.
+    pub async fn identities_of(
+        &self,
+        request_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<IdentityRow>>> {
+        let mut out: std::collections::HashMap<String, Vec<IdentityRow>> =
+            std::collections::HashMap::new();
+        for chunk in request_ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT request_id, role, kind, value FROM identities WHERE request_id IN ({}) ORDER BY id",
+                marks.join(", ")
+            );
+            let rows: Vec<(String, String, String, String)> = on_pool!(self, pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(pool).await?
+            });
+            for (rid, role, kind, value) in rows {
+                out.entry(rid)
+                    .or_default()
+                    .push(IdentityRow { role, kind, value });
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn ticket(&self, request_id: &str) -> Result<String> {
         let row: (String,) = on_pool!(self, pool => {
             sqlx::query_as("SELECT body FROM tickets WHERE request_id = $1").bind(request_id).fetch_one(pool).await?

@@ -196,26 +196,16 @@ async fn list_requests(
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers)?;
     require(&caller, &[Role::Dpo, Role::Auditor])?;
-    let states: Vec<String> = q.state.into_iter().collect();
-    let rows = state
-        .ctx
-        .store
-        .list_requests(&crate::store::ListFilter {
-            states,
-            limit: Some(1000),
-        })
-        .await?;
+    let states = match q.state {
+        Some(s) => vec![
+            s.parse::<crate::lifecycle::State>()
+                .map_err(|e| Error::new(Code::Usage, format!("state: {e}")))?,
+        ],
+        None => vec![],
+    };
     let today = state.ctx.today(crate::clock::now());
-    let items: Vec<serde_json::Value> = rows
-        .into_iter()
-        .map(|r| {
-            let days_left = r.due_date.map(|d| crate::lifecycle::deadline::days_left(d, today));
-            json!({"id": r.id, "kind": r.kind, "state": r.state, "jurisdiction": r.jurisdiction,
-                   "external_id": r.external_id, "received_at": r.received_at, "due_date": r.due_date,
-                   "days_left": days_left})
-        })
-        .collect();
-    Ok(Json(json!({"requests": items})).into_response())
+    let items = state.ctx.queue(&states, false, today).await?;
+    Ok(Json(json!({"today": today, "requests": items})).into_response())
 }
 
 async fn get_request(
