@@ -472,3 +472,7 @@ impl Store {
         }))
     }
 }
+
+// After the macro, so that it is in scope there.
+pub mod tasks;
+pub use tasks::{BackupRow, NewTask, TaskRow};

@@ -3,6 +3,7 @@
 //! This part: find how many of a subject's rows each mapped table holds (the
 //! "survey" a plan is made from), without reading the rows themselves.
 
+pub mod exec;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -147,18 +148,12 @@ impl Target {
                 use sqlx::Row;
                 let mut out = Vec::new();
                 for i in 0..row.len() {
-                    // SUM() is a DECIMAL in MySQL; read what the driver gives.
-                    let v: i64 = match row.try_get::<i64, _>(i) {
-                        Ok(v) => v,
-                        Err(_) => row
-                            .try_get::<String, _>(i)
-                            .ok()
-                            .and_then(|s| s.split('.').next().and_then(|n| n.parse().ok()))
-                            .ok_or_else(|| {
-                                Error::new(Code::Target, "a count came back in an unexpected type")
-                            })?,
-                    };
-                    out.push(v);
+                    out.push(row.try_get::<i64, _>(i).map_err(|e| {
+                        Error::new(
+                            Code::Target,
+                            format!("a count came back in an unexpected type: {e}"),
+                        )
+                    })?);
                 }
                 out
             }};

@@ -229,7 +229,7 @@ pub fn count_identity_rows(
         return Ok(None);
     }
     let sql = format!(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN {disabled_expr} THEN 1 ELSE 0 END), 0) FROM {} WHERE ({})",
+        "SELECT COUNT(*), COUNT(CASE WHEN {disabled_expr} THEN 1 END) FROM {} WHERE ({})",
         b.q(&table.name)?,
         parts.join(" OR ")
     );
@@ -237,6 +237,267 @@ pub fn count_identity_rows(
         sql,
         binds: b.binds,
     }))
+}
+
+/// Which rows of a table a statement is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    /// The subject's rows (identity or references).
+    Subject(&'a Identities),
+    /// The rows the subject owns (`owner`, with its `when` filter).
+    Owned(&'a Identities),
+    /// Rows matched directly by the identity columns (a successor).
+    Identity(&'a Identities),
+}
+
+impl Dialect {
+    /// A column read as text (values travel as text, with their column types recorded).
+    fn as_text(self, quoted: &str) -> String {
+        match self {
+            Dialect::Mysql => format!("CAST({quoted} AS CHAR)"),
+            Dialect::Sqlite | Dialect::Postgres => format!("CAST({quoted} AS TEXT)"),
+        }
+    }
+
+    /// A bound text value converted to a column's type where the dialect needs it
+    /// (PostgreSQL compares and stores strictly; MySQL and SQLite convert by themselves).
+    fn typed(self, placeholder: String, sql_type: &str) -> Result<String> {
+        match self {
+            Dialect::Postgres => {
+                if sql_type.is_empty()
+                    || !sql_type.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '(' | ')' | ',')
+                    })
+                {
+                    return Err(Error::new(
+                        Code::Target,
+                        format!("unsupported column type {sql_type:?}"),
+                    ));
+                }
+                Ok(format!("CAST({placeholder} AS {sql_type})"))
+            }
+            Dialect::Mysql | Dialect::Sqlite => Ok(placeholder),
+        }
+    }
+}
+
+/// The columns and types of a table, from the database's catalog.
+pub fn column_types(d: Dialect, table: &str) -> Statement {
+    let sql = match d {
+        Dialect::Sqlite => "SELECT name, type FROM pragma_table_info($1) ORDER BY cid",
+        Dialect::Postgres => {
+            "SELECT column_name::text, CASE WHEN data_type IN ('USER-DEFINED', 'ARRAY') THEN udt_name::text ELSE data_type::text END \
+             FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
+        }
+        Dialect::Mysql => {
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+        }
+    };
+    Statement {
+        sql: sql.to_owned(),
+        binds: vec![table.to_owned()],
+    }
+}
+
+/// A column and its SQL type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub sql_type: String,
+}
+
+/// Read a page of rows: the key and `columns`, as text, in key order, after `after`.
+#[allow(clippy::too_many_arguments)]
+pub fn select_page(
+    d: Dialect,
+    sys: &System,
+    table: &Table,
+    which: Which<'_>,
+    key_type: &str,
+    columns: &[Column],
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Option<Statement>> {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let pred = match which {
+        Which::Subject(ids) => b.subject_predicate(sys, table, ids, 0)?,
+        Which::Owned(ids) => b.owned_predicate(sys, table, ids)?,
+        Which::Identity(ids) => identity_predicate(&mut b, table, ids)?,
+    };
+    let Some(pred) = pred else { return Ok(None) };
+    let key = b.q(&table.key)?;
+    let mut cols = vec![d.as_text(&key)];
+    for c in columns {
+        cols.push(d.as_text(&b.q(&c.name)?));
+    }
+    let mut sql = format!(
+        "SELECT {} FROM {} WHERE {pred}",
+        cols.join(", "),
+        b.q(&table.name)?
+    );
+    if let Some(a) = after {
+        let ph = b.bind(a);
+        sql.push_str(&format!(" AND {key} > {}", d.typed(ph, key_type)?));
+    }
+    sql.push_str(&format!(" ORDER BY {key} LIMIT {limit}"));
+    Ok(Some(Statement {
+        sql,
+        binds: b.binds,
+    }))
+}
+
+fn identity_predicate(b: &mut Builder, table: &Table, ids: &Identities) -> Result<Option<String>> {
+    let mut parts = Vec::new();
+    for (kind, col) in &table.identity {
+        if let Some(v) = ids.get(kind) {
+            let col = b.q(col)?;
+            let ph = b.bind(v);
+            parts.push(format!("{col} = {ph}"));
+        }
+    }
+    Ok((!parts.is_empty()).then(|| format!("({})", parts.join(" OR "))))
+}
+
+fn key_list(b: &mut Builder, key_type: &str, keys: &[String]) -> Result<String> {
+    let mut marks = Vec::with_capacity(keys.len());
+    for k in keys {
+        let ph = b.bind(k);
+        marks.push(b.dialect.typed(ph, key_type)?);
+    }
+    Ok(marks.join(", "))
+}
+
+/// Read rows by key, locking them for the rest of the transaction where the dialect can.
+pub fn lock_rows(
+    d: Dialect,
+    table: &Table,
+    key_type: &str,
+    columns: &[Column],
+    keys: &[String],
+) -> Result<Statement> {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let key = b.q(&table.key)?;
+    let mut cols = vec![d.as_text(&key)];
+    for c in columns {
+        cols.push(d.as_text(&b.q(&c.name)?));
+    }
+    let list = key_list(&mut b, key_type, keys)?;
+    let lock = match d {
+        Dialect::Sqlite => "",
+        Dialect::Postgres | Dialect::Mysql => " FOR UPDATE",
+    };
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {key} IN ({list}){lock}",
+        cols.join(", "),
+        b.q(&table.name)?
+    );
+    Ok(Statement {
+        sql,
+        binds: b.binds,
+    })
+}
+
+/// Delete rows by key.
+pub fn delete_rows(
+    d: Dialect,
+    table: &Table,
+    key_type: &str,
+    keys: &[String],
+) -> Result<Statement> {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let key = b.q(&table.key)?;
+    let list = key_list(&mut b, key_type, keys)?;
+    Ok(Statement {
+        sql: format!("DELETE FROM {} WHERE {key} IN ({list})", b.q(&table.name)?),
+        binds: b.binds,
+    })
+}
+
+/// Set columns (to a value, or NULL) on rows by key.
+pub fn update_rows(
+    d: Dialect,
+    table: &Table,
+    key_type: &str,
+    sets: &[(Column, Option<String>)],
+    keys: &[String],
+) -> Result<Statement> {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let mut assigns = Vec::with_capacity(sets.len());
+    for (c, v) in sets {
+        let col = b.q(&c.name)?;
+        match v {
+            Some(v) => {
+                let ph = b.bind(v);
+                assigns.push(format!("{col} = {}", d.typed(ph, &c.sql_type)?));
+            }
+            None => assigns.push(format!("{col} = NULL")),
+        }
+    }
+    let key = b.q(&table.key)?;
+    let list = key_list(&mut b, key_type, keys)?;
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {key} IN ({list})",
+        b.q(&table.name)?,
+        assigns.join(", ")
+    );
+    Ok(Statement {
+        sql,
+        binds: b.binds,
+    })
+}
+
+/// Insert one row (a restore of a deleted row).
+pub fn insert_row(
+    d: Dialect,
+    table: &Table,
+    key_type: &str,
+    key: &str,
+    values: &[(Column, Option<String>)],
+) -> Result<Statement> {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let mut cols = vec![b.q(&table.key)?];
+    let ph = b.bind(key);
+    let mut vals = vec![d.typed(ph, key_type)?];
+    for (c, v) in values {
+        if c.name == table.key {
+            continue;
+        }
+        cols.push(b.q(&c.name)?);
+        match v {
+            Some(v) => {
+                let ph = b.bind(v);
+                vals.push(d.typed(ph, &c.sql_type)?);
+            }
+            None => vals.push("NULL".into()),
+        }
+    }
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        b.q(&table.name)?,
+        cols.join(", "),
+        vals.join(", ")
+    );
+    Ok(Statement {
+        sql,
+        binds: b.binds,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,3 @@
+DROP TABLE schedule_ticks;
+DROP TABLE backups;
+DROP TABLE tasks;

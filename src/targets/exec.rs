@@ -1,0 +1,128 @@
+//! Running statements on a target: pages of rows as text, and transactions.
+
+use sqlx::Row;
+
+use super::Target;
+use super::sql::{Column, Statement};
+use crate::error::{Code, Error, Result};
+
+/// A row read as text: the key, then the columns asked for (NULL as `None`).
+pub type TextRow = Vec<Option<String>>;
+
+fn fail(e: sqlx::Error) -> Error {
+    Error::new(Code::Target, format!("statement failed: {e}"))
+}
+
+/// A query with every value bound as text.
+macro_rules! query {
+    ($st:expr) => {{
+        let mut q = sqlx::query(sqlx::AssertSqlSafe($st.sql.clone()));
+        for b in &$st.binds {
+            q = q.bind(b.clone());
+        }
+        q
+    }};
+}
+
+macro_rules! text_rows {
+    ($rows:expr) => {{
+        let mut out = Vec::with_capacity($rows.len());
+        for row in $rows {
+            let mut r = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                r.push(row.try_get::<Option<String>, _>(i).map_err(fail)?);
+            }
+            out.push(r);
+        }
+        out
+    }};
+}
+
+impl Target {
+    /// Run a query whose columns are all text (or NULL).
+    pub async fn fetch_text(&self, st: &Statement) -> Result<Vec<TextRow>> {
+        Ok(match self {
+            Target::Sqlite(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
+            Target::Postgres(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
+            Target::Mysql(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
+        })
+    }
+
+    /// The columns of a table with their types; an error when the table does not exist.
+    pub async fn columns(&self, table: &str) -> Result<Vec<Column>> {
+        let rows = self
+            .fetch_text(&super::sql::column_types(self.dialect(), table))
+            .await?;
+        let cols: Vec<Column> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut it = r.into_iter();
+                let name = it.next().flatten()?;
+                let sql_type = it.next().flatten().unwrap_or_default().to_ascii_lowercase();
+                Some(Column { name, sql_type })
+            })
+            .collect();
+        if cols.is_empty() {
+            return Err(Error::new(
+                Code::Target,
+                format!("table {table} does not exist in the target database"),
+            ));
+        }
+        Ok(cols)
+    }
+
+    /// Start a transaction (SQLite: take the write lock at once).
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self {
+            Target::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?),
+            Target::Postgres(p) => Tx::Postgres(p.begin().await.map_err(fail)?),
+            Target::Mysql(p) => Tx::Mysql(p.begin().await.map_err(fail)?),
+        })
+    }
+}
+
+/// A transaction on a target.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Mysql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+impl Tx {
+    pub async fn fetch_text(&mut self, st: &Statement) -> Result<Vec<TextRow>> {
+        Ok(match self {
+            Tx::Sqlite(t) => text_rows!(query!(st).fetch_all(&mut **t).await.map_err(fail)?),
+            Tx::Postgres(t) => text_rows!(query!(st).fetch_all(&mut **t).await.map_err(fail)?),
+            Tx::Mysql(t) => text_rows!(query!(st).fetch_all(&mut **t).await.map_err(fail)?),
+        })
+    }
+
+    pub async fn execute(&mut self, st: &Statement) -> Result<u64> {
+        Ok(match self {
+            Tx::Sqlite(t) => query!(st)
+                .execute(&mut **t)
+                .await
+                .map_err(fail)?
+                .rows_affected(),
+            Tx::Postgres(t) => query!(st)
+                .execute(&mut **t)
+                .await
+                .map_err(fail)?
+                .rows_affected(),
+            Tx::Mysql(t) => query!(st)
+                .execute(&mut **t)
+                .await
+                .map_err(fail)?
+                .rows_affected(),
+        })
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+            Tx::Mysql(t) => t.commit().await,
+        }
+        .map_err(fail)
+    }
+}

@@ -1,0 +1,699 @@
+//! The HTTP door and the inbox, against a real `quietus serve` process, on every state
+//! store (SQLite, and PostgreSQL when its URL is given).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use common::{BIN, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const HR: &str = "hr-token";
+const FORM: &str = "form-token";
+const DPO: &str = "dpo-token";
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// A running `quietus serve`, stopped with SIGTERM when dropped.
+struct Server {
+    child: Option<Child>,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(env: &Env) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("QUIETUS_CONFIG")
+            .env_remove("QUIETUS_NOW")
+            .env("QUIETUS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quietus serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            // Keep draining stdout after the line, so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match err_pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => break addr,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        std::thread::sleep(Duration::from_millis(200));
+                        panic!(
+                            "quietus serve exited ({status}) before listening:\n{}",
+                            stderr.lock().unwrap()
+                        );
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!(
+                            "quietus serve did not print `listening on` within 30 s:\n{}",
+                            stderr.lock().unwrap()
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().unwrap();
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "quietus serve closed its output ({status}) before listening:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        };
+        assert!(base.starts_with("http://127.0.0.1:"), "odd address {base}");
+        Server {
+            child: Some(child),
+            base,
+            stderr,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait up to `within`; `None` if it is still running then (it is
+    /// killed).
+    fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.terminate(Duration::from_secs(10));
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+    text: String,
+}
+
+async fn answer(res: reqwest::Response) -> Answer {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+async fn post(s: &Server, path: &str, token: Option<&str>, body: impl Into<String>) -> Answer {
+    let mut req = client()
+        .post(s.url(path))
+        .header("content-type", "application/json")
+        .body(body.into());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+async fn get(s: &Server, path: &str, token: Option<&str>) -> Answer {
+    let mut req = client().get(s.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+/// Assert an API error: status, `{"error": {"code", "message"}}`; returns the message.
+#[track_caller]
+fn api_error(a: &Answer, status: u16, code: &str, label: &str) -> String {
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "[{label}] status; body: {}",
+        a.text
+    );
+    assert_eq!(
+        a.body["error"]["code"], code,
+        "[{label}] error code; body: {}",
+        a.text
+    );
+    let msg = a.body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("[{label}] no error message: {}", a.text));
+    assert!(!msg.is_empty(), "[{label}] empty error message");
+    msg.to_owned()
+}
+
+/// The requests `quietus queue --json` lists.
+fn queue(env: &Env) -> Vec<Value> {
+    let q = json(&ok(&env.run(&["queue", "--json"])));
+    q["requests"].as_array().expect("requests array").clone()
+}
+
+fn external_ids(reqs: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = reqs
+        .iter()
+        .map(|r| r["external_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_ticket_by_every_door_is_one_request() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let server = Server::start(&env);
+
+        // HTTP twice, then the CLI.
+        let first = post(&server, "/api/v1/requests", Some(HR), EXIT_TICKET).await;
+        assert_eq!(
+            first.status,
+            StatusCode::CREATED,
+            "[{label}] {}",
+            first.text
+        );
+        assert_eq!(first.body["created"], true, "[{label}] {}", first.text);
+        assert_eq!(first.body["state"], "pending_review", "[{label}]");
+        let id = first.body["id"].as_str().expect("id").to_owned();
+        assert!(!id.is_empty());
+        let second = post(&server, "/api/v1/requests", Some(HR), EXIT_TICKET).await;
+        assert_eq!(second.status, StatusCode::OK, "[{label}] {}", second.text);
+        assert_eq!(second.body["created"], false, "[{label}]");
+        assert_eq!(second.body["id"], id.as_str(), "[{label}]");
+        let f = env.write("exit.json", EXIT_TICKET);
+        let cli = json(&ok(&env.run(&["submit", f.to_str().unwrap(), "--json"])));
+        assert_eq!(cli["created"], false, "[{label}] {cli}");
+        assert_eq!(cli["id"], id.as_str(), "[{label}] {cli}");
+        let q = queue(&env);
+        assert_eq!(q.len(), 1, "[{label}] {q:?}");
+        assert_eq!(q[0]["id"], id.as_str(), "[{label}]");
+
+        // The CLI first, then HTTP.
+        let f = env.write("erasure.json", ERASURE_TICKET);
+        let cli = json(&ok(&env.run(&["submit", f.to_str().unwrap(), "--json"])));
+        assert_eq!(cli["created"], true, "[{label}] {cli}");
+        let eid = cli["id"].as_str().unwrap().to_owned();
+        assert_ne!(eid, id);
+        let http = post(&server, "/api/v1/requests", Some(HR), ERASURE_TICKET).await;
+        assert_eq!(http.status, StatusCode::OK, "[{label}] {}", http.text);
+        assert_eq!(http.body["created"], false, "[{label}]");
+        assert_eq!(http.body["id"], eid.as_str(), "[{label}]");
+        let q = queue(&env);
+        assert_eq!(q.len(), 2, "[{label}] {q:?}");
+        assert_eq!(external_ids(&q), ["HR-7", "T-1"], "[{label}]");
+
+        drop(server);
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_external_id_with_another_ticket_is_a_conflict() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let server = Server::start(&env);
+        let first = post(&server, "/api/v1/requests", Some(HR), EXIT_TICKET).await;
+        assert_eq!(
+            first.status,
+            StatusCode::CREATED,
+            "[{label}] {}",
+            first.text
+        );
+        let id = first.body["id"].as_str().unwrap().to_owned();
+
+        let other = EXIT_TICKET.replace("2026-12-31", "2026-11-30");
+        assert_ne!(other, EXIT_TICKET);
+        let a = post(&server, "/api/v1/requests", Some(HR), other).await;
+        api_error(&a, 409, "external_id_conflict", label);
+        let other = EXIT_TICKET.replace("\"E200\"", "\"E205\"");
+        assert_ne!(other, EXIT_TICKET);
+        let a = post(&server, "/api/v1/requests", Some(HR), other).await;
+        api_error(&a, 409, "external_id_conflict", label);
+
+        let q = queue(&env);
+        assert_eq!(q.len(), 1, "[{label}] {q:?}");
+        // The stored request is the first ticket, unchanged.
+        let shown = get(&server, &format!("/api/v1/requests/{id}"), Some(DPO)).await;
+        assert_eq!(shown.status, StatusCode::OK, "[{label}] {}", shown.text);
+        assert_eq!(
+            shown.body["request"]["exit_date"], "2026-12-31",
+            "[{label}]"
+        );
+        assert_eq!(
+            shown.body["request"]["successor"]["employee_id"], "E200",
+            "[{label}] {}",
+            shown.text
+        );
+
+        drop(server);
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_roles() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let server = Server::start(&env);
+
+        let a = post(&server, "/api/v1/requests", None, ERASURE_TICKET).await;
+        api_error(&a, 401, "unauthorized", label);
+        let a = post(
+            &server,
+            "/api/v1/requests",
+            Some("not-a-token"),
+            ERASURE_TICKET,
+        )
+        .await;
+        api_error(&a, 401, "unauthorized", label);
+        // A token that is a configured hash, not the secret, is no token.
+        let a = post(
+            &server,
+            "/api/v1/requests",
+            Some(&common::sha(HR)),
+            ERASURE_TICKET,
+        )
+        .await;
+        api_error(&a, 401, "unauthorized", label);
+        assert!(
+            queue(&env).is_empty(),
+            "[{label}] refused calls stored something"
+        );
+
+        // Self-service: stored, but unverified until the email link is followed.
+        let a = post(&server, "/api/v1/requests", Some(FORM), ERASURE_TICKET).await;
+        assert_eq!(a.status, StatusCode::CREATED, "[{label}] {}", a.text);
+        assert_eq!(a.body["created"], true, "[{label}]");
+        assert_eq!(a.body["state"], "unverified", "[{label}] {}", a.text);
+        let id = a.body["id"].as_str().unwrap().to_owned();
+        let token = a.body["verify_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("[{label}] no verify_token: {}", a.text))
+            .to_owned();
+
+        // Listing is for the DPO and auditors only.
+        let a = get(&server, "/api/v1/requests", Some(HR)).await;
+        api_error(&a, 403, "forbidden", label);
+        let a = get(&server, "/api/v1/requests", Some(FORM)).await;
+        api_error(&a, 403, "forbidden", label);
+        let a = get(&server, &format!("/api/v1/requests/{id}"), Some(HR)).await;
+        api_error(&a, 403, "forbidden", label);
+        let a = get(&server, "/api/v1/requests", None).await;
+        api_error(&a, 401, "unauthorized", label);
+        let a = get(&server, "/api/v1/requests", Some(DPO)).await;
+        assert_eq!(a.status, StatusCode::OK, "[{label}] {}", a.text);
+        let list = a.body["requests"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "[{label}] {}", a.text);
+        assert_eq!(list[0]["id"], id.as_str());
+        assert_eq!(list[0]["state"], "unverified");
+
+        // The verification link moves it on; a wrong token does not.
+        let a = post(&server, "/api/v1/verify", None, r#"{"token":"nope"}"#).await;
+        api_error(&a, 404, "not_found", label);
+        let a = post(
+            &server,
+            "/api/v1/verify",
+            None,
+            serde_json::json!({ "token": token }).to_string(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "[{label}] {}", a.text);
+        assert_eq!(a.body["id"], id.as_str());
+        assert_eq!(a.body["state"], "pending_review", "[{label}] {}", a.text);
+
+        drop(server);
+        kind.cleanup().await;
+    }
+}
+
+async fn crm_customers(crm: &Path) -> i64 {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(crm)
+        .read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_changes_nothing() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let server = Server::start(&env);
+        assert_eq!(crm_customers(&env.path().join("crm.db")).await, 120);
+
+        // Over the body limit (65536 by default): a valid ticket padded with a long note.
+        let pad = "x".repeat(70_000);
+        let big = format!(
+            r#"{{"kind":"erasure","external_id":"BIG-1","subject":{{"email":"big@example.com"}},"note":"{pad}"}}"#
+        );
+        assert!(big.len() > 70_000);
+        let a = post(&server, "/api/v1/requests", Some(HR), big).await;
+        api_error(&a, 413, "too_large", label);
+
+        let a = post(
+            &server,
+            "/api/v1/requests",
+            Some(HR),
+            r#"{"kind":"erasure","subject":{"email":"a@b.example"}"#,
+        )
+        .await;
+        let msg = api_error(&a, 400, "ticket_invalid", label);
+        assert!(
+            msg.contains("line 1") && msg.contains("column"),
+            "[{label}] malformed JSON should name line and column: {msg}"
+        );
+
+        let cases: [(&str, &str); 5] = [
+            (
+                r#"{"kind":"forget","external_id":"K-1","subject":{"email":"a@b.example"}}"#,
+                "kind",
+            ),
+            (
+                r#"{"kind":"erasure","external_id":"E-1","subject":{"email":"not-an-email"}}"#,
+                "subject.email",
+            ),
+            (
+                r#"{"kind":"exit","external_id":"X-1","subject":{"employee_id":"E100"},"exit_date":"2026-12-31"}"#,
+                "successor",
+            ),
+            (
+                r#"{"kind":"exit","external_id":"X-2","subject":{"employee_id":"E100"},"exit_date":"2026-02-30","successor":{"employee_id":"E200"}}"#,
+                "exit_date",
+            ),
+            (
+                r#"{"kind":"erasure","external_id":"I-1","subject":{"email":"x@y.z'); DROP TABLE customers; --"}}"#,
+                "subject.email",
+            ),
+        ];
+        for (body, names) in cases {
+            let a = post(&server, "/api/v1/requests", Some(HR), body).await;
+            let msg = api_error(&a, 400, "ticket_invalid", label);
+            assert!(
+                msg.contains(names),
+                "[{label}] message for {body} should name {names}: {msg}"
+            );
+        }
+        // Not JSON at all, and an empty body.
+        for body in ["kind=erasure&email=a@b.example", ""] {
+            let a = post(&server, "/api/v1/requests", Some(HR), body).await;
+            api_error(&a, 400, "ticket_invalid", label);
+        }
+
+        let q = queue(&env);
+        assert!(q.is_empty(), "[{label}] bad input stored requests: {q:?}");
+        assert_eq!(
+            crm_customers(&env.path().join("crm.db")).await,
+            120,
+            "[{label}] the CRM changed"
+        );
+        // The server is still well after all that.
+        let h = get(&server, "/healthz", None).await;
+        assert_eq!(h.status, StatusCode::OK, "[{label}]");
+
+        drop(server);
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_and_security_headers() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let server = Server::start(&env);
+        let h = get(&server, "/healthz", None).await;
+        assert_eq!(h.status, StatusCode::OK, "[{label}] {}", h.text);
+        assert_eq!(h.body["status"], "ok", "[{label}] {}", h.text);
+        assert_eq!(
+            h.headers
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "[{label}] /healthz headers: {:?}",
+            h.headers
+        );
+        // Errors carry the headers too.
+        let e = get(&server, "/api/v1/requests", None).await;
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED, "[{label}]");
+        assert_eq!(
+            e.headers
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "[{label}] error headers: {:?}",
+            e.headers
+        );
+        let c = post(&server, "/api/v1/requests", Some(HR), ERASURE_TICKET).await;
+        assert_eq!(c.status, StatusCode::CREATED, "[{label}]");
+        assert_eq!(
+            c.headers
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "[{label}] created headers: {:?}",
+            c.headers
+        );
+        drop(server);
+        kind.cleanup().await;
+    }
+}
+
+/// Write `name` into `dir` as an inbox client should: a hidden temp file, then a rename.
+fn drop_file(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Files (not folders) directly in `dir`.
+fn files_in(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Wait (up to 20 s) until the inbox holds no file.
+fn wait_for_empty_inbox(inbox: &Path, server: &Server, label: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = files_in(inbox);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{label}] the inbox still holds {left:?} after 20 s; server log:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn one_ending_with(files: &[String], suffix: &str, label: &str) -> String {
+    let found: Vec<&String> = files.iter().filter(|f| f.ends_with(suffix)).collect();
+    assert_eq!(found.len(), 1, "[{label}] *{suffix} in {files:?}");
+    found[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_files_are_taken_whole_or_rejected_with_a_reason() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let inbox: PathBuf = env.path().join("var/inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let server = Server::start(&env);
+
+        let good_json = r#"{"kind":"erasure","external_id":"INBOX-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#;
+        let bad_json = r#"{"kind":"erasure","external_id":"INBOX-2","subject":{"email":"#;
+        let good_csv = "external_id,employee_id,email,exit_date,successor_employee_id\n\
+                        HR-CSV-1,E115,sophie.turner@corp.example,2026-12-31,E200\n\
+                        HR-CSV-2,E135,daniel.hughes@corp.example,2027-01-15,E200\n";
+        let bad_csv = "external_id,employee_id,exit_date,successor_employee_id\n\
+                       HR-BAD-1,E145,2026-12-31,E200\n\
+                       HR-BAD-2,E170,31/12/2026,E200\n\
+                       HR-BAD-3,E190,2027-01-31,E200\n";
+        drop_file(&inbox, "good.json", good_json);
+        drop_file(&inbox, "bad.json", bad_json);
+        drop_file(&inbox, "leavers.csv", good_csv);
+        drop_file(&inbox, "broken-list.csv", bad_csv);
+        wait_for_empty_inbox(&inbox, &server, label);
+        // Our own temp files were renamed away; nothing else is left behind.
+        assert!(files_in(&inbox).is_empty());
+
+        let done = files_in(&inbox.join("done"));
+        let rejected = files_in(&inbox.join("rejected"));
+        assert_eq!(done.len(), 2, "[{label}] done: {done:?}");
+        one_ending_with(&done, "-good.json", label);
+        one_ending_with(&done, "-leavers.csv", label);
+        assert_eq!(rejected.len(), 4, "[{label}] rejected: {rejected:?}");
+        let bad = one_ending_with(&rejected, "-bad.json", label);
+        let note = std::fs::read_to_string(inbox.join("rejected").join(format!("{bad}.error.txt")))
+            .unwrap_or_else(|e| panic!("[{label}] no error note beside {bad}: {e}"));
+        assert!(
+            note.contains("bad.json") && note.contains("malformed") && note.contains("line 1"),
+            "[{label}] bad.json note: {note}"
+        );
+        assert!(note.contains("ticket_invalid"), "[{label}] {note}");
+        let broken = one_ending_with(&rejected, "-broken-list.csv", label);
+        let note =
+            std::fs::read_to_string(inbox.join("rejected").join(format!("{broken}.error.txt")))
+                .unwrap_or_else(|e| panic!("[{label}] no error note beside {broken}: {e}"));
+        assert!(
+            note.contains("broken-list.csv: line 3") && note.contains("exit_date"),
+            "[{label}] broken-list.csv note: {note}"
+        );
+        // The rejected files are kept as they were sent.
+        assert_eq!(
+            std::fs::read_to_string(inbox.join("rejected").join(&broken)).unwrap(),
+            bad_csv
+        );
+
+        // One from the JSON, two from the good list, none from the broken list.
+        let q = queue(&env);
+        assert_eq!(
+            external_ids(&q),
+            ["HR-CSV-1", "HR-CSV-2", "INBOX-1"],
+            "[{label}] {q:?}"
+        );
+        for r in &q {
+            assert_eq!(r["state"], "pending_review", "[{label}] {r}");
+        }
+        let leavers: Vec<&Value> = q.iter().filter(|r| r["kind"] == "exit").collect();
+        assert_eq!(leavers.len(), 2, "[{label}]");
+
+        // The same good file again: accepted (it is the same request), nothing new.
+        std::thread::sleep(Duration::from_millis(1100)); // a new stamp for done/
+        drop_file(&inbox, "good.json", good_json);
+        wait_for_empty_inbox(&inbox, &server, label);
+        let done = files_in(&inbox.join("done"));
+        assert_eq!(
+            done.iter().filter(|f| f.ends_with("-good.json")).count(),
+            2,
+            "[{label}] done: {done:?}"
+        );
+        assert_eq!(files_in(&inbox.join("rejected")).len(), 4, "[{label}]");
+        let again = queue(&env);
+        assert_eq!(again.len(), 3, "[{label}] {again:?}");
+        assert_eq!(external_ids(&again), external_ids(&q));
+
+        drop(server);
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_shuts_down_gracefully() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let mut server = Server::start(&env);
+        let h = get(&server, "/healthz", None).await;
+        assert_eq!(h.status, StatusCode::OK, "[{label}]");
+        let url = server.url("/healthz");
+        let started = Instant::now();
+        let status = server.terminate(Duration::from_secs(10));
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "[{label}] quietus serve still ran 10 s after SIGTERM:\n{}",
+                server.stderr()
+            )
+        });
+        assert!(
+            status.success(),
+            "[{label}] exit status after SIGTERM: {status}\n{}",
+            server.stderr()
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // It no longer answers.
+        assert!(client().get(url).send().await.is_err(), "[{label}]");
+        kind.cleanup().await;
+    }
+}

@@ -1,0 +1,353 @@
+//! The demo CRM in all three dialects: the schema and seed load into SQLite, PostgreSQL and
+//! MariaDB, and a survey counts the same rows in each, equal to the known cast; identity
+//! values that try to inject SQL find nothing and change nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::Db;
+use quietus::demo::{CRM_SCHEMA_MYSQL, CRM_SCHEMA_POSTGRES, CRM_SEED};
+use quietus::policy::{Identities, IdentityKind, System};
+use quietus::targets::{Statement, SuccessorCheck, SystemSurvey, TableCounts, Target, survey};
+
+/// The shipped data map of the demo CRM.
+const CRM_MAP: &str = include_str!("../policies/systems/crm.toml");
+
+/// Every table of the demo CRM and its seeded row count.
+const TABLES: [(&str, i64); 11] = [
+    ("departments", 8),
+    ("employees", 40),
+    ("employee_roles", 84),
+    ("customers", 120),
+    ("contacts", 202),
+    ("deals", 150),
+    ("follow_ups", 400),
+    ("call_notes", 200),
+    ("personal_notes", 60),
+    ("labour_contracts", 40),
+    ("invoices", 164),
+];
+
+/// The shipped data map with its driver and url pointed elsewhere.
+fn crm_system(driver: &str, url: &str) -> System {
+    let mut seen = (false, false);
+    let text: Vec<String> = CRM_MAP
+        .lines()
+        .map(|l| {
+            if l.starts_with("driver = ") {
+                seen.0 = true;
+                format!("driver = {driver:?}")
+            } else if l.starts_with("url = ") {
+                seen.1 = true;
+                format!("url = {url:?}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(seen, (true, true), "crm.toml has no driver/url line");
+    let sys: System = toml::from_str(&text.join("\n")).expect("crm.toml parses");
+    assert_eq!(sys.url.as_deref(), Some(url));
+    sys
+}
+
+/// One copy of the demo CRM.
+struct Crm {
+    label: &'static str,
+    system: System,
+    base: tempfile::TempDir,
+    db: Option<Db>,
+}
+
+/// The demo CRM on SQLite, and on PostgreSQL and MariaDB when their URLs are given.
+async fn load_all() -> Vec<Crm> {
+    let mut out = Vec::new();
+
+    let base = tempfile::tempdir().unwrap();
+    quietus::demo::create_crm_sqlite(&base.path().join("crm.db"))
+        .await
+        .expect("demo CRM on SQLite");
+    out.push(Crm {
+        label: "sqlite",
+        system: crm_system("sqlite", "sqlite://crm.db"),
+        base,
+        db: None,
+    });
+
+    if let Some(db) = Db::postgres().await {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(CRM_SCHEMA_POSTGRES))
+            .execute(&mut *tx)
+            .await
+            .expect("PostgreSQL schema loads");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(CRM_SEED))
+            .execute(&mut *tx)
+            .await
+            .expect("seed loads into PostgreSQL");
+        tx.commit().await.unwrap();
+        pool.close().await;
+        out.push(Crm {
+            label: "postgres",
+            system: crm_system("postgres", &db.url),
+            base: tempfile::tempdir().unwrap(),
+            db: Some(db),
+        });
+    }
+
+    if let Some(db) = Db::mysql().await {
+        let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(CRM_SCHEMA_MYSQL))
+            .execute(&pool)
+            .await
+            .expect("MariaDB schema loads");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(CRM_SEED))
+            .execute(&pool)
+            .await
+            .expect("seed loads into MariaDB");
+        pool.close().await;
+        out.push(Crm {
+            label: "mysql",
+            system: crm_system("mysql", &db.url),
+            base: tempfile::tempdir().unwrap(),
+            db: Some(db),
+        });
+    }
+    out
+}
+
+async fn drop_all(crms: Vec<Crm>) {
+    for c in crms {
+        if let Some(db) = c.db {
+            db.drop_now().await;
+        }
+    }
+}
+
+/// Row counts of every table, read on a connection of its own.
+async fn row_counts(c: &Crm) -> BTreeMap<String, i64> {
+    let target = Target::connect(&c.system, c.base.path())
+        .await
+        .unwrap_or_else(|e| panic!("[{}] connect: {e}", c.label));
+    let mut out = BTreeMap::new();
+    for (table, _) in TABLES {
+        let quoted = target.dialect().quote(table).unwrap();
+        let st = Statement {
+            sql: format!("SELECT COUNT(*) FROM {quoted}"),
+            binds: vec![],
+        };
+        // A failure is recorded as -1 and asserted after the databases are dropped.
+        let n = match target.query_counts(&st).await {
+            Ok(n) => n[0],
+            Err(e) => {
+                eprintln!("[{}] table {table}: {e}", c.label);
+                -1
+            }
+        };
+        out.insert(table.to_owned(), n);
+    }
+    target.close().await;
+    out
+}
+
+fn seeded_counts() -> BTreeMap<String, i64> {
+    TABLES.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect()
+}
+
+fn ids(pairs: &[(IdentityKind, &str)]) -> Identities {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+async fn survey_one(c: &Crm, subject: &Identities, successor: Option<&Identities>) -> SystemSurvey {
+    let mut s = survey(
+        std::slice::from_ref(&c.system),
+        c.base.path(),
+        subject,
+        successor,
+    )
+    .await;
+    assert_eq!(s.len(), 1, "[{}] one system surveyed", c.label);
+    s.remove(0)
+}
+
+/// A survey that went through (asserted after the databases are dropped).
+#[track_caller]
+fn surveyed(label: &str, s: &SystemSurvey) {
+    assert_eq!(s.system, "crm");
+    assert!(!s.manual);
+    assert_eq!(s.error, None, "[{label}] survey failed");
+}
+
+/// Every mapped table with the given (subject, owned) counts, all others zero.
+fn expect(counts: &[(&str, u64, u64)]) -> BTreeMap<String, TableCounts> {
+    let mapped = [
+        "employees",
+        "employee_roles",
+        "personal_notes",
+        "labour_contracts",
+        "customers",
+        "contacts",
+        "deals",
+        "follow_ups",
+        "call_notes",
+        "invoices",
+    ];
+    let mut m: BTreeMap<String, TableCounts> = mapped
+        .iter()
+        .map(|t| ((*t).to_owned(), TableCounts::default()))
+        .collect();
+    for (t, subject_rows, owned_rows) in counts {
+        let c = m.get_mut(*t).expect("a mapped table");
+        c.subject_rows = *subject_rows;
+        c.owned_rows = *owned_rows;
+    }
+    m
+}
+
+fn leaver() -> Identities {
+    ids(&[
+        (IdentityKind::Email, "fang.wang@corp.example"),
+        (IdentityKind::EmployeeId, "E100"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_crm_surveys_the_same_in_every_dialect() {
+    let crms = load_all().await;
+    let e200 = ids(&[(IdentityKind::EmployeeId, "E200")]);
+    let e150 = ids(&[(IdentityKind::EmployeeId, "E150")]);
+    let olivia = ids(&[(IdentityKind::Email, "olivia.chen@example.com")]);
+
+    let mut results = Vec::new();
+    for c in &crms {
+        let counts = row_counts(c).await;
+        let exit = survey_one(c, &leaver(), Some(&e200)).await;
+        let exit_e150 = survey_one(c, &leaver(), Some(&e150)).await;
+        let erasure = survey_one(c, &olivia, None).await;
+        results.push((c.label, counts, exit, exit_e150, erasure));
+    }
+    let labels: Vec<&str> = crms.iter().map(|c| c.label).collect();
+    drop_all(crms).await;
+
+    let leaver_cast = expect(&[
+        ("employees", 1, 0),
+        ("employee_roles", 3, 0),
+        ("personal_notes", 3, 0),
+        ("labour_contracts", 1, 0),
+        ("follow_ups", 12, 0),
+        ("call_notes", 5, 0),
+        ("customers", 0, 5),
+        ("deals", 0, 3),
+    ]);
+    let olivia_cast = expect(&[
+        ("customers", 1, 0),
+        ("follow_ups", 3, 0),
+        ("invoices", 2, 0),
+    ]);
+    for (label, counts, exit, exit_e150, erasure) in &results {
+        for s in [exit, exit_e150, erasure] {
+            surveyed(label, s);
+        }
+        assert_eq!(counts, &seeded_counts(), "[{label}] seeded row counts");
+        assert_eq!(exit.tables, leaver_cast, "[{label}] E100's rows");
+        assert_eq!(
+            exit.successor,
+            Some(SuccessorCheck {
+                table: "employees".into(),
+                found: 1,
+                disabled: 0
+            }),
+            "[{label}] successor E200"
+        );
+        assert_eq!(exit_e150.tables, leaver_cast, "[{label}] E100's rows");
+        assert_eq!(
+            exit_e150.successor,
+            Some(SuccessorCheck {
+                table: "employees".into(),
+                found: 1,
+                disabled: 1
+            }),
+            "[{label}] successor E150 (disabled)"
+        );
+        assert_eq!(erasure.tables, olivia_cast, "[{label}] Olivia's rows");
+        assert_eq!(erasure.successor, None, "[{label}]");
+    }
+    // Identical across dialects (also when the cast above is ever changed).
+    for w in results.windows(2) {
+        assert_eq!(w[0].2, w[1].2, "{} vs {}", w[0].0, w[1].0);
+        assert_eq!(w[0].3, w[1].3, "{} vs {}", w[0].0, w[1].0);
+        assert_eq!(w[0].4, w[1].4, "{} vs {}", w[0].0, w[1].0);
+    }
+    eprintln!("surveyed on {labels:?}");
+    if common::server_url("QUIETUS_TEST_POSTGRES_URL").is_some()
+        && common::server_url("QUIETUS_TEST_MYSQL_URL").is_some()
+    {
+        assert_eq!(labels, ["sqlite", "postgres", "mysql"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_values_never_become_sql() {
+    let crms = load_all().await;
+    let attempts = [
+        ids(&[(IdentityKind::Email, "' OR 1=1 --")]),
+        ids(&[(IdentityKind::Email, "x@y.z'); DROP TABLE customers; --")]),
+        ids(&[(IdentityKind::EmployeeId, "E100' OR '1'='1")]),
+        ids(&[(IdentityKind::Phone, "1 OR 1=1")]),
+        ids(&[(IdentityKind::CustomerId, "\" OR \"\"=\"")]),
+        ids(&[
+            (
+                IdentityKind::Email,
+                "a@b.example`; DROP TABLE employees; --",
+            ),
+            (IdentityKind::EmployeeId, "E100\\' OR 1=1 #"),
+        ]),
+    ];
+    let mut results = Vec::new();
+    for c in &crms {
+        let mut surveys = Vec::new();
+        for a in &attempts {
+            // As the subject, and as an exit's successor.
+            surveys.push(survey_one(c, a, Some(a)).await);
+        }
+        let counts = row_counts(c).await;
+        // A real leaver still surveys the same after all that.
+        let after = survey_one(c, &leaver(), None).await;
+        results.push((c.label, surveys, counts, after));
+    }
+    drop_all(crms).await;
+
+    for (label, surveys, counts, after) in &results {
+        surveyed(label, after);
+        for (a, s) in attempts.iter().zip(surveys) {
+            surveyed(label, s);
+            assert_eq!(s.tables, expect(&[]), "[{label}] {a:?} found rows");
+            // Employees are not known by customer_id: then there is nothing to check.
+            let looked_up = !a.contains_key(&IdentityKind::CustomerId) || a.len() > 1;
+            let succ = s.successor.as_ref();
+            assert_eq!(
+                succ.map(|c| (c.found, c.disabled)),
+                looked_up.then_some((0, 0)),
+                "[{label}] {a:?} as a successor"
+            );
+        }
+        assert_eq!(counts, &seeded_counts(), "[{label}] tables changed");
+        assert_eq!(after.tables["employees"].subject_rows, 1, "[{label}]");
+        assert_eq!(after.tables["customers"].owned_rows, 5, "[{label}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_sqlite_file_is_an_error_not_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = crm_system("sqlite", "sqlite://absent.db");
+    let s = survey(&[sys], dir.path(), &leaver(), None).await;
+    assert_eq!(s.len(), 1);
+    let err = s[0].error.as_deref().expect("an error");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!Path::new(&dir.path().join("absent.db")).exists());
+}
