@@ -16,7 +16,7 @@ fn now() -> chrono::DateTime<chrono::Utc> {
         .to_utc()
 }
 
-const TABLES: [&str; 5] = ["requests", "tickets", "identities", "history", "plans"];
+const TABLES: [&str; 8] = ["requests", "tickets", "identities", "history", "plans", "tasks", "backups", "schedule_ticks"];
 
 async fn table_names(pool: &Pool) -> Vec<String> {
     let mut names: Vec<String> = match pool {
