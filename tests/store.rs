@@ -16,7 +16,16 @@ fn now() -> chrono::DateTime<chrono::Utc> {
         .to_utc()
 }
 
-const TABLES: [&str; 8] = ["requests", "tickets", "identities", "history", "plans", "tasks", "backups", "schedule_ticks"];
+const TABLES: [&str; 8] = [
+    "requests",
+    "tickets",
+    "identities",
+    "history",
+    "plans",
+    "tasks",
+    "backups",
+    "schedule_ticks",
+];
 
 async fn table_names(pool: &Pool) -> Vec<String> {
     let mut names: Vec<String> = match pool {
