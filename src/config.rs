@@ -26,6 +26,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub api: ApiConfig,
     pub deadlines: DeadlinesConfig,
+    pub backup: BackupConfig,
+    pub jobs: JobsConfig,
+    pub schedule: ScheduleConfig,
     /// The folder relative paths are resolved against (not a key: set on load).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -159,6 +162,80 @@ pub struct DeadlinesConfig {
     pub calendar: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Encrypted archives (`ID.jsonl.zst.age`).
+    pub dir: PathBuf,
+    /// One age key per archive (`ID.key`); destroying one crypto-shreds its archive.
+    /// Keep it on other storage than `dir`, and out of the backups of the machine.
+    pub keys_dir: PathBuf,
+    /// How long a backup lives; then it is crypto-shredded and can no longer restore.
+    pub keep: crate::policy::Period,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: "var/backups".into(),
+            keys_dir: "var/backup-keys".into(),
+            keep: crate::policy::Period::new(90, crate::policy::Unit::Days),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Seconds a worker holds a task before another may take it over.
+    pub lease_seconds: u64,
+    /// Attempts before a task (and its request) needs attention.
+    pub max_attempts: i64,
+    /// Rows changed per statement and transaction.
+    pub batch_size: usize,
+    /// Seconds between two looks for due work (`serve`).
+    pub poll_seconds: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            lease_seconds: 300,
+            max_attempts: 5,
+            batch_size: 500,
+            poll_seconds: 5,
+        }
+    }
+}
+
+/// Cron expressions (with seconds: `sec min hour day month weekday`), in UTC. Blank
+/// disables a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// When approved destructive tasks may run against the target systems: the times this
+    /// expression matches (e.g. `* * 1-4 * * *` is 01:00 to 04:59). Blank: any time.
+    /// Disabling accounts is not held back: it happens on the exit date itself.
+    pub window: String,
+    /// The retention sweep: rows whose retention ran out are erased with no ticket.
+    pub retention_sweep: String,
+    /// Crypto-shredding of expired backups.
+    pub backup_expiry: String,
+    /// Deadline reminders for the DPO.
+    pub reminders: String,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            window: String::new(),
+            retention_sweep: "0 0 3 * * *".into(),
+            backup_expiry: "0 30 3 * * *".into(),
+            reminders: "0 0 9 * * *".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -168,6 +245,9 @@ impl Default for Config {
             server: ServerConfig::default(),
             api: ApiConfig::default(),
             deadlines: DeadlinesConfig::default(),
+            backup: BackupConfig::default(),
+            jobs: JobsConfig::default(),
+            schedule: ScheduleConfig::default(),
             base_dir: PathBuf::from("."),
             source: None,
         }
@@ -239,6 +319,13 @@ impl Config {
 
     pub fn policies_dir(&self) -> PathBuf {
         self.path(&self.policies.dir)
+    }
+
+    pub fn backup_dirs(&self) -> (PathBuf, PathBuf) {
+        (
+            self.path(&self.backup.dir),
+            self.path(&self.backup.keys_dir),
+        )
     }
 
     pub fn inbox_dir(&self) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod intake;
+pub mod jobs;
 pub mod lifecycle;
 pub mod plan;
 pub mod policy;

@@ -38,6 +38,9 @@ pub struct TableManifest {
     pub action: String,
     /// The columns backed up (for erase: every column of the row).
     pub columns: Vec<Column>,
+    /// For updates: the value each changed column gets (null: NULL).
+    #[serde(default)]
+    pub set: BTreeMap<String, Option<String>>,
 }
 
 /// The first line of an archive.
@@ -245,7 +248,7 @@ fn load_identity(key_path: &Path) -> Result<age::x25519::Identity> {
 
 /// Reads an archive row by row; the trailer is checked when the rows run out.
 pub struct Reader {
-    lines: std::io::Lines<Box<dyn BufRead>>,
+    lines: std::io::Lines<Box<dyn BufRead + Send>>,
     path: PathBuf,
     pub manifest: Manifest,
     rows: u64,
@@ -263,7 +266,7 @@ impl Reader {
             .decrypt(std::iter::once(&identity as &dyn age::Identity))
             .map_err(|e| io("decrypt", path, e))?;
         let unz = zstd::stream::read::Decoder::new(plain).map_err(|e| io("decompress", path, e))?;
-        let reader: Box<dyn BufRead> = Box::new(BufReader::new(unz));
+        let reader: Box<dyn BufRead + Send> = Box::new(BufReader::new(unz));
         let mut lines = reader.lines();
         let first = lines
             .next()
@@ -414,6 +417,7 @@ mod tests {
                     name: "body".into(),
                     sql_type: "text".into(),
                 }],
+                set: BTreeMap::new(),
             }],
         }
     }

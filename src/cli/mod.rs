@@ -4,6 +4,7 @@ mod output;
 mod policy;
 mod requests;
 mod serve;
+mod work;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +119,26 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Execute what is due now (approved requests, their tasks, expired backups), once.
+    Run {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put back what a request's tasks erased or overwrote, from its backups.
+    Restore {
+        id: String,
+        /// Say what would be restored; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm a manual task (a system with no connector) as done.
+    Confirm {
+        task: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -213,6 +234,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             serve::run(config, ctx, listen)
                 .await
                 .map(|()| ExitCode::SUCCESS)
+        }
+        cmd @ (Command::Run { .. } | Command::Restore { .. } | Command::Confirm { .. }) => {
+            let config = Config::load(cli.config.as_deref())?;
+            let ctx = context(&config).await?;
+            let settings = crate::jobs::Settings::from_config(&config)?;
+            let r = work::run(&ctx, &settings, cmd, &actor).await;
+            ctx.store.close().await;
+            r
         }
         other => {
             let config = Config::load(cli.config.as_deref())?;

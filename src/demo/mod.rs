@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{Days, Utc};
+use chrono::Utc;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -119,7 +119,8 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     let ctx = crate::cli::context(&config).await?;
     let now = crate::clock::now();
     let today = ctx.today(now);
-    let exit_date = today.checked_add_days(Days::new(14)).unwrap_or(today);
+    // The leaver leaves today, so that the tour can carry the exit out now.
+    let exit_date = today;
 
     let exit_ticket = json!({
         "kind": "exit",
@@ -164,6 +165,38 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             "plan": {"blocked": plan.blocked, "entries": plan.entries},
         }));
     }
+    // The DPO approves both; the worker carries them out, backup first.
+    let before = crm_facts(&crm).await?;
+    for r in &summary {
+        let id = r["id"].as_str().unwrap_or_default();
+        ctx.decide(
+            id,
+            crate::lifecycle::Decision::Approve,
+            &format!("{actor} (demo: dpo)"),
+            None,
+            now,
+        )
+        .await?;
+    }
+    let settings = crate::jobs::Settings::from_config(&config)?;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = crate::jobs::run_due(&ctx, &settings, &stop, &|_| {}).await?;
+    let after = crm_facts(&crm).await?;
+    let mut backups = Vec::new();
+    let mut followups = Vec::new();
+    for r in summary.iter_mut() {
+        let id = r["id"].as_str().unwrap_or_default().to_owned();
+        let req = ctx.request(&id).await?;
+        r["state"] = json!(req.state);
+        for b in ctx.store.backups_of(&id).await? {
+            backups.push(b.path.clone());
+        }
+        for t in ctx.store.tasks_of(&id).await? {
+            if t.state != "done" {
+                followups.push(json!({"request": id, "task": t.id, "kind": t.kind, "due_at": t.due_at, "state": t.state}));
+            }
+        }
+    }
     ctx.store.close().await;
 
     if json_out {
@@ -175,6 +208,12 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             "today": today,
             "now": now.with_timezone(&Utc),
             "requests": summary,
+            "backups": backups,
+            "backup_keys": dir.join("var/backup-keys"),
+            "later_tasks": followups,
+            "run": run,
+            "crm_before": before,
+            "crm_after": after,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -198,6 +237,28 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     for t in &texts {
         println!("{t}");
     }
+    println!("The DPO approved both; quietus backed up, then changed the CRM:\n");
+    for (k, v) in before.as_object().into_iter().flatten() {
+        println!(
+            "  {k:<44} {v} -> {}",
+            after.get(k).cloned().unwrap_or_default()
+        );
+    }
+    println!();
+    println!("Backups (age + zstd; open one with `age -d -i KEY FILE | zstd -d`):");
+    for b in &backups {
+        println!("  {b}");
+    }
+    println!("Kept for later (retention), with tasks that will act when it ends:");
+    for f in &followups {
+        println!(
+            "  {} {} due {}",
+            f["kind"].as_str().unwrap_or(""),
+            f["task"].as_str().unwrap_or(""),
+            f["due_at"].as_str().unwrap_or("")
+        );
+    }
+    println!();
     println!("Try next:");
     println!("  quietus --config {cfg} queue");
     println!(
@@ -210,6 +271,41 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     println!("  quietus --config {cfg} approve ID");
     println!("  quietus --config {cfg} serve");
     Ok(())
+}
+
+/// A few facts about the demo cast, read straight from the CRM.
+async fn crm_facts(crm: &Path) -> Result<serde_json::Value> {
+    let opts = SqliteConnectOptions::new().filename(crm).read_only(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    let q = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_one(&pool)
+                .await
+                .map(|v| v.unwrap_or_else(|| "NULL".into()))
+        }
+    };
+    let facts = json!({
+        "E100 account status": q("SELECT status || COALESCE(' since ' || left_at, '') FROM employees WHERE emp_no = 'E100'").await?,
+        "E100 name": q("SELECT name FROM employees WHERE emp_no = 'E100'").await?,
+        "E100 email": q("SELECT COALESCE(email, 'NULL') FROM employees WHERE emp_no = 'E100'").await?,
+        "E100 roles": q("SELECT CAST(COUNT(*) AS TEXT) FROM employee_roles WHERE employee_id = (SELECT id FROM employees WHERE emp_no = 'E100')").await?,
+        "E100 personal notes": q("SELECT CAST(COUNT(*) AS TEXT) FROM personal_notes WHERE employee_id = (SELECT id FROM employees WHERE emp_no = 'E100')").await?,
+        "E100 labour contracts (kept 2 years)": q("SELECT CAST(COUNT(*) AS TEXT) FROM labour_contracts WHERE employee_id = (SELECT id FROM employees WHERE emp_no = 'E100')").await?,
+        "E100 follow-ups (kept as business records)": q("SELECT CAST(COUNT(*) AS TEXT) FROM follow_ups WHERE author_id = (SELECT id FROM employees WHERE emp_no = 'E100')").await?,
+        "active customers owned by E100": q("SELECT CAST(COUNT(*) AS TEXT) FROM customers WHERE status = 'active' AND owner_id = (SELECT id FROM employees WHERE emp_no = 'E100')").await?,
+        "open deals owned by E100": q("SELECT CAST(COUNT(*) AS TEXT) FROM deals WHERE stage IN ('lead', 'negotiation') AND owner_id = (SELECT id FROM employees WHERE emp_no = 'E100')").await?,
+        "active customers owned by E200 (successor)": q("SELECT CAST(COUNT(*) AS TEXT) FROM customers WHERE status = 'active' AND owner_id = (SELECT id FROM employees WHERE emp_no = 'E200')").await?,
+        "customer C-1042 name": q("SELECT name FROM customers WHERE customer_no = 'C-1042'").await?,
+        "customer C-1042 email": q("SELECT COALESCE(email, 'NULL') FROM customers WHERE customer_no = 'C-1042'").await?,
+        "C-1042 invoices (kept 30 years)": q("SELECT CAST(COUNT(*) AS TEXT) FROM invoices WHERE customer_id = (SELECT id FROM customers WHERE customer_no = 'C-1042')").await?,
+    });
+    pool.close().await;
+    Ok(facts)
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {

@@ -195,19 +195,58 @@ impl Store {
         lease_held(n, task_id)
     }
 
-    /// Put a task back to `pending` (a fresh backup is needed), under the lease.
+    /// Put a task back to `pending` (a fresh backup is needed) and count the attempt;
+    /// past `max_attempts` it needs attention instead. Returns whether it gave up.
     pub async fn task_rebackup(
         &self,
         task_id: &str,
         worker: &str,
         why: &str,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+        max_attempts: i64,
+    ) -> Result<bool> {
+        let attempts: Option<(i64,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT attempts FROM tasks WHERE id = $1 AND lease_owner = $2").bind(task_id).bind(worker).fetch_optional(pool).await?
+        });
+        let Some((attempts,)) = attempts else {
+            return lease_held(0, task_id).map(|()| false);
+        };
+        if attempts + 1 >= max_attempts {
+            return self
+                .task_failed(task_id, worker, why, now, max_attempts)
+                .await;
+        }
         let n = on_pool!(self, pool => {
-            sqlx::query("UPDATE tasks SET state = 'pending', backup_id = NULL, last_error = $3, updated_at = $4 WHERE id = $1 AND lease_owner = $2")
+            sqlx::query("UPDATE tasks SET state = 'pending', backup_id = NULL, attempts = attempts + 1, last_error = $3, updated_at = $4, \
+                         lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
                 .bind(task_id).bind(worker).bind(why).bind(now).execute(pool).await?.rows_affected()
         });
-        lease_held(n, task_id)
+        lease_held(n, task_id).map(|()| false)
+    }
+
+    /// Take a task waiting for a person's confirmation, as that person (then `task_done`).
+    pub async fn take_for_confirmation(&self, task_id: &str, actor: &str) -> Result<()> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("UPDATE tasks SET lease_owner = $2 WHERE id = $1 AND state = 'waiting_confirmation'")
+                .bind(task_id).bind(actor).execute(pool).await?.rows_affected()
+        });
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Code::IllegalTransition,
+                format!("task {task_id} is not waiting for a confirmation"),
+            ))
+        }
+    }
+
+    /// How many tasks are due and runnable now.
+    pub async fn count_due(&self, now: DateTime<Utc>) -> Result<i64> {
+        let n: (i64,) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE state IN ('pending', 'backed_up') AND due_at <= $1 AND next_attempt_at <= $1")
+                .bind(now).fetch_one(pool).await?
+        });
+        Ok(n.0)
     }
 
     /// Finish a task with its result; returns whether every task of its request that is

@@ -126,3 +126,45 @@ impl Tx {
         .map_err(fail)
     }
 }
+
+impl Target {
+    /// Stream the rows `which` selects from `table`, page by page in key order (keyset
+    /// pagination: memory stays flat however many rows there are). Each row is the key
+    /// then `columns`, as text. Returns how many rows were seen.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        sys: &crate::policy::System,
+        table: &crate::policy::Table,
+        which: super::sql::Which<'_>,
+        key_type: &str,
+        columns: &[Column],
+        page_size: usize,
+        mut each: impl FnMut(TextRow) -> Result<()>,
+    ) -> Result<u64> {
+        let mut after: Option<String> = None;
+        let mut n = 0u64;
+        while let Some(st) = super::sql::select_page(
+            self.dialect(),
+            sys,
+            table,
+            which,
+            key_type,
+            columns,
+            after.as_deref(),
+            page_size,
+        )? {
+            let page = self.fetch_text(&st).await?;
+            let len = page.len();
+            for row in page {
+                after = row.first().cloned().flatten();
+                each(row)?;
+                n += 1;
+            }
+            if len < page_size || after.is_none() {
+                break;
+            }
+        }
+        Ok(n)
+    }
+}

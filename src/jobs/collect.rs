@@ -1,0 +1,353 @@
+//! Collecting what a task will change: the parts of a task (table, action, columns, the
+//! values an update writes), the successor's key, the keys of retained rows, and the
+//! archive of every row the task will change, written and read back before any change.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::execute::{Part, Source, column};
+use super::{Settings, TaskBody};
+use crate::backup::{self, Manifest, Record, TableManifest};
+use crate::error::{Code, Error, Result};
+use crate::lifecycle::Context;
+use crate::policy::datamap::split_target;
+use crate::policy::{Action, FollowUp, Identities, System};
+use crate::store::{BackupRow, TaskRow};
+use crate::targets::Target;
+use crate::targets::exec::TextRow;
+use crate::targets::sql::{self, Which};
+
+pub(super) async fn parts_of(
+    sys: &System,
+    task: &TaskRow,
+    body: &TaskBody,
+    target: &Target,
+    successor: Option<&Identities>,
+) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    for e in &body.entries {
+        let table = sys
+            .table(&e.table)
+            .ok_or_else(|| {
+                Error::new(
+                    Code::Policy,
+                    format!("{}.{}: not in the data map any more", sys.name, e.table),
+                )
+            })?
+            .clone();
+        let catalog = target.columns(&table.name).await?;
+        let key = column(&catalog, &table.name, &table.key)?;
+        let (action, source) = match (e.action, task.kind.as_str()) {
+            (Action::Retain, super::FOLLOWUP) => {
+                let keys = body.keys.get(&table.name).cloned().unwrap_or_default();
+                let a = match e.then {
+                    Some(FollowUp::Anonymize) => Action::Anonymize,
+                    _ => {
+                        if table.on_erase == crate::policy::OnErase::Anonymize {
+                            Action::Anonymize
+                        } else {
+                            Action::Erase
+                        }
+                    }
+                };
+                (a, Source::Keys(keys))
+            }
+            (Action::Reassign, _) => (Action::Reassign, Source::Owned),
+            (a, _) => (a, Source::Subject),
+        };
+        let mut part = Part {
+            table: table.clone(),
+            action,
+            key,
+            columns: Vec::new(),
+            set: Vec::new(),
+            source,
+        };
+        match action {
+            Action::Erase => {
+                part.columns = catalog
+                    .iter()
+                    .filter(|c| c.name != table.key)
+                    .cloned()
+                    .collect();
+            }
+            Action::Anonymize => {
+                for col in e.columns.iter().filter(|c| table.columns.contains_key(*c)) {
+                    let c = column(&catalog, &table.name, col)?;
+                    part.set
+                        .push((c.clone(), table.anonymize.get(col).cloned()));
+                    part.columns.push(c);
+                }
+            }
+            Action::Disable => {
+                let acc = table.account.as_ref().ok_or_else(|| {
+                    Error::new(Code::Policy, format!("{}: no account mapping", table.name))
+                })?;
+                for (col, val) in &acc.set {
+                    let c = column(&catalog, &table.name, col)?;
+                    part.set.push((c.clone(), Some(val.clone())));
+                    part.columns.push(c);
+                }
+                if let Some(d) = &acc.departed_at {
+                    let c = column(&catalog, &table.name, d)?;
+                    part.set
+                        .push((c.clone(), body.exit_date.map(|x| x.to_string())));
+                    part.columns.push(c);
+                }
+            }
+            Action::Reassign => {
+                let owner = table.owner.as_ref().ok_or_else(|| {
+                    Error::new(Code::Policy, format!("{}: no owner mapping", table.name))
+                })?;
+                let c = column(&catalog, &table.name, &owner.column)?;
+                let to = successor_key(sys, &owner.references, successor, target).await?;
+                part.set.push((c.clone(), Some(to)));
+                part.columns.push(c);
+            }
+            Action::Retain | Action::Export => continue,
+        }
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+/// The key of the exit's successor where the owner column points; exactly one, active.
+async fn successor_key(
+    sys: &System,
+    references: &str,
+    successor: Option<&Identities>,
+    target: &Target,
+) -> Result<String> {
+    let ids = successor.ok_or_else(|| {
+        Error::new(
+            Code::PlanBlocked,
+            "records must be handed over, but the request names no successor",
+        )
+    })?;
+    let (tn, tc) = split_target(references)
+        .ok_or_else(|| Error::new(Code::Policy, format!("bad owner target {references}")))?;
+    let t = sys
+        .table(tn)
+        .ok_or_else(|| Error::new(Code::Policy, format!("owner target {tn} is not mapped")))?;
+    let st = sql::count_identity_rows(target.dialect(), t, ids)?.ok_or_else(|| {
+        Error::new(
+            Code::PlanBlocked,
+            format!("the successor's identities cannot be looked up in {tn}"),
+        )
+    })?;
+    let counts = target.query_counts(&st).await?;
+    match (
+        counts.first().copied().unwrap_or(0),
+        counts.get(1).copied().unwrap_or(0),
+    ) {
+        (1, 0) => {}
+        (0, _) => {
+            return Err(Error::new(
+                Code::PlanBlocked,
+                format!("the successor is not in {}.{tn}", sys.name),
+            ));
+        }
+        (1, _) => {
+            return Err(Error::new(
+                Code::PlanBlocked,
+                format!("the successor's account in {}.{tn} is disabled", sys.name),
+            ));
+        }
+        (n, _) => {
+            return Err(Error::new(
+                Code::PlanBlocked,
+                format!(
+                    "the successor's identities match {n} rows of {}.{tn}",
+                    sys.name
+                ),
+            ));
+        }
+    }
+    let catalog = target.columns(tn).await?;
+    let key_col = column(&catalog, tn, &t.key)?;
+    let value_col = column(&catalog, tn, tc)?;
+    let st = sql::select_page(
+        target.dialect(),
+        sys,
+        t,
+        Which::Identity(ids),
+        &key_col.sql_type,
+        &[value_col],
+        None,
+        2,
+    )?
+    .ok_or_else(|| Error::new(Code::PlanBlocked, "the successor cannot be looked up"))?;
+    let rows = target.fetch_text(&st).await?;
+    rows.first()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .ok_or_else(|| {
+            Error::new(
+                Code::PlanBlocked,
+                format!("the successor has no {tc} in {tn}"),
+            )
+        })
+}
+
+/// Stream the rows of every part into a new archive, verify it, and describe it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn collect(
+    s: &Settings,
+    task: &TaskRow,
+    sys: &System,
+    parts: &[Part],
+    subject: &Identities,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<BackupRow> {
+    use rand::Rng;
+    let id = crate::store::new_id();
+    let digest_key: [u8; 32] = rand::rng().random();
+    let manifest = Manifest {
+        quietus_backup: backup::FORMAT,
+        id: id.clone(),
+        request_id: task.request_id.clone(),
+        task_id: task.id.clone(),
+        system: sys.name.clone(),
+        created_at: now,
+        digest_key: hex::encode(digest_key),
+        tables: parts
+            .iter()
+            .map(|p| TableManifest {
+                table: p.table.name.clone(),
+                key: p.key.clone(),
+                action: p.action.as_str().into(),
+                columns: p.columns.clone(),
+                set: p
+                    .set
+                    .iter()
+                    .map(|(c, v)| (c.name.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut w = backup::Writer::create(&s.backup_dir, &s.keys_dir, &manifest)?;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for p in parts {
+        let mut n = 0u64;
+        match &p.source {
+            Source::Keys(keys) => {
+                for chunk in keys.chunks(s.batch_size) {
+                    let st = sql::lock_rows(
+                        target.dialect(),
+                        &p.table,
+                        &p.key.sql_type,
+                        &p.columns,
+                        chunk,
+                    )?;
+                    for row in target.fetch_text(&st).await? {
+                        w.write_row(&record(p, row))?;
+                        n += 1;
+                    }
+                }
+            }
+            Source::Subject | Source::Owned => {
+                let which = if matches!(p.source, Source::Owned) {
+                    Which::Owned(subject)
+                } else {
+                    Which::Subject(subject)
+                };
+                n += target
+                    .scan(
+                        sys,
+                        &p.table,
+                        which,
+                        &p.key.sql_type,
+                        &p.columns,
+                        s.batch_size,
+                        |row| w.write_row(&record(p, row)),
+                    )
+                    .await?;
+            }
+        }
+        *expected.entry(p.table.name.clone()).or_default() += n;
+    }
+    let written = w.finish()?;
+    let counts = backup::verify(&written.path, &written.key_path, Some(&written.sha256))?;
+    for (t, n) in &expected {
+        if counts.get(t).copied().unwrap_or(0) != *n {
+            return Err(Error::new(
+                Code::Io,
+                format!(
+                    "backup {id}: {t} read back {} rows, wrote {n}",
+                    counts.get(t).copied().unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    tracing::info!(task = %task.id, backup = %id, rows = written.rows, "backup written and verified");
+    Ok(BackupRow {
+        id,
+        request_id: task.request_id.clone(),
+        task_id: task.id.clone(),
+        path: written.path.display().to_string(),
+        sha256: written.sha256,
+        size: i64::try_from(written.size).unwrap_or(i64::MAX),
+        rows: i64::try_from(written.rows).unwrap_or(i64::MAX),
+        created_at: now,
+        expires_at: s
+            .keep
+            .add_calendar(now.date_naive())
+            .map(|d| d.and_time(now.time()).and_utc())
+            .unwrap_or(now),
+        shredded_at: None,
+    })
+}
+
+fn record(p: &Part, row: TextRow) -> Record {
+    let mut it = row.into_iter();
+    let k = it.next().flatten().unwrap_or_default();
+    let v = p.columns.iter().map(|c| c.name.clone()).zip(it).collect();
+    Record {
+        t: p.table.name.clone(),
+        k,
+        v,
+    }
+}
+
+/// Before anything changes: remember which rows are retained, for the follow-up tasks.
+pub(super) async fn capture_retained_keys(
+    ctx: &Context,
+    s: &Settings,
+    sys: &System,
+    body: &TaskBody,
+    subject: &Identities,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for (table, followup_id) in &body.followups {
+        let Some(t) = sys.table(table) else { continue };
+        let catalog = target.columns(table).await?;
+        let key = column(&catalog, table, &t.key)?;
+        let mut keys = Vec::new();
+        target
+            .scan(
+                sys,
+                t,
+                Which::Subject(subject),
+                &key.sql_type,
+                &[],
+                s.batch_size,
+                |row| {
+                    keys.extend(row.into_iter().next().flatten());
+                    Ok(())
+                },
+            )
+            .await?;
+        let f = ctx.store.task(followup_id).await?;
+        let mut fb: TaskBody = serde_json::from_str(&f.body)?;
+        if fb.keys.contains_key(table) {
+            continue; // captured by an earlier attempt, before anything changed
+        }
+        fb.keys.insert(table.clone(), keys);
+        ctx.store
+            .set_task_body(followup_id, &serde_json::to_string(&fb)?, now)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! Carrying out one task, backup-first:
+//!
+//! 1. **collect** the rows the task will change (streamed in key order, page by page) and
+//!    write them to an encrypted archive; capture the keys of rows that are retained;
+//! 2. **verify** the archive by reading it back whole; record it (task `backed_up`);
+//! 3. **apply**, table by table (children before parents), in batches keyed by the
+//!    primary keys in the archive, one transaction per batch: lock the rows, check each is
+//!    still as backed up (or already changed: a re-run after a crash), change them with one
+//!    statement;
+//! 4. **re-check** that nothing planned remains; then the task is `done`.
+//!
+//! A crash anywhere resumes from the last recorded step and repeats no effect: a change
+//! is only made to a row whose current value is the one in a verified backup.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Settings, TaskBody};
+use crate::backup::{self, Record, TableManifest};
+use crate::error::{Code, Error, Result};
+use crate::lifecycle::Context;
+use crate::policy::datamap::split_target;
+use crate::policy::{Action, Identities, System, Table};
+use crate::store::TaskRow;
+use crate::targets::Target;
+use crate::targets::sql::{self, Column, Which};
+
+/// Where the rows of a part come from.
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    Subject,
+    Owned,
+    Keys(Vec<String>),
+}
+
+/// One table's share of a task.
+#[derive(Debug, Clone)]
+pub(super) struct Part {
+    pub(super) table: Table,
+    pub(super) action: Action,
+    pub(super) key: Column,
+    /// Columns backed up (erase: all of them).
+    pub(super) columns: Vec<Column>,
+    /// The values an update writes (empty for erase).
+    pub(super) set: Vec<(Column, Option<String>)>,
+    pub(super) source: Source,
+}
+
+/// What a finished task did, per table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableResult {
+    pub table: String,
+    pub action: String,
+    pub backed_up: u64,
+    pub changed: u64,
+    pub already_done: u64,
+}
+
+/// The result of a task, stored with it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskResult {
+    pub backup: Option<String>,
+    pub tables: Vec<TableResult>,
+    pub recheck: String,
+    pub retained_keys: BTreeMap<String, usize>,
+}
+
+/// What running a task came to.
+#[derive(Debug)]
+pub enum Step {
+    Done(TaskResult),
+    /// Rows changed since their backup, or new ones appeared: back up again.
+    Rebackup(String),
+}
+
+/// Stop here when `QUIETUS_TEST_STOP_AT` names this point: a test kills the process now.
+pub(super) fn stop_point(name: &str) {
+    if std::env::var("QUIETUS_TEST_STOP_AT").is_ok_and(|v| v == name) {
+        eprintln!("quietus-test-stop: {name}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+pub(super) fn column(catalog: &[Column], table: &str, name: &str) -> Result<Column> {
+    catalog
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            Error::new(
+                Code::Target,
+                format!("{table}.{name}: the data map names a column the database does not have"),
+            )
+        })
+}
+
+/// Children before parents: a table that references another comes first.
+fn apply_order(sys: &System, parts: &mut [Part]) {
+    let depth = |t: &Table| -> usize {
+        // Longest chain of references below this table (tables nobody points at sort first).
+        fn up(sys: &System, t: &Table, seen: &mut BTreeSet<String>) -> usize {
+            if !seen.insert(t.name.clone()) {
+                return 0;
+            }
+            let mut best = 0;
+            for other in &sys.tables {
+                let points_here = other
+                    .references
+                    .iter()
+                    .any(|r| split_target(&r.to).is_some_and(|(pt, _)| pt == t.name))
+                    || other.owner.as_ref().is_some_and(|o| {
+                        split_target(&o.references).is_some_and(|(pt, _)| pt == t.name)
+                    });
+                if points_here {
+                    best = best.max(1 + up(sys, other, seen));
+                }
+            }
+            best
+        }
+        up(sys, t, &mut BTreeSet::new())
+    };
+    parts.sort_by_key(|p| (depth(&p.table), p.table.name.clone()));
+}
+
+/// Run one leased task.
+pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>) -> Result<Step> {
+    let sys = ctx
+        .policies
+        .system(&task.system)
+        .ok_or_else(|| {
+            Error::new(
+                Code::Policy,
+                format!(
+                    "task {}: system {} is not in the policies",
+                    task.id, task.system
+                ),
+            )
+        })?
+        .clone();
+    let body: TaskBody = serde_json::from_str(&task.body)?;
+    let (subject, successor) = match &task.request_id {
+        Some(rid) => {
+            let req = ctx.request(rid).await?;
+            (req.subject, req.successor)
+        }
+        None => (Identities::new(), None),
+    };
+    let target = Target::connect(&sys, &ctx.base_dir).await?;
+    let result = run_on(
+        ctx,
+        s,
+        task,
+        &sys,
+        &body,
+        &subject,
+        successor.as_ref(),
+        &target,
+        now,
+    )
+    .await;
+    target.close().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_on(
+    ctx: &Context,
+    s: &Settings,
+    task: &TaskRow,
+    sys: &System,
+    body: &TaskBody,
+    subject: &Identities,
+    successor: Option<&Identities>,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<Step> {
+    let mut parts = super::collect::parts_of(sys, task, body, target, successor).await?;
+    apply_order(sys, &mut parts);
+
+    let backup_id = match (&task.state[..], &task.backup_id) {
+        ("backed_up", Some(b)) => b.clone(),
+        _ => {
+            // Keys of retained rows first, while the subject can still be found.
+            super::collect::capture_retained_keys(ctx, s, sys, body, subject, target, now).await?;
+            let b = super::collect::collect(s, task, sys, &parts, subject, target, now).await?;
+            ctx.store
+                .task_backed_up(&task.id, &s.worker, &b, now)
+                .await?;
+            stop_point("after_backup");
+            b.id
+        }
+    };
+    let row = ctx.store.backup(&backup_id).await?.ok_or_else(|| {
+        Error::new(
+            Code::Store,
+            format!("task {}: backup {backup_id} is not recorded", task.id),
+        )
+    })?;
+    let (path, key_path) = backup::paths(&s.backup_dir, &s.keys_dir, &backup_id);
+    // Never act on an archive that does not verify.
+    backup::verify(&path, &key_path, Some(&row.sha256))?;
+    let mut results = apply(ctx, s, task, sys, &parts, target, &path, &key_path).await?;
+    stop_point("after_apply");
+    if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size).await?
+    {
+        return Ok(Step::Rebackup(why));
+    }
+    for r in &mut results {
+        r.backed_up = r.changed + r.already_done;
+    }
+    Ok(Step::Done(TaskResult {
+        backup: Some(backup_id),
+        tables: results,
+        recheck: "nothing planned remains".into(),
+        retained_keys: BTreeMap::new(),
+    }))
+}
+
+/// Apply the changes recorded in the archive, batch by batch.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    ctx: &Context,
+    s: &Settings,
+    task: &TaskRow,
+    sys: &System,
+    parts: &[Part],
+    target: &Target,
+    path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<Vec<TableResult>> {
+    let mut reader = backup::Reader::open(path, key_path)?;
+    let manifest = reader.manifest.clone();
+    let mut results: Vec<TableResult> = manifest
+        .tables
+        .iter()
+        .map(|t| TableResult {
+            table: t.table.clone(),
+            action: t.action.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let mut batch: Vec<Record> = Vec::new();
+    let mut first_batch = true;
+    loop {
+        let next = reader.next_row()?;
+        let flush = match (&next, batch.first()) {
+            (None, Some(_)) => true,
+            (Some(r), Some(b)) => r.t != b.t || batch.len() >= s.batch_size,
+            _ => false,
+        };
+        if flush {
+            let t = batch[0].t.clone();
+            let tm = manifest
+                .tables
+                .iter()
+                .find(|m| m.table == t)
+                .ok_or_else(|| {
+                    Error::new(
+                        Code::Io,
+                        format!("backup: rows of {t} without a manifest entry"),
+                    )
+                })?;
+            let part = parts.iter().find(|p| p.table.name == t).ok_or_else(|| {
+                Error::new(
+                    Code::Policy,
+                    format!("{}.{t}: in the backup but not in the task", sys.name),
+                )
+            })?;
+            let (changed, done) = apply_batch(target, part, tm, &batch, first_batch).await?;
+            first_batch = false;
+            if let Some(r) = results.iter_mut().find(|r| r.table == t) {
+                r.changed += changed;
+                r.already_done += done;
+            }
+            batch.clear();
+            let until = crate::clock::now()
+                + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
+            if !ctx.store.renew_lease(&task.id, &s.worker, until).await? {
+                return Err(Error::new(
+                    Code::IllegalTransition,
+                    format!(
+                        "task {}: the lease was lost mid-way; another worker resumes it",
+                        task.id
+                    ),
+                ));
+            }
+        }
+        match next {
+            Some(r) => batch.push(r),
+            None => break,
+        }
+    }
+    Ok(results)
+}
+
+/// One transaction: lock the batch's rows, check them against the backup, change them.
+/// A row still as backed up is changed; a row already in its new state (a re-run after a
+/// crash) is left; a row in neither state changed since its backup, and the batch stops.
+async fn apply_batch(
+    target: &Target,
+    part: &Part,
+    tm: &TableManifest,
+    batch: &[Record],
+    first: bool,
+) -> Result<(u64, u64)> {
+    let d = target.dialect();
+    let keys: Vec<String> = batch.iter().map(|r| r.k.clone()).collect();
+    let mut tx = target.begin().await?;
+    let current = tx
+        .fetch_text(&sql::lock_rows(
+            d,
+            &part.table,
+            &part.key.sql_type,
+            &tm.columns,
+            &keys,
+        )?)
+        .await?;
+    let current: BTreeMap<String, Vec<Option<String>>> = current
+        .into_iter()
+        .filter_map(|mut r| {
+            if r.is_empty() {
+                return None;
+            }
+            let k = r.remove(0)?;
+            Some((k, r))
+        })
+        .collect();
+    let mut to_change = Vec::new();
+    let mut done = 0u64;
+    for rec in batch {
+        let backed: Vec<Option<String>> = tm
+            .columns
+            .iter()
+            .map(|c| rec.v.get(&c.name).cloned().flatten())
+            .collect();
+        match (current.get(&rec.k), part.action) {
+            (None, Action::Erase) => done += 1,
+            (None, _) => {
+                return Err(Error::new(
+                    Code::Target,
+                    format!(
+                        "{}: a backed-up row is gone; it changed since its backup",
+                        part.table.name
+                    ),
+                ));
+            }
+            (Some(cur), _) if *cur == backed => to_change.push(rec.k.clone()),
+            (Some(cur), a) if a != Action::Erase && *cur == after_values(tm, &backed) => done += 1,
+            (Some(_), _) => {
+                return Err(Error::new(
+                    Code::Target,
+                    format!(
+                        "{}: a row changed since its backup; it will be backed up again",
+                        part.table.name
+                    ),
+                )
+                .context("changed since backup"));
+            }
+        }
+    }
+    if !to_change.is_empty() {
+        let st = match part.action {
+            Action::Erase => sql::delete_rows(d, &part.table, &part.key.sql_type, &to_change)?,
+            _ => sql::update_rows(d, &part.table, &part.key.sql_type, &part.set, &to_change)?,
+        };
+        let n = tx.execute(&st).await?;
+        if n != to_change.len() as u64 {
+            return Err(Error::new(
+                Code::Target,
+                format!(
+                    "{}: {n} rows changed where {} were expected; rolled back",
+                    part.table.name,
+                    to_change.len()
+                ),
+            ));
+        }
+        if first {
+            stop_point("in_batch");
+        }
+    }
+    tx.commit().await?;
+    Ok((to_change.len() as u64, done))
+}
+
+/// The values a row has once an update is applied.
+pub(crate) fn after_values(tm: &TableManifest, backed: &[Option<String>]) -> Vec<Option<String>> {
+    tm.columns
+        .iter()
+        .zip(backed)
+        .map(|(c, old)| match tm.set.get(&c.name) {
+            Some(v) => v.clone(),
+            None => old.clone(),
+        })
+        .collect()
+}
+
+/// Confirm nothing planned remains; `Some(reason)` when something does.
+async fn recheck(
+    sys: &System,
+    parts: &[Part],
+    subject: &Identities,
+    target: &Target,
+    path: &std::path::Path,
+    key_path: &std::path::Path,
+    batch_size: usize,
+) -> Result<Option<String>> {
+    let d = target.dialect();
+    for p in parts {
+        // Rows of the subject that appeared since the backup.
+        let which = match p.source {
+            Source::Subject if p.action == Action::Erase => Some(Which::Subject(subject)),
+            Source::Owned => Some(Which::Owned(subject)),
+            _ => None,
+        };
+        if let Some(w) = which
+            && let Some(st) = sql::select_page(d, sys, &p.table, w, &p.key.sql_type, &[], None, 1)?
+            && !target.fetch_text(&st).await?.is_empty()
+        {
+            return Ok(Some(format!(
+                "{}.{}: rows of the subject remain after {}",
+                sys.name, p.table.name, p.action
+            )));
+        }
+    }
+    // Every backed-up row is gone (erase) or holds its new values (updates).
+    let mut reader = backup::Reader::open(path, key_path)?;
+    let manifest = reader.manifest.clone();
+    let mut batch: Vec<Record> = Vec::new();
+    loop {
+        let next = reader.next_row()?;
+        let flush = match (&next, batch.first()) {
+            (None, Some(_)) => true,
+            (Some(r), Some(b)) => r.t != b.t || batch.len() >= batch_size,
+            _ => false,
+        };
+        if flush {
+            let t = batch[0].t.clone();
+            let (Some(tm), Some(p)) = (
+                manifest.tables.iter().find(|m| m.table == t),
+                parts.iter().find(|p| p.table.name == t),
+            ) else {
+                return Ok(Some(format!("{t}: in the backup but not in the task")));
+            };
+            let keys: Vec<String> = batch.iter().map(|r| r.k.clone()).collect();
+            let rows = target
+                .fetch_text(&sql::lock_rows(
+                    d,
+                    &p.table,
+                    &p.key.sql_type,
+                    &tm.columns,
+                    &keys,
+                )?)
+                .await?;
+            for mut r in rows {
+                if r.is_empty() {
+                    continue;
+                }
+                let k = r.remove(0).unwrap_or_default();
+                if p.action == Action::Erase {
+                    return Ok(Some(format!(
+                        "{}.{t}: an erased row is still there",
+                        sys.name
+                    )));
+                }
+                let want: Vec<Option<String>> = tm
+                    .columns
+                    .iter()
+                    .map(|c| tm.set.get(&c.name).cloned().flatten())
+                    .collect();
+                let Some(rec) = batch.iter().find(|b| b.k == k) else {
+                    continue;
+                };
+                let backed: Vec<Option<String>> = tm
+                    .columns
+                    .iter()
+                    .map(|c| rec.v.get(&c.name).cloned().flatten())
+                    .collect();
+                if r != after_values(tm, &backed) && r != want {
+                    return Ok(Some(format!(
+                        "{}.{t}: a changed row does not hold its new values",
+                        sys.name
+                    )));
+                }
+            }
+            batch.clear();
+        }
+        match next {
+            Some(r) => batch.push(r),
+            None => break,
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,201 @@
+//! `quietus restore`: put back what a request's tasks erased or overwrote (and undo
+//! reassignments), from its backups, while they live.
+//!
+//! Tables are restored parents first (the reverse of the order they were changed in).
+//! A row is restored only when it is still as the task left it: a deleted row that is
+//! absent, an updated row that holds exactly the values the task wrote. Anything else was
+//! changed since, by someone else, and is reported rather than overwritten.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Settings;
+use super::execute::after_values;
+use crate::backup::{self, Record, TableManifest};
+use crate::error::{Code, Error, Result};
+use crate::lifecycle::Context;
+use crate::targets::Target;
+use crate::targets::sql::{self, Column};
+
+/// What a restore did (or, with `--dry-run`, would do) to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Restored {
+    pub backup: String,
+    pub system: String,
+    pub table: String,
+    pub action: String,
+    pub restored: u64,
+    pub already: u64,
+    pub changed_since: u64,
+}
+
+/// Restore every live backup of a request, newest first.
+pub async fn restore(
+    ctx: &Context,
+    s: &Settings,
+    request_id: &str,
+    dry_run: bool,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Restored>> {
+    let req = ctx.request(request_id).await?;
+    let mut backups = ctx.store.backups_of(&req.id).await?;
+    if backups.is_empty() {
+        return Err(Error::new(
+            Code::NotFound,
+            format!("request {} has no backups", req.id),
+        ));
+    }
+    backups.reverse();
+    let mut out = Vec::new();
+    for b in backups {
+        if b.shredded_at.is_some() {
+            return Err(Error::new(
+                Code::NotFound,
+                format!(
+                    "backup {} of request {} expired and was crypto-shredded: it can no longer be restored",
+                    b.id, req.id
+                ),
+            ));
+        }
+        let (path, key) = backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
+        backup::verify(&path, &key, Some(&b.sha256))?;
+        let manifest = backup::Reader::open(&path, &key)?.manifest;
+        let sys = ctx.policies.system(&manifest.system).ok_or_else(|| {
+            Error::new(
+                Code::Policy,
+                format!(
+                    "backup {}: system {} is not mapped any more",
+                    b.id, manifest.system
+                ),
+            )
+        })?;
+        let target = Target::connect(sys, &ctx.base_dir).await?;
+        let result = async {
+            let mut here = Vec::new();
+            for tm in manifest.tables.iter().rev() {
+                let table = sys.table(&tm.table).ok_or_else(|| {
+                    Error::new(
+                        Code::Policy,
+                        format!("{}.{} is not mapped any more", sys.name, tm.table),
+                    )
+                })?;
+                let mut r = Restored {
+                    backup: b.id.clone(),
+                    system: sys.name.clone(),
+                    table: tm.table.clone(),
+                    action: tm.action.clone(),
+                    ..Default::default()
+                };
+                let mut reader = backup::Reader::open(&path, &key)?;
+                let mut batch: Vec<Record> = Vec::new();
+                loop {
+                    let next = reader.next_row()?;
+                    let end = next.is_none();
+                    if let Some(rec) = next
+                        && rec.t == tm.table
+                    {
+                        batch.push(rec);
+                    }
+                    if (end && !batch.is_empty()) || batch.len() >= s.batch_size {
+                        restore_batch(&target, table, tm, &batch, dry_run, &mut r).await?;
+                        batch.clear();
+                    }
+                    if end {
+                        break;
+                    }
+                }
+                here.push(r);
+            }
+            Ok::<_, Error>(here)
+        }
+        .await;
+        target.close().await;
+        let here = result?;
+        let n: u64 = here.iter().map(|r| r.restored).sum();
+        if !dry_run && n > 0 {
+            ctx.store
+                .note(
+                    &req.id,
+                    actor,
+                    &format!("restored {n} row(s) from backup {}", b.id),
+                    now,
+                )
+                .await?;
+        }
+        out.extend(here);
+    }
+    Ok(out)
+}
+
+async fn restore_batch(
+    target: &Target,
+    table: &crate::policy::Table,
+    tm: &TableManifest,
+    batch: &[Record],
+    dry_run: bool,
+    r: &mut Restored,
+) -> Result<()> {
+    let d = target.dialect();
+    let keys: Vec<String> = batch.iter().map(|x| x.k.clone()).collect();
+    let mut tx = target.begin().await?;
+    let current = tx
+        .fetch_text(&sql::lock_rows(
+            d,
+            table,
+            &tm.key.sql_type,
+            &tm.columns,
+            &keys,
+        )?)
+        .await?;
+    for rec in batch {
+        let backed: Vec<Option<String>> = tm
+            .columns
+            .iter()
+            .map(|c| rec.v.get(&c.name).cloned().flatten())
+            .collect();
+        let cur = current
+            .iter()
+            .find(|row| row.first().cloned().flatten().as_deref() == Some(rec.k.as_str()))
+            .map(|row| row[1..].to_vec());
+        let values: Vec<(Column, Option<String>)> = tm
+            .columns
+            .iter()
+            .cloned()
+            .zip(backed.iter().cloned())
+            .collect();
+        match (tm.action.as_str(), cur) {
+            ("erase", None) => {
+                if !dry_run {
+                    tx.execute(&sql::insert_row(
+                        d,
+                        table,
+                        &tm.key.sql_type,
+                        &rec.k,
+                        &values,
+                    )?)
+                    .await?;
+                }
+                r.restored += 1;
+            }
+            ("erase", Some(_)) => r.already += 1,
+            (_, None) => r.changed_since += 1,
+            (_, Some(c)) if c == backed => r.already += 1,
+            (_, Some(c)) if c == after_values(tm, &backed) => {
+                if !dry_run {
+                    let st = sql::update_rows(
+                        d,
+                        table,
+                        &tm.key.sql_type,
+                        &values,
+                        std::slice::from_ref(&rec.k),
+                    )?;
+                    tx.execute(&st).await?;
+                }
+                r.restored += 1;
+            }
+            (_, Some(_)) => r.changed_since += 1,
+        }
+    }
+    tx.commit().await
+}
