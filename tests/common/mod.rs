@@ -275,3 +275,162 @@ pub fn fails(o: &Output) -> String {
 
 pub const EXIT_TICKET: &str = r#"{"kind":"exit","external_id":"HR-7","subject":{"email":"fang.wang@corp.example","employee_id":"E100"},"exit_date":"2026-12-31","successor":{"employee_id":"E200"},"jurisdiction":"PIPL"}"#;
 pub const ERASURE_TICKET: &str = r#"{"kind":"erasure","external_id":"T-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#;
+
+/// Where the demo CRM (the target system) lives in a test.
+pub enum CrmKind {
+    Sqlite,
+    Postgres(Db),
+    Mysql(Db),
+}
+
+impl CrmKind {
+    /// SQLite always; PostgreSQL and MariaDB when their URLs are given. Loaded with the
+    /// demo schema and seed.
+    pub async fn all() -> Vec<CrmKind> {
+        let mut v = vec![CrmKind::Sqlite];
+        if let Some(db) = Db::postgres().await {
+            v.push(CrmKind::Postgres(db));
+        }
+        if let Some(db) = Db::mysql().await {
+            v.push(CrmKind::Mysql(db));
+        }
+        v
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            CrmKind::Sqlite => "sqlite",
+            CrmKind::Postgres(_) => "postgres",
+            CrmKind::Mysql(_) => "mysql",
+        }
+    }
+
+    /// (driver, url) for the data map.
+    pub fn driver_url(&self) -> (&'static str, String) {
+        match self {
+            CrmKind::Sqlite => ("sqlite", "sqlite://crm.db".into()),
+            CrmKind::Postgres(db) => ("postgres", db.url.clone()),
+            CrmKind::Mysql(db) => ("mysql", db.url.clone()),
+        }
+    }
+
+    /// Load the demo schema and seed into the server database (SQLite: `Env::new` did).
+    pub async fn load(&self) {
+        match self {
+            CrmKind::Sqlite => {}
+            CrmKind::Postgres(db) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                sqlx::raw_sql(quietus::demo::CRM_SCHEMA_POSTGRES)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(quietus::demo::CRM_SEED)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+            CrmKind::Mysql(db) => {
+                let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+                sqlx::raw_sql(quietus::demo::CRM_SCHEMA_MYSQL)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(quietus::demo::CRM_SEED)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    pub async fn cleanup(self) {
+        match self {
+            CrmKind::Sqlite => {}
+            CrmKind::Postgres(db) | CrmKind::Mysql(db) => db.drop_now().await,
+        }
+    }
+}
+
+impl Env {
+    /// Point the env's data map at `crm` (loading it first).
+    pub async fn use_crm(&self, crm: &CrmKind) {
+        crm.load().await;
+        let (driver, url) = crm.driver_url();
+        let path = self.path().join("policies/systems/crm.toml");
+        let text: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("driver = ") {
+                    format!("driver = {driver:?}")
+                } else if l.starts_with("url = ") {
+                    format!("url = {url:?}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&path, text.join("\n")).unwrap();
+    }
+
+    /// Run a query on the env's CRM and return the first column of every row as text.
+    pub async fn crm_query(&self, crm: &CrmKind, sql: &str) -> Vec<Option<String>> {
+        let (_, url) = crm.driver_url();
+        let url = if url.starts_with("sqlite:") {
+            format!("sqlite://{}", self.path().join("crm.db").display())
+        } else {
+            url
+        };
+        let sys: quietus::policy::System = toml::from_str(&format!(
+            "name = \"q\"\ndriver = \"{}\"\nurl = {:?}\n",
+            crm.driver_url().0,
+            url
+        ))
+        .unwrap();
+        let t = quietus::targets::Target::connect(&sys, self.path())
+            .await
+            .unwrap();
+        let rows = t
+            .fetch_text(&quietus::targets::Statement {
+                sql: sql.to_owned(),
+                binds: vec![],
+            })
+            .await
+            .unwrap();
+        t.close().await;
+        rows.into_iter()
+            .map(|r| r.into_iter().next().flatten())
+            .collect()
+    }
+}
+
+impl Env {
+    /// `SELECT COUNT(*) <rest>` on the env's CRM (`rest` starts with FROM).
+    pub async fn crm_count(&self, crm: &CrmKind, rest: &str) -> i64 {
+        let cast = if matches!(crm, CrmKind::Mysql(_)) {
+            "CHAR"
+        } else {
+            "TEXT"
+        };
+        let v = self
+            .crm_query(crm, &format!("SELECT CAST(COUNT(*) AS {cast}) {rest}"))
+            .await;
+        v.first().cloned().flatten().unwrap().parse().unwrap()
+    }
+
+    /// One text value (`expr` is cast to text) of the first matching row, or `None`.
+    pub async fn crm_value(&self, crm: &CrmKind, expr: &str, rest: &str) -> Option<String> {
+        let cast = if matches!(crm, CrmKind::Mysql(_)) {
+            "CHAR"
+        } else {
+            "TEXT"
+        };
+        self.crm_query(crm, &format!("SELECT CAST({expr} AS {cast}) {rest}"))
+            .await
+            .into_iter()
+            .next()
+            .flatten()
+    }
+}
