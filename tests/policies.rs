@@ -389,3 +389,19 @@ async fn the_demo_erasure_plan_anonymises_and_keeps_business_records() {
     assert_eq!(inv.due, NaiveDate::from_ymd_opt(2056, 12, 31).unwrap());
     assert!(inv.basis.contains("Accounting"));
 }
+
+#[test]
+fn rows_that_others_point_at_are_anonymised_not_deleted() {
+    let dir = broken("systems/crm.toml", |t| {
+        t.replace(
+            "on_erase = \"anonymize\"\nanonymize = { name = \"(erased contact)\" }",
+            "",
+        )
+    });
+    let err = fails(&check(dir.path()));
+    assert!(
+        err.contains("crm.contacts: call_notes.contact_id point at its rows")
+            && err.contains("on_erase = \"anonymize\""),
+        "{err}"
+    );
+}

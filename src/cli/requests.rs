@@ -189,6 +189,8 @@ async fn show(
     let ticket = ctx.store.ticket(&req.id).await?;
     let history = ctx.store.history(&req.id).await?;
     let saved = ctx.store.latest_plan(&req.id).await?;
+    let tasks = ctx.store.tasks_of(&req.id).await?;
+    let backups = ctx.store.backups_of(&req.id).await?;
     let plan = match &saved {
         Some(p) => serde_json::from_str::<crate::plan::Plan>(&p.body)?,
         None => ctx.plan(&req, now).await,
@@ -210,6 +212,7 @@ async fn show(
             "request": req, "days_left": req.days_left(today), "overdue": req.is_overdue(today),
             "deadline_warnings": warnings, "ticket": ticket_json,
             "plan": plan, "plan_approved": saved.is_some(), "history": history,
+            "tasks": tasks, "backups": backups,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -265,6 +268,42 @@ async fn show(
         println!("approved plan:");
     }
     print!("{}", plan.render_text());
+    if !tasks.is_empty() {
+        println!();
+        println!("tasks:");
+        for t in &tasks {
+            println!(
+                "  {}  {:<9} {:<6} {:<20} due {}  attempts {}{}",
+                t.id,
+                t.kind,
+                t.system,
+                t.state,
+                t.due_at.format("%Y-%m-%d %H:%M UTC"),
+                t.attempts,
+                t.last_error
+                    .as_deref()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !backups.is_empty() {
+        println!();
+        println!("backups:");
+        for b in &backups {
+            let status = match b.shredded_at {
+                Some(t) => format!("crypto-shredded {}", t.format("%Y-%m-%d")),
+                None => format!("expires {}", b.expires_at.format("%Y-%m-%d")),
+            };
+            println!(
+                "  {}  {} rows, {} bytes, sha256 {}…, {status}",
+                b.id,
+                b.rows,
+                b.size,
+                &b.sha256[..16]
+            );
+        }
+    }
     println!();
     println!("history:");
     for h in &history {

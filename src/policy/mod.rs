@@ -613,6 +613,34 @@ fn validate_systems(
                 }
             }
         }
+        // A row that other mapped rows point at cannot be deleted while they may be kept.
+        for t in &sys.tables {
+            if t.on_erase == OnErase::Anonymize || t.columns.is_empty() {
+                continue;
+            }
+            let pointing: Vec<String> = sys
+                .tables
+                .iter()
+                .flat_map(|o| {
+                    o.references
+                        .iter()
+                        .map(move |r| (o, &r.column, &r.to))
+                        .chain(
+                            o.owner
+                                .iter()
+                                .map(move |ow| (o, &ow.column, &ow.references)),
+                        )
+                })
+                .filter(|(_, _, to)| datamap::split_target(to).is_some_and(|(tn, _)| tn == t.name))
+                .map(|(o, c, _)| format!("{}.{c}", o.name))
+                .collect();
+            if !pointing.is_empty() {
+                problems.push(p(&format!("\"{}\"", t.name), format!(
+                    "{}.{}: {} point at its rows, so erasing must not delete them: set on_erase = \"anonymize\"",
+                    sys.name, t.name, pointing.join(", ")
+                )));
+            }
+        }
         if let Some(cycle) = reference_cycle(sys) {
             problems.push(p(
                 "references",
