@@ -121,6 +121,9 @@ pub enum Command {
     },
     /// Execute what is due now (approved requests, their tasks, expired backups), once.
     Run {
+        /// Start a retention sweep first (rows whose retention ran out, no ticket needed).
+        #[arg(long)]
+        sweep: bool,
         #[arg(long)]
         json: bool,
     },

@@ -12,8 +12,17 @@ use crate::lifecycle::Context;
 
 pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Result<ExitCode> {
     match cmd {
-        Command::Run { json: as_json } => {
+        Command::Run {
+            sweep,
+            json: as_json,
+        } => {
             let (_tx, stop) = tokio::sync::watch::channel(false);
+            if sweep {
+                let n = jobs::sweep(ctx, crate::clock::now()).await?;
+                if !as_json {
+                    println!("retention sweep: {n} task(s) created");
+                }
+            }
             let due = ctx.store.count_due(crate::clock::now()).await?;
             let bar = if as_json {
                 ProgressBar::hidden()

@@ -54,6 +54,29 @@ pub(super) async fn parts_of(
                 (a, Source::Keys(keys))
             }
             (Action::Reassign, _) => (Action::Reassign, Source::Owned),
+            (a, super::SWEEP) => {
+                let sw = table.sweep.as_ref().ok_or_else(|| {
+                    Error::new(
+                        Code::Policy,
+                        format!(
+                            "{}.{}: no sweep in the data map any more",
+                            sys.name, table.name
+                        ),
+                    )
+                })?;
+                let date = column(&catalog, &table.name, &sw.date)?;
+                let before = body.before.ok_or_else(|| {
+                    Error::new(Code::Internal, "a sweep task without its cut-off day")
+                })?;
+                (
+                    a,
+                    Source::Before {
+                        column: date.name,
+                        sql_type: date.sql_type,
+                        before: before.to_string(),
+                    },
+                )
+            }
             (a, _) => (a, Source::Subject),
         };
         let mut part = Part {
@@ -245,6 +268,28 @@ pub(super) async fn collect(
                         n += 1;
                     }
                 }
+            }
+            Source::Before {
+                column,
+                sql_type,
+                before,
+            } => {
+                let which = Which::Before {
+                    column,
+                    sql_type,
+                    before,
+                };
+                n += target
+                    .scan(
+                        sys,
+                        &p.table,
+                        which,
+                        &p.key.sql_type,
+                        &p.columns,
+                        s.batch_size,
+                        |row| w.write_row(&record(p, row)),
+                    )
+                    .await?;
             }
             Source::Subject | Source::Owned => {
                 let which = if matches!(p.source, Source::Owned) {

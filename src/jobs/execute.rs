@@ -33,6 +33,12 @@ pub(super) enum Source {
     Subject,
     Owned,
     Keys(Vec<String>),
+    /// Rows whose date column is before a day (the retention sweep).
+    Before {
+        column: String,
+        sql_type: String,
+        before: String,
+    },
 }
 
 /// One table's share of a task.
@@ -414,6 +420,15 @@ async fn recheck(
         let which = match p.source {
             Source::Subject if p.action == Action::Erase => Some(Which::Subject(subject)),
             Source::Owned => Some(Which::Owned(subject)),
+            Source::Before {
+                ref column,
+                ref sql_type,
+                ref before,
+            } if p.action == Action::Erase => Some(Which::Before {
+                column,
+                sql_type,
+                before,
+            }),
             _ => None,
         };
         if let Some(w) = which

@@ -33,6 +33,9 @@ pub struct TaskBody {
     /// Apply tasks: table -> the follow-up task that will act on its retained rows.
     #[serde(default)]
     pub followups: BTreeMap<String, String>,
+    /// Sweep tasks: rows whose sweep date is before this day.
+    #[serde(default)]
+    pub before: Option<NaiveDate>,
 }
 
 /// Task kinds.
@@ -335,6 +338,84 @@ pub async fn run_due(
     }
     summary.shredded_backups = expire_backups(ctx, s, crate::clock::now()).await?;
     Ok(summary)
+}
+
+/// The retention sweep: for every table with a `sweep`, a task that erases (or
+/// anonymises) the rows whose retention ran out, backup-first like any other. One open
+/// sweep task per system at a time. Returns how many tasks it created.
+pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
+    let today = ctx.today(now);
+    let mut tasks = Vec::new();
+    for sys in ctx
+        .policies
+        .systems
+        .iter()
+        .filter(|s| s.driver != Driver::Manual)
+    {
+        if ctx.store.open_tasks(SWEEP, &sys.name).await? > 0 {
+            continue;
+        }
+        for t in &sys.tables {
+            let Some(sw) = &t.sweep else { continue };
+            let Some(rule) = ctx.policies.rule(&sw.rule) else {
+                continue;
+            };
+            let (Some(period), Some(then)) = (rule.period, rule.then) else {
+                continue;
+            };
+            let Some(before) = period.sub_calendar(today) else {
+                continue;
+            };
+            let action = match then {
+                crate::policy::FollowUp::Anonymize => Action::Anonymize,
+                crate::policy::FollowUp::Erase
+                    if t.on_erase == crate::policy::OnErase::Anonymize =>
+                {
+                    Action::Anonymize
+                }
+                crate::policy::FollowUp::Erase => Action::Erase,
+            };
+            let entry = Entry {
+                system: sys.name.clone(),
+                table: t.name.clone(),
+                action,
+                rows: 0,
+                columns: t.columns.keys().cloned().collect(),
+                categories: t
+                    .columns
+                    .values()
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                rule: rule.id.clone(),
+                basis: format!(
+                    "retention ended: {} (kept {period} from {})",
+                    rule.basis_text(),
+                    sw.date
+                ),
+                due: today,
+                then: None,
+            };
+            let body = TaskBody {
+                entries: vec![entry],
+                before: Some(before),
+                ..TaskBody::default()
+            };
+            tasks.push(NewTask {
+                id: crate::store::new_id(),
+                request_id: None,
+                system: sys.name.clone(),
+                kind: SWEEP.into(),
+                body: serde_json::to_string(&body)?,
+                due_at: now,
+                windowed: true,
+                state: "pending".into(),
+            });
+        }
+    }
+    ctx.store.insert_tasks(&tasks, now).await?;
+    Ok(tasks.len())
 }
 
 /// Crypto-shred every backup past its expiry, and record it.

@@ -133,6 +133,20 @@ pub struct Table {
     /// column -> replacement value when anonymising (NULL when absent)
     #[serde(default)]
     pub anonymize: BTreeMap<String, String>,
+    /// The retention sweep: rows whose `date` column is older than the rule's period are
+    /// erased (or anonymised) with no ticket.
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+}
+
+/// `sweep = { date = "happened_at", rule = "business-communication" }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// A date or timestamp column: the retention period counts from it.
+    pub date: String,
+    /// A `retain` rule: its `for` is the period, its `then` what happens after.
+    pub rule: String,
 }
 
 /// `account = { ... }`: what disabling a login means.
@@ -210,6 +224,7 @@ impl Table {
         }
         cols.extend(self.references.iter().map(|r| r.column.as_str()));
         cols.extend(self.anonymize.keys().map(String::as_str));
+        cols.extend(self.sweep.iter().map(|s| s.date.as_str()));
         cols.sort_unstable();
         cols.dedup();
         cols

@@ -269,6 +269,18 @@ impl Policies {
 
         validate_rules(&rules, &known, &text_of, &mut problems);
         validate_systems(&systems, &known, &text_of, &mut problems);
+        for (sys, file) in &systems {
+            for t in &sys.tables {
+                let Some(sw) = &t.sweep else { continue };
+                let ok = policies_rule_is_retain(&rules, &sw.rule);
+                if !ok {
+                    problems.push(at(file, &text_of(file), &format!("\"{}\"", sw.rule), format!(
+                        "{}.{}: sweep names rule {:?}, which is not a retain rule with `for` and `then`",
+                        sys.name, t.name, sw.rule
+                    )));
+                }
+            }
+        }
 
         let policies = Policies {
             deadlines,
@@ -323,6 +335,12 @@ impl Policies {
             .any(|t| t.owner.is_some())
             && self.rules.iter().any(|r| r.action == Action::Reassign)
     }
+}
+
+fn policies_rule_is_retain(rules: &[(Rule, String)], id: &str) -> bool {
+    rules.iter().any(|(r, _)| {
+        r.id == id && r.action == Action::Retain && r.period.is_some() && r.then.is_some()
+    })
 }
 
 fn is_category_key(k: &str) -> bool {

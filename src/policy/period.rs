@@ -42,6 +42,17 @@ impl Period {
         }
     }
 
+    /// `date` - this period, by the same calendar arithmetic as [`Period::add_calendar`].
+    pub fn sub_calendar(&self, date: NaiveDate) -> Option<NaiveDate> {
+        match self.unit {
+            Unit::Days => date.checked_sub_days(Days::new(u64::from(self.count))),
+            Unit::Weeks => date.checked_sub_days(Days::new(u64::from(self.count) * 7)),
+            Unit::Months => date.checked_sub_months(Months::new(self.count)),
+            Unit::Years => date.checked_sub_months(Months::new(self.count.checked_mul(12)?)),
+            Unit::WorkingDays => None,
+        }
+    }
+
     /// A rough length in days, to compare periods of different units ("which keeps longer").
     pub fn approx_days(&self) -> u64 {
         let n = u64::from(self.count);

@@ -240,6 +240,15 @@ impl Store {
         }
     }
 
+    /// How many tasks of `kind` on `system` are not finished.
+    pub async fn open_tasks(&self, kind: &str, system: &str) -> Result<i64> {
+        let n: (i64,) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE kind = $1 AND system = $2 AND state IN ('pending', 'backed_up')")
+                .bind(kind).bind(system).fetch_one(pool).await?
+        });
+        Ok(n.0)
+    }
+
     /// How many tasks are due and runnable now.
     pub async fn count_due(&self, now: DateTime<Utc>) -> Result<i64> {
         let n: (i64,) = on_pool!(self, pool => {

@@ -248,6 +248,13 @@ pub enum Which<'a> {
     Owned(&'a Identities),
     /// Rows matched directly by the identity columns (a successor).
     Identity(&'a Identities),
+    /// Rows whose date `column` (of SQL type `sql_type`) is before `before` (the
+    /// retention sweep).
+    Before {
+        column: &'a str,
+        sql_type: &'a str,
+        before: &'a str,
+    },
 }
 
 impl Dialect {
@@ -328,6 +335,15 @@ pub fn select_page(
         Which::Subject(ids) => b.subject_predicate(sys, table, ids, 0)?,
         Which::Owned(ids) => b.owned_predicate(sys, table, ids)?,
         Which::Identity(ids) => identity_predicate(&mut b, table, ids)?,
+        Which::Before {
+            column,
+            sql_type,
+            before,
+        } => {
+            let col = b.q(column)?;
+            let ph = b.bind(before);
+            Some(format!("({col} < {})", d.typed(ph, sql_type)?))
+        }
     };
     let Some(pred) = pred else { return Ok(None) };
     let key = b.q(&table.key)?;
