@@ -174,6 +174,9 @@ async fn queue(
             days_left_text(r, today),
             masked_subject(r)
         );
+        if let Some(a) = &i.attention {
+            println!("{:<16}  ! {a}", "");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -250,12 +250,17 @@ pub async fn run_one(
     }
     match execute::run(ctx, s, task, now).await {
         Ok(execute::Step::Done(result)) => {
+            // Which worker finished it: the lease owner is cleared on `done`.
+            let mut stored = serde_json::to_value(&result)?;
+            if let Some(o) = stored.as_object_mut() {
+                o.insert("worker".into(), s.worker.clone().into());
+            }
             let completed = ctx
                 .store
                 .task_done(
                     &task.id,
                     &s.worker,
-                    &serde_json::to_string(&result)?,
+                    &serde_json::to_string(&stored)?,
                     crate::clock::now(),
                 )
                 .await?;

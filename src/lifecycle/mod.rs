@@ -324,6 +324,9 @@ pub struct QueueItem {
     pub days_left: Option<i64>,
     pub overdue: bool,
     pub extended: bool,
+    /// For requests that need attention (or are retrying): the last task error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
     #[serde(skip)]
     pub request: Request,
 }
@@ -362,8 +365,24 @@ impl Context {
                 days_left: req.days_left(today),
                 overdue: req.is_overdue(today),
                 extended: req.extended_at.is_some(),
+                attention: None,
                 request: req,
             });
+        }
+        for i in items
+            .iter_mut()
+            .filter(|i| matches!(i.state, State::NeedsAttention | State::Failed))
+        {
+            i.attention = self
+                .store
+                .tasks_of(&i.id)
+                .await?
+                .into_iter()
+                .filter_map(|t| {
+                    t.last_error
+                        .map(|e| format!("task {} ({}): {e}", t.id, t.kind))
+                })
+                .next_back();
         }
         items.sort_by_key(|i| (i.days_left.unwrap_or(i64::MAX), i.received_at));
         Ok(items)

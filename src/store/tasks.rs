@@ -342,12 +342,13 @@ impl Store {
         Ok(gave_up)
     }
 
-    /// Move a request to `running` when its first task starts (no-op otherwise).
+    /// Move a request to `running` when its first task starts (no-op otherwise; a
+    /// `failed` request stays failed, retrying, until every task due is done).
     pub async fn request_running(&self, request_id: &str, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let from: Option<(String,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(request_id).fetch_optional(&mut *tx).await?;
-            if let Some((from,)) = from && (from == "scheduled" || from == "failed") {
+            if let Some((from,)) = from && from == "scheduled" {
                 sqlx::query("UPDATE requests SET state = 'running', updated_at = $2 WHERE id = $1 AND state = $3").bind(request_id).bind(now).bind(&from).execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, 'quietus', $3, 'running', NULL)")
                     .bind(request_id).bind(now).bind(&from).execute(&mut *tx).await?;

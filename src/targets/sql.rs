@@ -62,6 +62,20 @@ impl Builder {
         self.dialect.quote(ident)
     }
 
+    /// `col = value`, byte for byte. MySQL/MariaDB compare strings by the column's
+    /// collation, by default case-insensitive (`c-1042` would find `C-1042`): there the
+    /// indexed comparison is narrowed by a binary-collated one.
+    fn eq_exact(&mut self, quoted: &str, v: &str) -> String {
+        let ph = self.bind(v);
+        match self.dialect {
+            Dialect::Mysql => {
+                let ph2 = self.bind(v);
+                format!("({quoted} = {ph} AND {quoted} = {ph2} COLLATE utf8mb4_bin)")
+            }
+            Dialect::Sqlite | Dialect::Postgres => format!("{quoted} = {ph}"),
+        }
+    }
+
     /// The predicate selecting the rows of `table` that belong to the subject: one of its
     /// identity columns holds one of the subject's identities, or one of its references
     /// points at a row that belongs to the subject. `None`: no row can belong.
@@ -82,8 +96,7 @@ impl Builder {
         for (kind, col) in &table.identity {
             if let Some(v) = ids.get(kind) {
                 let col = self.q(col)?;
-                let ph = self.bind(v);
-                parts.push(format!("{col} = {ph}"));
+                parts.push(self.eq_exact(&col, v));
             }
         }
         for r in &table.references {
@@ -221,8 +234,7 @@ pub fn count_identity_rows(
     for (kind, col) in &table.identity {
         if let Some(v) = ids.get(kind) {
             let col = b.q(col)?;
-            let ph = b.bind(v);
-            parts.push(format!("{col} = {ph}"));
+            parts.push(b.eq_exact(&col, v));
         }
     }
     if parts.is_empty() {
@@ -372,8 +384,7 @@ fn identity_predicate(b: &mut Builder, table: &Table, ids: &Identities) -> Resul
     for (kind, col) in &table.identity {
         if let Some(v) = ids.get(kind) {
             let col = b.q(col)?;
-            let ph = b.bind(v);
-            parts.push(format!("{col} = {ph}"));
+            parts.push(b.eq_exact(&col, v));
         }
     }
     Ok((!parts.is_empty()).then(|| format!("({})", parts.join(" OR "))))
@@ -583,9 +594,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             st.sql,
-            "SELECT COUNT(*) FROM `deals` WHERE (`owner_id` IN (SELECT `id` FROM `employees` WHERE (`email` = ?)) AND `stage` IN (?, ?))"
+            "SELECT COUNT(*) FROM `deals` WHERE (`owner_id` IN (SELECT `id` FROM `employees` WHERE ((`email` = ? AND `email` = ? COLLATE utf8mb4_bin))) AND `stage` IN (?, ?))"
         );
-        assert_eq!(st.binds.len(), 3);
+        assert_eq!(st.binds.len(), 4);
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! Retries, the retry budget, and what the DPO sees when a request needs attention.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use common::{CrmKind, EXIT_TICKET, Env, StoreKind, ok};
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_keeps_failing_needs_attention_with_its_error_visible() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{text}\n[jobs]\nmax_attempts = 2\n")).unwrap();
+    let f = env.write("exit.json", EXIT_TICKET);
+    let at = Some("2026-12-01T03:00:00Z");
+    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], at, None))
+        .trim()
+        .to_owned();
+    ok(&env.run_at(&["approve", &id], at, None));
+    // After approval, the successor's account is closed: the handover cannot happen.
+    env.crm_query(
+        &CrmKind::Sqlite,
+        "UPDATE employees SET status = 'disabled' WHERE emp_no = 'E200'",
+    )
+    .await;
+    let first = env.run_at(&["run", "--json"], Some("2027-01-01T03:00:00Z"), None);
+    let s = json(&common::stdout(&first));
+    assert_eq!(s["retried"], 1, "{s}");
+    let shown = json(&ok(&env.run_at(
+        &["show", &id, "--json"],
+        Some("2027-01-01T03:00:00Z"),
+        None,
+    )));
+    assert_eq!(shown["request"]["state"], "failed");
+    // Nothing of the apply task changed: it failed before its backup.
+    assert_eq!(
+        env.crm_count(
+            &CrmKind::Sqlite,
+            "FROM personal_notes WHERE employee_id = 5"
+        )
+        .await,
+        3
+    );
+    // The backoff holds the retry back; a day later it is tried again and gives up.
+    let again = env.run_at(&["run", "--json"], Some("2027-01-01T03:00:10Z"), None);
+    assert_eq!(json(&common::stdout(&again))["retried"], 0);
+    let last = env.run_at(&["run", "--json"], Some("2027-01-02T03:00:00Z"), None);
+    assert!(
+        !last.status.success(),
+        "run exits 1 when a task needs attention"
+    );
+    assert_eq!(json(&common::stdout(&last))["failed"], 1);
+    let q = json(&ok(&env.run_at(
+        &["queue", "--json"],
+        Some("2027-01-02T03:00:00Z"),
+        None,
+    )));
+    let item = &q["requests"][0];
+    assert_eq!(item["state"], "needs_attention");
+    assert!(
+        item["attention"].as_str().unwrap().contains("disabled"),
+        "{item}"
+    );
+    let text = ok(&env.run_at(&["queue"], Some("2027-01-02T03:00:00Z"), None));
+    assert!(
+        text.contains("needs_attention") && text.contains("! task"),
+        "{text}"
+    );
+    // The DPO may still refuse it, with a reason.
+    ok(&env.run_at(
+        &[
+            "reject",
+            &id,
+            "--reason",
+            "successor left too; HR to refile",
+        ],
+        Some("2027-01-02T03:00:00Z"),
+        None,
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retention_sweep_erases_expired_rows_backup_first_and_only_them() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let crm = CrmKind::Sqlite;
+    let old = env
+        .crm_count(&crm, "FROM follow_ups WHERE happened_at < '2023-11-24'")
+        .await;
+    assert!(
+        old > 0,
+        "the demo CRM has follow-ups older than three years"
+    );
+    let total = env.crm_count(&crm, "FROM follow_ups").await;
+    let out = json(&ok(&env.run_at(
+        &["run", "--sweep", "--json"],
+        Some("2026-11-24T03:00:00Z"),
+        None,
+    )));
+    assert_eq!(out["failed"], 0, "{out}");
+    assert_eq!(
+        env.crm_count(&crm, "FROM follow_ups WHERE happened_at < '2023-11-24'")
+            .await,
+        0
+    );
+    assert_eq!(env.crm_count(&crm, "FROM follow_ups").await, total - old);
+    // Every erased row is in a backup that verifies.
+    let ctx = env.context().await;
+    let pool = match &ctx.store.pool {
+        quietus::store::Pool::Sqlite(p) => p.clone(),
+        quietus::store::Pool::Postgres(_) => unreachable!(),
+    };
+    let backups: Vec<(String, String)> = sqlx::query_as("SELECT id, sha256 FROM backups")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut rows = 0;
+    for (id, sha) in backups {
+        let (p, k) = quietus::backup::paths(
+            &env.path().join("var/backups"),
+            &env.path().join("var/backup-keys"),
+            &id,
+        );
+        let counts = quietus::backup::verify(&p, &k, Some(&sha)).unwrap();
+        rows += counts.get("follow_ups").copied().unwrap_or(0);
+    }
+    assert_eq!(rows, u64::try_from(old).unwrap());
+    ctx.store.close().await;
+}
