@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod plan;
 pub mod policy;
+pub mod proof;
 pub mod store;
 pub mod targets;
 pub mod web;
