@@ -131,3 +131,36 @@ async fn the_retention_sweep_erases_expired_rows_backup_first_and_only_them() {
     assert_eq!(rows, u64::try_from(old).unwrap());
     ctx.store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_finds_every_lookup_indexed_and_names_a_missing_index() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let out = json(&ok(&env.run(&["doctor", "--json"])));
+    let findings = out.as_array().unwrap();
+    assert!(findings.iter().all(|f| f["level"] == "ok"), "{out:#}");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["message"] == "personal_notes.employee_id is indexed"),
+        "{out:#}"
+    );
+    env.crm_query(
+        &CrmKind::Sqlite,
+        "DROP INDEX idx_personal_notes_employee_id",
+    )
+    .await;
+    let out = json(&ok(&env.run(&["doctor", "--json"])));
+    let warned: Vec<&Value> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "warning")
+        .collect();
+    assert_eq!(warned.len(), 1, "{out:#}");
+    assert!(
+        warned[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("personal_notes.employee_id leads no index")
+    );
+}

@@ -142,6 +142,12 @@ pub enum Command {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Check the target systems against the data maps: reachable, tables and columns
+    /// present, every lookup column indexed. Exit 1 on an error.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -228,6 +234,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             policy::check(&dir, json)
         }
         Command::Token { name, role } => policy::token(&name, &role),
+        Command::Doctor { json } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let dir = config.policies_dir();
+            let policies = Policies::load(&dir)
+                .map_err(|p| Error::from(p).context(format!("policy folder {}", dir.display())))?;
+            let findings = crate::targets::doctor::check(&policies.systems, &config.base_dir).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings)?);
+            } else {
+                for f in &findings {
+                    println!("{:<7} {:<8} {}", f.level, f.system, f.message);
+                }
+            }
+            Ok(if findings.iter().any(|f| f.level == "error") {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Demo { dir, force, json } => crate::demo::run(&dir, force, json, &actor)
             .await
             .map(|()| ExitCode::SUCCESS),

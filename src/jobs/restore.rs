@@ -47,17 +47,26 @@ pub async fn restore(
         ));
     }
     backups.reverse();
+    // All or nothing: a restore that silently skipped an expired backup would leave the
+    // request half undone.
+    let gone: Vec<&str> = backups
+        .iter()
+        .filter(|b| b.shredded_at.is_some())
+        .map(|b| b.id.as_str())
+        .collect();
+    if !gone.is_empty() {
+        return Err(Error::new(
+            Code::NotFound,
+            format!(
+                "request {}: backup(s) {} expired and were crypto-shredded; what they held can no longer be restored, \
+             so nothing was restored",
+                req.id,
+                gone.join(", ")
+            ),
+        ));
+    }
     let mut out = Vec::new();
     for b in backups {
-        if b.shredded_at.is_some() {
-            return Err(Error::new(
-                Code::NotFound,
-                format!(
-                    "backup {} of request {} expired and was crypto-shredded: it can no longer be restored",
-                    b.id, req.id
-                ),
-            ));
-        }
         let (path, key) = backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
         backup::verify(&path, &key, Some(&b.sha256))?;
         let manifest = backup::Reader::open(&path, &key)?.manifest;

@@ -3,6 +3,7 @@
 //! This part: find how many of a subject's rows each mapped table holds (the
 //! "survey" a plan is made from), without reading the rows themselves.
 
+pub mod doctor;
 pub mod exec;
 pub mod sql;
 

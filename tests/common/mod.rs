@@ -392,13 +392,19 @@ impl Env {
         let t = quietus::targets::Target::connect(&sys, self.path())
             .await
             .unwrap();
-        let rows = t
-            .fetch_text(&quietus::targets::Statement {
-                sql: sql.to_owned(),
-                binds: vec![],
-            })
-            .await
-            .unwrap();
+        let st = quietus::targets::Statement {
+            sql: sql.to_owned(),
+            binds: vec![],
+        };
+        let rows = if sql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
+            t.fetch_text(&st).await.unwrap()
+        } else {
+            // Statements that change something run once, in a transaction.
+            let mut tx = t.begin().await.unwrap();
+            tx.execute(&st).await.unwrap();
+            tx.commit().await.unwrap();
+            Vec::new()
+        };
         t.close().await;
         rows.into_iter()
             .map(|r| r.into_iter().next().flatten())

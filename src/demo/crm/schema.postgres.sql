@@ -176,3 +176,8 @@ CREATE TABLE invoices (
     CONSTRAINT fk_invoices_customer_id FOREIGN KEY (customer_id) REFERENCES customers (id)
 );
 CREATE INDEX idx_invoices_customer_id ON invoices (customer_id);
+
+-- The retention sweep looks rows up by their dates (quietus doctor checks this).
+CREATE INDEX idx_follow_ups_happened_at ON follow_ups (happened_at);
+CREATE INDEX idx_call_notes_happened_at ON call_notes (happened_at);
+CREATE INDEX idx_invoices_issued_at ON invoices (issued_at);

@@ -1,0 +1,217 @@
+//! Benchmark: an exit carried out by quietus (collect, encrypted backup, read-back,
+//! batched apply, re-check) against the raw SQL of the same changes, on the demo CRM
+//! (SQLite) with a leaver who has N personal notes and a CRM with M other notes.
+//!
+//! `cargo bench --bench erasure` runs every case in a child process of its own, so that
+//! peak memory (VmHWM) is measured per case, and prints a Markdown table for
+//! BENCHMARKS.md. `cargo bench --bench erasure -- quick` runs the small cases only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use quietus::config::Config;
+use quietus::intake::{self, Source};
+use quietus::lifecycle::Decision;
+
+const CASES: [(u64, u64); 5] = [
+    (1_000, 0),
+    (10_000, 0),
+    (100_000, 0),
+    (10_000, 1_000_000),
+    (100_000, 1_000_000),
+];
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn make_crm(path: &Path, notes: u64, other: u64) {
+    quietus::demo::create_crm_sqlite(path).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    // E100 is employees.id 5; other notes go to the 39 other employees.
+    let mut id = 1_000_000u64;
+    for (count, owner) in [(notes, None), (other, Some(()))] {
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(500);
+            let mut sql = String::from(
+                "INSERT INTO personal_notes (id, employee_id, created_at, body) VALUES ",
+            );
+            for i in 0..n {
+                id += 1;
+                let emp = if owner.is_some() { 6 + (id % 30) } else { 5 };
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("({id}, {emp}, '2026-01-01 10:00:00', 'note {id}: call back about the renewal, bring the signed quote')"));
+            }
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            left -= n;
+        }
+    }
+    tx.commit().await.unwrap();
+    pool.close().await;
+}
+
+async fn raw(dir: &Path) -> f64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("crm.db").display()))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut tx = pool.begin().await.unwrap();
+    for sql in [
+        "UPDATE employees SET status = 'disabled', left_at = '2026-11-24' WHERE id = 5",
+        "UPDATE customers SET owner_id = 25 WHERE owner_id = 5 AND status = 'active'",
+        "UPDATE deals SET owner_id = 25 WHERE owner_id = 5 AND stage IN ('lead', 'negotiation')",
+        "DELETE FROM employee_roles WHERE employee_id = 5",
+        "DELETE FROM personal_notes WHERE employee_id = 5",
+        "UPDATE employees SET name = '(departed employee)', email = NULL, mobile = NULL WHERE id = 5",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let t = start.elapsed().as_secs_f64();
+    pool.close().await;
+    t
+}
+
+async fn with_quietus(dir: &Path) -> f64 {
+    std::fs::create_dir_all(dir.join("policies/systems")).unwrap();
+    for (name, text) in quietus::policy::EXAMPLES {
+        std::fs::write(dir.join("policies").join(name), text).unwrap();
+    }
+    std::fs::write(
+        dir.join("quietus.toml"),
+        "[store]\nurl = \"sqlite://var/q.db\"\n",
+    )
+    .unwrap();
+    let config = Config::load(Some(&dir.join("quietus.toml"))).unwrap();
+    let ctx = quietus::cli::context(&config).await.unwrap();
+    let now = quietus::clock::now();
+    let today = ctx.today(now);
+    let body = format!(
+        r#"{{"kind":"exit","external_id":"B-1","subject":{{"employee_id":"E100"}},"exit_date":"{today}","successor":{{"employee_id":"E200"}}}}"#
+    );
+    let t = intake::parse_ticket(body.as_bytes(), "bench", true).unwrap();
+    let src = Source {
+        door: "bench",
+        actor: "bench".into(),
+        trusted: true,
+    };
+    let id = intake::submit(&ctx, &t, &body, &src, now).await.unwrap().id;
+    ctx.decide(&id, Decision::Approve, "bench", None, now)
+        .await
+        .unwrap();
+    let settings = quietus::jobs::Settings::from_config(&config).unwrap();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let start = Instant::now();
+    let summary = quietus::jobs::run_due(&ctx, &settings, &stop, &|_| {})
+        .await
+        .unwrap();
+    let t = start.elapsed().as_secs_f64();
+    assert_eq!(summary.failed, 0);
+    assert_eq!(summary.completed_requests, vec![id]);
+    t
+}
+
+fn child(mode: &str, notes: u64, other: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        make_crm(&dir.path().join("crm.db"), notes, other).await;
+        let base = peak_rss_kib();
+        let secs = if mode == "raw" {
+            raw(dir.path()).await
+        } else {
+            with_quietus(dir.path()).await
+        };
+        let left: i64 = {
+            let pool = sqlx::SqlitePool::connect(&format!(
+                "sqlite://{}",
+                dir.path().join("crm.db").display()
+            ))
+            .await
+            .unwrap();
+            let n = sqlx::query_scalar("SELECT COUNT(*) FROM personal_notes WHERE employee_id = 5")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            n
+        };
+        assert_eq!(left, 0, "{mode}: notes remain");
+        println!(
+            "{mode} {notes} {other} {secs:.4} {} {}",
+            base,
+            peak_rss_kib()
+        );
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 5 && args[1] == "--child" {
+        child(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap());
+        return;
+    }
+    let quick = args.iter().any(|a| a == "quick");
+    let me = std::env::current_exe().unwrap();
+    println!(
+        "| leaver's notes | other notes | raw SQL (s) | quietus (s) | quietus / raw | peak RSS raw (MiB) | peak RSS quietus (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (notes, other) in CASES {
+        if quick && (notes > 10_000 || other > 0) {
+            continue;
+        }
+        let mut row = Vec::new();
+        for mode in ["raw", "quietus"] {
+            let out = Command::new(&me)
+                .args(["--child", mode, &notes.to_string(), &other.to_string()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned();
+            let f: Vec<&str> = line.split_whitespace().collect();
+            row.push((
+                f[3].parse::<f64>().unwrap(),
+                f[5].parse::<f64>().unwrap() / 1024.0,
+            ));
+        }
+        println!(
+            "| {notes} | {other} | {:.3} | {:.3} | {:.1}× | {:.0} | {:.0} |",
+            row[0].0,
+            row[1].0,
+            row[1].0 / row[0].0,
+            row[0].1,
+            row[1].1
+        );
+    }
+}

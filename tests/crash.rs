@@ -1,0 +1,1056 @@
+//! Crash safety, with real processes and real signals: `quietus run` is killed with
+//! SIGKILL between backup and change, inside a batch's transaction, and after the change
+//! before the task is recorded done; a restart completes the request, every changed row is
+//! in a verified backup with its original values, nothing is changed twice, and `restore`
+//! brings the pre-exit state back exactly. Then two `quietus serve` instances on one
+//! PostgreSQL state store share 200 erasure requests, each task run once.
+//!
+//! Time: the exit is on 2026-12-31; the runs use `QUIETUS_NOW`. A killed worker's lease
+//! (300 s by default) is taken over by running the restart at a later `QUIETUS_NOW`
+//! (three hours on), not by shortening the lease.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{BIN, CrmKind, Db, EXIT_TICKET, Env, StoreKind, ok, stderr};
+use quietus::config::Config;
+use serde_json::Value;
+
+/// When the exit is submitted and approved.
+const DECIDED: &str = "2026-12-01T09:00:00Z";
+/// The night after the exit date, before the execution window opens (see [`WINDOW`]).
+const BEFORE_WINDOW: &str = "2027-01-01T01:00:00Z";
+/// An execution window open from 03:00 UTC; only set on the run that should do the
+/// `disable` task alone (disabling is not windowed, the `apply` task is).
+const WINDOW: &str = "* * 3-23 * * *";
+/// The run that gets killed (unless the victim is the `disable` task, see [`Victim`]).
+const NOW: &str = "2027-01-01T03:00:00Z";
+/// The restart: three hours after the kill, so the dead worker's 300 s lease has expired.
+const LATER: &str = "2027-01-01T06:00:00Z";
+
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The binary on `env`'s config, at `now`, with extra environment; nothing inherited
+/// that could steer it (a stop point, a config, a clock).
+fn quietus(env: &Env, args: &[&str], now: Option<&str>, extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env_remove("QUIETUS_CONFIG")
+        .env_remove("QUIETUS_TEST_STOP_AT")
+        .env_remove("QUIETUS_NOW")
+        .env("QUIETUS_LOG", "warn");
+    if let Some(n) = now {
+        cmd.env("QUIETUS_NOW", n);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run(env: &Env, args: &[&str], now: Option<&str>, extra: &[(&str, &str)]) -> Output {
+    quietus(env, args, now, extra)
+        .output()
+        .expect("quietus runs")
+}
+
+/// Send a signal with the stock `kill` command.
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(st.success(), "kill {sig} {} failed", child.id());
+}
+
+/// Lines of a child's pipe, forwarded to a channel by a thread.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait for a line containing `needle`; panics (with what was seen) on timeout or when
+/// the pipe closes first.
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(l) => seen.push(l),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!(
+                    "no {needle:?} within {timeout:?}; saw:\n{}",
+                    seen.join("\n")
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "the process ended before {needle:?}; saw:\n{}",
+                    seen.join("\n")
+                )
+            }
+        }
+    }
+}
+
+/// Run `quietus run` until it reports the stop point, then SIGKILL it.
+fn run_and_kill_at(env: &Env, point: &str, now: &str, extra: &[(&str, &str)]) {
+    let mut vars = vec![("QUIETUS_TEST_STOP_AT", point)];
+    vars.extend_from_slice(extra);
+    let mut child = quietus(env, &["run", "--json"], Some(now), &vars)
+        .spawn()
+        .expect("spawn quietus run");
+    let err = lines_of(child.stderr.take().unwrap());
+    let _out = lines_of(child.stdout.take().unwrap());
+    wait_for_line(&err, &format!("quietus-test-stop: {point}"), STOP_TIMEOUT);
+    signal(&child, "-KILL");
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The CRM, dumped whole.
+
+const CRM_TABLES: [&str; 11] = [
+    "departments",
+    "employees",
+    "employee_roles",
+    "customers",
+    "contacts",
+    "deals",
+    "follow_ups",
+    "call_notes",
+    "personal_notes",
+    "labour_contracts",
+    "invoices",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableDump {
+    columns: Vec<String>,
+    /// id -> every column as text (the id included)
+    rows: BTreeMap<String, Vec<Option<String>>>,
+}
+
+impl TableDump {
+    fn value(&self, key: &str, col: &str) -> Option<String> {
+        let i = self.columns.iter().position(|c| c == col).unwrap();
+        self.rows[key][i].clone()
+    }
+}
+
+type Dump = BTreeMap<String, TableDump>;
+
+async fn crm_target(env: &Env, crm: &CrmKind) -> quietus::targets::Target {
+    let (driver, url) = crm.driver_url();
+    let url = if driver == "sqlite" {
+        format!("sqlite://{}", env.path().join("crm.db").display())
+    } else {
+        url
+    };
+    let sys: quietus::policy::System = toml::from_str(&format!(
+        "name = \"q\"\ndriver = \"{driver}\"\nurl = {url:?}\n"
+    ))
+    .unwrap();
+    quietus::targets::Target::connect(&sys, env.path())
+        .await
+        .unwrap()
+}
+
+/// Every row of every CRM table, every column cast to text, by primary key.
+async fn dump(env: &Env, crm: &CrmKind) -> Dump {
+    let t = crm_target(env, crm).await;
+    let cast = if matches!(crm, CrmKind::Mysql(_)) {
+        "CHAR"
+    } else {
+        "TEXT"
+    };
+    let mut out = Dump::new();
+    for table in CRM_TABLES {
+        let columns: Vec<String> = t
+            .columns(table)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let id = columns.iter().position(|c| c == "id").unwrap();
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| format!("CAST({c} AS {cast})"))
+            .collect();
+        let rows = t
+            .fetch_text(&quietus::targets::Statement {
+                sql: format!("SELECT {} FROM {table} ORDER BY id", list.join(", ")),
+                binds: vec![],
+            })
+            .await
+            .unwrap();
+        let rows = rows
+            .into_iter()
+            .map(|r| (r[id].clone().unwrap(), r))
+            .collect();
+        out.insert(table.to_owned(), TableDump { columns, rows });
+    }
+    t.close().await;
+    out
+}
+
+/// Human-readable differences between two dumps (empty: identical).
+fn diff(a: &Dump, b: &Dump) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, ta) in a {
+        let tb = &b[t];
+        let keys: BTreeSet<&String> = ta.rows.keys().chain(tb.rows.keys()).collect();
+        for k in keys {
+            match (ta.rows.get(k), tb.rows.get(k)) {
+                (Some(x), Some(y)) if x == y => {}
+                (x, y) => out.push(format!("{t} id {k}: {x:?} -> {y:?}")),
+            }
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_same(what: &str, got: &Dump, want: &Dump) {
+    let d = diff(want, got);
+    assert!(
+        d.is_empty(),
+        "{what}: the CRM differs from what it should be:\n{}",
+        d.join("\n")
+    );
+}
+
+/// (table, id) of every row that differs between two dumps, with the columns that differ
+/// (every column when the row is gone).
+fn changed_rows(before: &Dump, after: &Dump) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for (t, tb) in before {
+        let ta = &after[t];
+        for (k, old) in &tb.rows {
+            let cols: BTreeSet<String> = match ta.rows.get(k) {
+                None => tb.columns.iter().filter(|c| *c != "id").cloned().collect(),
+                Some(new) => tb
+                    .columns
+                    .iter()
+                    .zip(old.iter().zip(new))
+                    .filter(|(_, (o, n))| o != n)
+                    .map(|(c, _)| c.clone())
+                    .collect(),
+            };
+            if !cols.is_empty() {
+                out.insert((t.clone(), k.clone()), cols);
+            }
+        }
+        assert!(
+            ta.rows.keys().all(|k| tb.rows.contains_key(k)),
+            "{t}: rows appeared"
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The state store and the backups.
+
+async fn tasks_of(env: &Env, rid: &str) -> Vec<quietus::store::TaskRow> {
+    let ctx = env.context().await;
+    let t = ctx.store.tasks_of(rid).await.unwrap();
+    ctx.store.close().await;
+    t
+}
+
+async fn backups_of(env: &Env, rid: &str) -> Vec<quietus::store::BackupRow> {
+    let ctx = env.context().await;
+    let b = ctx.store.backups_of(rid).await.unwrap();
+    ctx.store.close().await;
+    b
+}
+
+fn backup_dirs(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
+    Config::load(Some(&env.config)).unwrap().backup_dirs()
+}
+
+/// (table, key) -> column -> value, over every listed backup; each archive is checked
+/// against its recorded SHA-256 and row count first. A value backed up twice must be the
+/// same both times (a second backup of an already-changed row would differ).
+fn backed_up(
+    env: &Env,
+    backups: &[quietus::store::BackupRow],
+) -> BTreeMap<(String, String), BTreeMap<String, Option<String>>> {
+    let (dir, keys) = backup_dirs(env);
+    let mut out: BTreeMap<(String, String), BTreeMap<String, Option<String>>> = BTreeMap::new();
+    for b in backups {
+        let (path, key) = quietus::backup::paths(&dir, &keys, &b.id);
+        let counts = quietus::backup::verify(&path, &key, Some(&b.sha256))
+            .unwrap_or_else(|e| panic!("backup {} does not verify: {e:?}", b.id));
+        assert_eq!(
+            counts.values().sum::<u64>(),
+            u64::try_from(b.rows).unwrap(),
+            "backup {}: rows recorded vs. read back",
+            b.id
+        );
+        let mut r = quietus::backup::Reader::open(&path, &key).unwrap();
+        assert_eq!(r.manifest.task_id, b.task_id);
+        while let Some(rec) = r.next_row().unwrap() {
+            let slot = out.entry((rec.t.clone(), rec.k.clone())).or_default();
+            for (c, v) in rec.v {
+                if let Some(prev) = slot.get(&c) {
+                    assert_eq!(
+                        prev, &v,
+                        "{}.{c} of id {} backed up twice with different values (backup {})",
+                        rec.t, rec.k, b.id
+                    );
+                }
+                slot.insert(c, v);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The exit, run cleanly: what every crashed run must end up as.
+
+struct Reference {
+    original: Dump,
+    after_disable: Dump,
+    fin: Dump,
+    /// table -> rows changed by the apply task
+    apply_changed: BTreeMap<String, u64>,
+}
+
+fn submit_and_approve(env: &Env) -> String {
+    let f = env.write("exit.json", EXIT_TICKET);
+    let id = ok(&run(
+        env,
+        &["submit", f.to_str().unwrap()],
+        Some(DECIDED),
+        &[],
+    ))
+    .trim()
+    .to_owned();
+    ok(&run(env, &["approve", &id], Some(DECIDED), &[]));
+    id
+}
+
+fn request_state(env: &Env, id: &str) -> String {
+    let shown = json(&ok(&run(env, &["show", id, "--json"], Some(LATER), &[])));
+    shown["request"]["state"].as_str().unwrap().to_owned()
+}
+
+fn table_results(task: &quietus::store::TaskRow) -> BTreeMap<String, (u64, u64, u64)> {
+    let r = json(task.result.as_deref().expect("a done task has a result"));
+    r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_owned(),
+                (
+                    t["backed_up"].as_u64().unwrap(),
+                    t["changed"].as_u64().unwrap(),
+                    t["already_done"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn reference() -> Reference {
+    let kind = StoreKind::Sqlite;
+    let env = Env::new(&kind).await;
+    let original = dump(&env, &CrmKind::Sqlite).await;
+    let id = submit_and_approve(&env);
+    // The disable task alone (the window is closed), then the rest.
+    let s = json(&ok(&run(
+        &env,
+        &["run", "--json"],
+        Some(BEFORE_WINDOW),
+        &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
+    )));
+    assert_eq!(s["done"], 1, "{s}");
+    let after_disable = dump(&env, &CrmKind::Sqlite).await;
+    let s = json(&ok(&run(&env, &["run", "--json"], Some(NOW), &[])));
+    assert_eq!(s["done"], 1, "{s}");
+    assert_eq!(request_state(&env, &id), "completed");
+    let fin = dump(&env, &CrmKind::Sqlite).await;
+    let tasks = tasks_of(&env, &id).await;
+    let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
+    let apply_changed: BTreeMap<String, u64> = table_results(apply)
+        .into_iter()
+        .map(|(t, (_, c, d))| {
+            assert_eq!(d, 0, "a clean run has nothing already done");
+            (t, c)
+        })
+        .collect();
+    // The facts of the exit, checked directly.
+    let emp = &fin["employees"];
+    assert_eq!(emp.value("5", "status").as_deref(), Some("disabled"));
+    assert_eq!(emp.value("5", "left_at").as_deref(), Some("2026-12-31"));
+    assert_eq!(
+        emp.value("5", "name").as_deref(),
+        Some("(departed employee)")
+    );
+    assert_eq!(emp.value("5", "email"), None);
+    assert_eq!(emp.value("5", "mobile"), None);
+    let of5 = |t: &str, col: &str| {
+        fin[t]
+            .rows
+            .keys()
+            .filter(|k| fin[t].value(k, col).as_deref() == Some("5"))
+            .count()
+    };
+    assert_eq!(of5("employee_roles", "employee_id"), 0);
+    assert_eq!(of5("personal_notes", "employee_id"), 0);
+    assert_eq!(of5("follow_ups", "author_id"), 12, "follow-ups are kept");
+    assert_eq!(
+        of5("labour_contracts", "employee_id"),
+        1,
+        "the contract is kept"
+    );
+    let changed = changed_rows(&original, &fin);
+    let per_table = |t: &str| changed.keys().filter(|(x, _)| x == t).count();
+    assert_eq!(per_table("employees"), 1);
+    assert_eq!(per_table("employee_roles"), 3);
+    assert_eq!(per_table("personal_notes"), 3);
+    assert_eq!(per_table("customers"), 5);
+    assert_eq!(per_table("deals"), 3);
+    assert_eq!(changed.len(), 15, "nothing else changed: {changed:?}");
+    // A clean run restores exactly, too (the baseline for the crashed runs).
+    ok(&run(&env, &["restore", &id, "--json"], Some(LATER), &[]));
+    assert_same(
+        "restore after a clean run",
+        &dump(&env, &CrmKind::Sqlite).await,
+        &original,
+    );
+    kind.cleanup().await;
+    Reference {
+        original,
+        after_disable,
+        fin,
+        apply_changed,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGKILL at each stop point.
+
+/// Which task is running when the process is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// `disable`: the run happens before the execution window, so only it is taken.
+    Disable,
+    /// `apply`: `disable` ran first in a run of its own.
+    Apply,
+}
+
+impl Victim {
+    fn kind(self) -> &'static str {
+        match self {
+            Victim::Disable => "disable",
+            Victim::Apply => "apply",
+        }
+    }
+}
+
+async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Reference) {
+    let label = format!(
+        "{point}, {} task, {} state store",
+        victim.kind(),
+        kind.label()
+    );
+    let env = Env::new(kind).await;
+    let crm = CrmKind::Sqlite;
+    assert_same(&label, &dump(&env, &crm).await, &r.original);
+    let id = submit_and_approve(&env);
+
+    let before = match victim {
+        Victim::Disable => r.original.clone(),
+        Victim::Apply => {
+            let s = json(&ok(&run(
+                &env,
+                &["run", "--json"],
+                Some(BEFORE_WINDOW),
+                &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
+            )));
+            assert_eq!(s["done"], 1, "{label}: {s}");
+            let d = dump(&env, &crm).await;
+            assert_same(&label, &d, &r.after_disable);
+            d
+        }
+    };
+
+    // Kill it.
+    match victim {
+        Victim::Disable => run_and_kill_at(
+            &env,
+            point,
+            BEFORE_WINDOW,
+            &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
+        ),
+        Victim::Apply => run_and_kill_at(&env, point, NOW, &[]),
+    }
+
+    // What the dead process left behind.
+    let tasks = tasks_of(&env, &id).await;
+    let dead = tasks.iter().find(|t| t.kind == victim.kind()).unwrap();
+    assert_eq!(dead.state, "backed_up", "{label}: {dead:?}");
+    assert!(
+        dead.lease_owner.is_some(),
+        "{label}: the dead lease is still held"
+    );
+    assert_eq!(dead.attempts, 0, "{label}");
+    let bid = dead.backup_id.clone().expect("a recorded backup");
+    let backups = backups_of(&env, &id).await;
+    assert!(backups.iter().any(|b| b.id == bid), "{label}");
+    backed_up(&env, &backups); // verifies each archive
+    let now = dump(&env, &crm).await;
+    match point {
+        "after_backup" => assert_same(&format!("{label}: nothing changed yet"), &now, &before),
+        "in_batch" => assert_same(
+            &format!("{label}: the killed transaction rolled back"),
+            &now,
+            &before,
+        ),
+        "after_apply" => {
+            let want = match victim {
+                Victim::Disable => &r.after_disable,
+                Victim::Apply => &r.fin,
+            };
+            assert_same(&format!("{label}: every batch committed"), &now, want);
+        }
+        _ => unreachable!(),
+    }
+
+    // The restart: later, so the dead lease has expired. Once is enough.
+    let out = run(&env, &["run", "--json"], Some(LATER), &[]);
+    let s = json(&ok(&out));
+    assert_eq!(s["failed"], 0, "{label}: {s}\n{}", stderr(&out));
+    assert_eq!(s["retried"], 0, "{label}: {s}\n{}", stderr(&out));
+    assert_eq!(
+        s["completed_requests"],
+        serde_json::json!([id]),
+        "{label}: {s}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(request_state(&env, &id), "completed", "{label}");
+    // A second restart finds nothing to do.
+    let s = json(&ok(&run(&env, &["run", "--json"], Some(LATER), &[])));
+    assert_eq!(s["done"], 0, "{label}: {s}");
+
+    // The CRM is exactly as after a clean run.
+    let fin = dump(&env, &crm).await;
+    assert_same(&format!("{label}: after the restart"), &fin, &r.fin);
+
+    // Each task ran to `done` once, without a failed attempt, with one backup each.
+    let tasks = tasks_of(&env, &id).await;
+    let backups = backups_of(&env, &id).await;
+    for k in ["disable", "apply"] {
+        let of_kind: Vec<_> = tasks.iter().filter(|t| t.kind == k).collect();
+        assert_eq!(of_kind.len(), 1, "{label}: one {k} task");
+        let t = of_kind[0];
+        assert_eq!(t.state, "done", "{label}: {t:?}");
+        assert_eq!(t.attempts, 0, "{label}: {t:?}");
+        assert!(t.lease_owner.is_none(), "{label}: {t:?}");
+        let mine: Vec<_> = backups.iter().filter(|b| b.task_id == t.id).collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "{label}: exactly one backup for the {k} task: {mine:?}"
+        );
+        assert_eq!(t.backup_id.as_deref(), Some(mine[0].id.as_str()));
+    }
+    assert_eq!(backups.len(), 2, "{label}: {backups:?}");
+    for t in tasks.iter().filter(|t| t.kind == "followup") {
+        assert_eq!(t.state, "pending", "{label}: follow-ups wait: {t:?}");
+    }
+
+    // Nothing changed twice: the apply task's counts add up to a clean run's, and the
+    // task that was killed after its change found all of it already done.
+    let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
+    let results = table_results(apply);
+    assert_eq!(
+        results.keys().collect::<Vec<_>>(),
+        r.apply_changed.keys().collect::<Vec<_>>(),
+        "{label}"
+    );
+    for (table, (backed, changed, done)) in &results {
+        let want = r.apply_changed[table];
+        assert_eq!(changed + done, want, "{label}: {table}: {results:?}");
+        assert_eq!(*backed, want, "{label}: {table}: {results:?}");
+        if victim == Victim::Apply {
+            let (c, d) = if point == "after_apply" {
+                (0, want)
+            } else {
+                (want, 0)
+            };
+            assert_eq!((*changed, *done), (c, d), "{label}: {table}: {results:?}");
+        }
+    }
+    let disable = tasks.iter().find(|t| t.kind == "disable").unwrap();
+    let want_disable = if victim == Victim::Disable && point == "after_apply" {
+        (1, 0, 1)
+    } else {
+        (1, 1, 0)
+    };
+    assert_eq!(
+        table_results(disable).get("employees"),
+        Some(&want_disable),
+        "{label}"
+    );
+
+    // Every changed row is in a verified backup, with its original values.
+    let saved = backed_up(&env, &backups);
+    for ((table, key), cols) in changed_rows(&r.original, &fin) {
+        let b = saved
+            .get(&(table.clone(), key.clone()))
+            .unwrap_or_else(|| panic!("{label}: {table} id {key} changed but is in no backup"));
+        for c in &cols {
+            assert!(
+                b.contains_key(c),
+                "{label}: {table}.{c} of id {key} changed but is not backed up"
+            );
+        }
+        for (c, v) in b {
+            assert_eq!(
+                v,
+                &r.original[&table].value(&key, c),
+                "{label}: {table}.{c} of id {key}: the backup does not hold the original"
+            );
+        }
+    }
+
+    // One `completed` in the history.
+    let shown = json(&ok(&run(&env, &["show", &id, "--json"], Some(LATER), &[])));
+    let history = shown["history"].as_array().unwrap();
+    for state in ["scheduled", "completed"] {
+        let n = history.iter().filter(|e| e["to_state"] == state).count();
+        assert_eq!(n, 1, "{label}: one move to {state}: {history:#?}");
+    }
+
+    // Restore brings back the state before the exit, exactly.
+    let out = run(&env, &["restore", &id, "--json"], Some(LATER), &[]);
+    let rep = json(&ok(&out));
+    for t in rep["tables"].as_array().unwrap() {
+        assert_eq!(t["changed_since"], 0, "{label}: {rep:#}");
+    }
+    assert_same(
+        &format!("{label}: after restore"),
+        &dump(&env, &crm).await,
+        &r.original,
+    );
+}
+
+async fn kill_at(point: &str) {
+    let started = Instant::now();
+    let r = reference().await;
+    for victim in [Victim::Apply, Victim::Disable] {
+        for kind in StoreKind::all().await {
+            crash_and_recover(point, victim, &kind, &r).await;
+            kind.cleanup().await;
+        }
+    }
+    eprintln!("kill at {point}: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_backup_before_change() {
+    kill_at("after_backup").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_inside_a_batch_transaction() {
+    kill_at("in_batch").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_change_before_done() {
+    kill_at("after_apply").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Two `quietus serve` instances share 200 erasure requests.
+
+struct Server {
+    child: Child,
+    err: mpsc::Receiver<String>,
+}
+
+fn serve(env: &Env) -> Server {
+    let mut child = quietus(
+        env,
+        &["serve", "--listen", "127.0.0.1:0"],
+        None,
+        &[("QUIETUS_JOBS__POLL_SECONDS", "1")],
+    )
+    .spawn()
+    .expect("spawn quietus serve");
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    wait_for_line(&out, "listening on http://", Duration::from_secs(60));
+    Server { child, err }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_serve_instances_share_200_requests_each_task_once() {
+    let started = Instant::now();
+    let Some(store_db) = Db::postgres().await else {
+        return;
+    };
+    let Some(crm_db) = Db::postgres().await else {
+        return;
+    };
+    let store_url = store_db.url.clone();
+    let kind = StoreKind::Postgres(store_db);
+    let crm = CrmKind::Postgres(crm_db);
+    let env = Env::new(&kind).await;
+    env.use_crm(&crm).await;
+
+    // 200 contacts known by one identity each: their email, or their phone when they
+    // have no email. Each identity matches exactly that contact.
+    let by_email = env
+        .crm_query(
+            &crm,
+            "SELECT CAST(id AS TEXT) || ' email ' || email FROM contacts WHERE email IS NOT NULL ORDER BY id",
+        )
+        .await;
+    let by_phone = env
+        .crm_query(
+            &crm,
+            "SELECT CAST(id AS TEXT) || ' phone ' || phone FROM contacts WHERE email IS NULL AND phone IS NOT NULL ORDER BY id",
+        )
+        .await;
+    let subjects: Vec<(String, String, String)> = by_email
+        .into_iter()
+        .chain(by_phone)
+        .take(200)
+        .map(|l| {
+            let l = l.unwrap();
+            let mut it = l.splitn(3, ' ');
+            (
+                it.next().unwrap().to_owned(),
+                it.next().unwrap().to_owned(),
+                it.next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(subjects.len(), 200);
+    for (_, kind_, value) in &subjects {
+        let col = if kind_ == "email" { "email" } else { "phone" };
+        let n = env
+            .crm_count(&crm, &format!("FROM contacts WHERE {col} = '{value}'"))
+            .await;
+        assert_eq!(n, 1, "{value} names one contact");
+    }
+    let original = dump(&env, &crm).await;
+
+    // Submit and approve them all through the library.
+    let ctx = env.context().await;
+    let now = quietus::clock::now();
+    let source = quietus::intake::Source {
+        door: "cli",
+        actor: "test".into(),
+        trusted: true,
+    };
+    // Eight at a time: approving makes a plan, which surveys the CRM over a connection of
+    // its own.
+    use futures::StreamExt;
+    let ids: BTreeMap<String, String> = futures::stream::iter(subjects.iter().enumerate())
+        .map(|(i, (contact, kind_, value))| {
+            let (ctx, source) = (&ctx, &source);
+            async move {
+                let raw = serde_json::json!({
+                    "kind": "erasure",
+                    "external_id": format!("C-{i}"),
+                    "subject": { kind_.as_str(): value },
+                    "jurisdiction": "GDPR",
+                })
+                .to_string();
+                let ticket = quietus::intake::parse_ticket(
+                    raw.as_bytes(),
+                    "ticket",
+                    ctx.policies.handover_required(),
+                )
+                .unwrap();
+                let sub = quietus::intake::submit(ctx, &ticket, &raw, source, now)
+                    .await
+                    .unwrap();
+                assert!(sub.created);
+                ctx.decide(
+                    &sub.id,
+                    quietus::lifecycle::Decision::Approve,
+                    "dpo",
+                    None,
+                    now,
+                )
+                .await
+                .unwrap();
+                (sub.id, contact.clone())
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert_eq!(ids.len(), 200);
+    ctx.store.close().await;
+    let prepared = started.elapsed();
+
+    // Two daemons on the same config.
+    let mut servers = [serve(&env), serve(&env)];
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let pool = sqlx::PgPool::connect(&store_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM requests WHERE state = 'completed'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if n == 200 {
+            break;
+        }
+        for s in &mut servers {
+            assert!(
+                s.child.try_wait().unwrap().is_none(),
+                "a server ended early"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of 200 requests completed in 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let worked = started.elapsed();
+    for s in &servers {
+        signal(&s.child, "-TERM");
+    }
+    for s in &mut servers {
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < until, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log: Vec<String> = s.err.try_iter().collect();
+        assert!(
+            status.success(),
+            "serve exit {status:?}:\n{}",
+            log.join("\n")
+        );
+    }
+
+    // Every task: one row per kind and request, done at most once, no failed attempt.
+    #[derive(sqlx::FromRow)]
+    struct T {
+        id: String,
+        request_id: Option<String>,
+        kind: String,
+        state: String,
+        attempts: i64,
+        lease_owner: Option<String>,
+        result: Option<String>,
+    }
+    let tasks: Vec<T> = sqlx::query_as(
+        "SELECT id, request_id, kind, state, attempts, lease_owner, result FROM tasks",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut per_request: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &tasks {
+        let rid = t
+            .request_id
+            .clone()
+            .expect("every task belongs to a request");
+        *per_request
+            .entry(rid)
+            .or_default()
+            .entry(t.kind.clone())
+            .or_default() += 1;
+        assert_eq!(t.attempts, 0, "task {} had a failed attempt", t.id);
+        assert!(t.lease_owner.is_none(), "task {} still leased", t.id);
+        match t.kind.as_str() {
+            "apply" => {
+                assert_eq!(t.state, "done", "task {}", t.id);
+                let r = json(t.result.as_deref().unwrap());
+                let tables = r["tables"].as_array().unwrap();
+                assert_eq!(tables.len(), 1, "{r}");
+                assert_eq!(tables[0]["table"], "contacts");
+                assert_eq!(tables[0]["changed"], 1, "changed once: {r}");
+                assert_eq!(tables[0]["already_done"], 0, "{r}");
+                let w = r["worker"].as_str().expect("the worker is recorded");
+                *by_worker.entry(w.to_owned()).or_default() += 1;
+            }
+            "followup" => assert_eq!(t.state, "pending", "task {}", t.id),
+            other => panic!("unexpected task kind {other}"),
+        }
+    }
+    assert_eq!(per_request.len(), 200);
+    for (rid, kinds) in &per_request {
+        assert_eq!(kinds.get("apply"), Some(&1), "{rid}: {kinds:?}");
+        assert!(
+            kinds.get("followup").is_none_or(|n| *n <= 1),
+            "{rid}: {kinds:?}"
+        );
+    }
+    // Both instances did work.
+    assert_eq!(by_worker.len(), 2, "{by_worker:?}");
+    for pid in &pids {
+        assert!(
+            by_worker
+                .keys()
+                .any(|w| w.split(':').nth(1) == Some(&pid.to_string())),
+            "instance {pid} did no task: {by_worker:?}"
+        );
+    }
+
+    // Exactly one backup per apply task, none for anything else; each holds the contact's
+    // original values (anonymised once: a second backup would hold the placeholder).
+    let backups: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, task_id, sha256 FROM backups")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut per_task: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, task, _) in &backups {
+        *per_task.entry(task.as_str()).or_default() += 1;
+    }
+    let apply_ids: BTreeSet<&str> = tasks
+        .iter()
+        .filter(|t| t.kind == "apply")
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(per_task.keys().copied().collect::<BTreeSet<_>>(), apply_ids);
+    assert!(per_task.values().all(|n| *n == 1), "{per_task:?}");
+    let (dir, keys) = backup_dirs(&env);
+    let mut backed_contacts = BTreeSet::new();
+    for (bid, _, sha) in &backups {
+        let (path, key) = quietus::backup::paths(&dir, &keys, bid);
+        quietus::backup::verify(&path, &key, Some(sha)).unwrap();
+        let mut r = quietus::backup::Reader::open(&path, &key).unwrap();
+        while let Some(rec) = r.next_row().unwrap() {
+            assert_eq!(rec.t, "contacts");
+            for (c, v) in &rec.v {
+                assert_eq!(
+                    v,
+                    &original["contacts"].value(&rec.k, c),
+                    "contacts.{c} of id {}: the backup holds the original",
+                    rec.k
+                );
+            }
+            assert!(
+                backed_contacts.insert(rec.k.clone()),
+                "contact {} backed up twice",
+                rec.k
+            );
+        }
+    }
+    let wanted: BTreeSet<String> = ids.values().cloned().collect();
+    assert_eq!(backed_contacts, wanted);
+
+    // The CRM: exactly those 200 contacts anonymised, nothing else changed.
+    let fin = dump(&env, &crm).await;
+    let changed = changed_rows(&original, &fin);
+    let changed_contacts: BTreeSet<String> = changed
+        .keys()
+        .map(|(t, k)| {
+            assert_eq!(t, "contacts", "only contacts change");
+            k.clone()
+        })
+        .collect();
+    assert_eq!(changed_contacts, wanted);
+    for k in &wanted {
+        let c = &fin["contacts"];
+        assert_eq!(c.value(k, "name").as_deref(), Some("(erased contact)"));
+        for col in ["email", "phone", "title"] {
+            assert_eq!(c.value(k, col), None, "contacts.{col} of id {k}");
+        }
+    }
+
+    // One `completed` per request in the history.
+    let completions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT request_id, COUNT(*) FROM history WHERE to_state = 'completed' \
+         AND (from_state IS NULL OR from_state <> 'completed') GROUP BY request_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(completions.len(), 200);
+    assert!(completions.iter().all(|(_, n)| *n == 1), "{completions:?}");
+
+    // Schedule ticks fired once across both instances.
+    let ticks: Vec<(String, chrono::DateTime<chrono::Utc>, String)> =
+        sqlx::query_as("SELECT name, tick_at, fired_by FROM schedule_ticks ORDER BY name, tick_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut seen = BTreeSet::new();
+    for (name, at, by) in &ticks {
+        assert!(
+            seen.insert((name.clone(), *at)),
+            "tick {name} {at} fired twice"
+        );
+        assert!(
+            pids.iter()
+                .any(|p| by.split(':').nth(1) == Some(&p.to_string())),
+            "tick {name} fired by {by}"
+        );
+    }
+    let names: BTreeSet<&str> = ticks.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["backup_expiry", "reminders", "retention_sweep"]),
+        "every schedule fired: {ticks:?}"
+    );
+    for n in &names {
+        let c = ticks.iter().filter(|(x, _, _)| x == n).count();
+        assert_eq!(
+            c, 1,
+            "{n} fired once (the run is shorter than a day): {ticks:?}"
+        );
+    }
+
+    pool.close().await;
+    eprintln!(
+        "two instances: prepared {prepared:?}, all completed at {worked:?}, tasks per worker {:?}",
+        by_worker.values().collect::<Vec<_>>()
+    );
+    drop(env);
+    kind.cleanup().await;
+    crm.cleanup().await;
+}
