@@ -137,7 +137,7 @@ impl Writer {
             .wrap_output(BufWriter::new(file))
             .map_err(|e| io("encrypt", &tmp, e))?;
         let sink =
-            zstd::stream::write::Encoder::new(aged, 9).map_err(|e| io("compress", &tmp, e))?;
+            zstd::stream::write::Encoder::new(aged, 3).map_err(|e| io("compress", &tmp, e))?;
         let mut w = Writer {
             sink,
             tmp,

@@ -187,8 +187,8 @@ async fn run_on(
     let mut parts = super::collect::parts_of(sys, task, body, target, successor).await?;
     apply_order(sys, &mut parts);
 
-    let backup_id = match (&task.state[..], &task.backup_id) {
-        ("backed_up", Some(b)) => b.clone(),
+    let (backup_id, just_verified) = match (&task.state[..], &task.backup_id) {
+        ("backed_up", Some(b)) => (b.clone(), false),
         _ => {
             // Keys of retained rows first, while the subject can still be found.
             super::collect::capture_retained_keys(ctx, s, sys, body, subject, target, now).await?;
@@ -197,7 +197,8 @@ async fn run_on(
                 .task_backed_up(&task.id, &s.worker, &b, now)
                 .await?;
             stop_point("after_backup");
-            b.id
+            // `collect` read the archive back whole before recording it.
+            (b.id, true)
         }
     };
     let row = ctx.store.backup(&backup_id).await?.ok_or_else(|| {
@@ -207,8 +208,10 @@ async fn run_on(
         )
     })?;
     let (path, key_path) = backup::paths(&s.backup_dir, &s.keys_dir, &backup_id);
-    // Never act on an archive that does not verify.
-    backup::verify(&path, &key_path, Some(&row.sha256))?;
+    // Never act on an archive that does not verify (on a resume, check it again).
+    if !just_verified {
+        backup::verify(&path, &key_path, Some(&row.sha256))?;
+    }
     let mut results = apply(ctx, s, task, sys, &parts, target, &path, &key_path).await?;
     stop_point("after_apply");
     if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size).await?
@@ -251,6 +254,7 @@ async fn apply(
         .collect();
     let mut batch: Vec<Record> = Vec::new();
     let mut first_batch = true;
+    let mut renewed = std::time::Instant::now();
     loop {
         let next = reader.next_row()?;
         let flush = match (&next, batch.first()) {
@@ -283,16 +287,20 @@ async fn apply(
                 r.already_done += done;
             }
             batch.clear();
-            let until = crate::clock::now()
-                + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
-            if !ctx.store.renew_lease(&task.id, &s.worker, until).await? {
-                return Err(Error::new(
-                    Code::IllegalTransition,
-                    format!(
-                        "task {}: the lease was lost mid-way; another worker resumes it",
-                        task.id
-                    ),
-                ));
+            // Keep the lease alive, without a state-store write per batch.
+            if renewed.elapsed() >= std::time::Duration::from_secs(s.lease_seconds / 3) {
+                let until = crate::clock::now()
+                    + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
+                renewed = std::time::Instant::now();
+                if !ctx.store.renew_lease(&task.id, &s.worker, until).await? {
+                    return Err(Error::new(
+                        Code::IllegalTransition,
+                        format!(
+                            "task {}: the lease was lost mid-way; another worker resumes it",
+                            task.id
+                        ),
+                    ));
+                }
             }
         }
         match next {
@@ -441,7 +449,12 @@ async fn recheck(
             )));
         }
     }
-    // Every backed-up row is gone (erase) or holds its new values (updates).
+    let covered: Vec<String> = parts
+        .iter()
+        .filter(|p| p.action == Action::Erase && !matches!(p.source, Source::Keys(_)))
+        .map(|p| p.table.name.clone())
+        .collect();
+    // Every other backed-up row is gone (erase) or holds its new values (updates).
     let mut reader = backup::Reader::open(path, key_path)?;
     let manifest = reader.manifest.clone();
     let mut batch: Vec<Record> = Vec::new();
@@ -504,6 +517,8 @@ async fn recheck(
             batch.clear();
         }
         match next {
+            // Erased rows found by a predicate were re-checked by the query above.
+            Some(r) if covered.contains(&r.t) => {}
             Some(r) => batch.push(r),
             None => break,
         }
