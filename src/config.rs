@@ -29,6 +29,8 @@ pub struct Config {
     pub backup: BackupConfig,
     pub jobs: JobsConfig,
     pub schedule: ScheduleConfig,
+    pub mail: MailConfig,
+    pub proof: ProofConfig,
     /// The folder relative paths are resolved against (not a key: set on load).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -236,6 +238,135 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// How mail leaves: `.eml` files in a folder (default) or SMTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailTransportKind {
+    /// One `ID.eml` file per message in `outbox_dir`.
+    File,
+    /// An SMTP relay (`[mail.smtp]`).
+    Smtp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `file` (default: `.eml` files in `outbox_dir`) or `smtp`.
+    pub transport: MailTransportKind,
+    /// Where the file transport writes `ID.eml`.
+    pub outbox_dir: PathBuf,
+    /// The `From` of every message (`Name <address>`).
+    pub from: String,
+    /// The right-hand side of `Message-ID`s (and the SMTP `EHLO` name); blank: the domain
+    /// of `from`.
+    pub domain: Option<String>,
+    /// A folder of operator templates (`LOCALE/KIND.subject.txt`, `.txt`, `.html`) that
+    /// win over the built-in ones of the same name.
+    pub templates_dir: Option<PathBuf>,
+    /// Attempts (with exponential backoff) before a message is marked `failed`.
+    pub max_attempts: i64,
+    pub smtp: SmtpConfig,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            transport: MailTransportKind::File,
+            outbox_dir: "var/outbox".into(),
+            from: "quietus <privacy@localhost>".into(),
+            domain: None,
+            templates_dir: None,
+            max_attempts: 10,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain text (a relay on the same host or a test server only).
+    None,
+    /// STARTTLS, required (port 587 by default).
+    Starttls,
+    /// Implicit TLS from the first byte (port 465 by default).
+    Tls,
+}
+
+/// A secret from the configuration: never shown by `Debug`, never serialized back.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// The relay's host name (also the name its TLS certificate must carry).
+    pub host: String,
+    /// The relay's port; blank: 25 (`none`), 587 (`starttls`) or 465 (`tls`).
+    pub port: Option<u16>,
+    /// `none`, `starttls` or `tls`.
+    pub tls: SmtpTls,
+    /// The login, if the relay wants one.
+    pub username: Option<String>,
+    /// A file whose first line is the password (wins over `password`).
+    pub password_file: Option<PathBuf>,
+    /// The password: a secret, set it with `QUIETUS_MAIL__SMTP__PASSWORD`, not in the file.
+    #[serde(skip_serializing)]
+    pub password: Option<Secret>,
+    /// Seconds to wait for the relay (connect and each command).
+    pub timeout_seconds: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: "localhost".into(),
+            port: None,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password_file: None,
+            password: None,
+            timeout_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProofConfig {
+    /// The log's name in checkpoints and the signing key's name (C2SP signed-note origin).
+    pub origin: String,
+    /// The receipt and checkpoint signing key (a secret; `quietus keys init` makes it,
+    /// and quietus makes one on first use if it is missing).
+    pub key_file: PathBuf,
+    /// The public key that verifies receipts and checkpoints (give it to anyone).
+    pub public_key_file: PathBuf,
+    /// Receipt files (`REQUEST-RECEIPT.json`).
+    pub receipts_dir: PathBuf,
+    /// The latest signed checkpoint, rewritten after each append: copy it to a witness.
+    pub checkpoint_file: PathBuf,
+}
+
+impl Default for ProofConfig {
+    fn default() -> Self {
+        ProofConfig {
+            origin: "quietus/log".into(),
+            key_file: "var/keys/receipts.key".into(),
+            public_key_file: "var/keys/receipts.pub".into(),
+            receipts_dir: "var/receipts".into(),
+            checkpoint_file: "var/log/checkpoint".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -248,6 +379,8 @@ impl Default for Config {
             backup: BackupConfig::default(),
             jobs: JobsConfig::default(),
             schedule: ScheduleConfig::default(),
+            mail: MailConfig::default(),
+            proof: ProofConfig::default(),
             base_dir: PathBuf::from("."),
             source: None,
         }
@@ -330,6 +463,16 @@ impl Config {
 
     pub fn inbox_dir(&self) -> PathBuf {
         self.path(&self.inbox.dir)
+    }
+
+    /// Where the file transport writes `.eml` files.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.path(&self.mail.outbox_dir)
+    }
+
+    /// The operator's mail templates folder, if one is configured.
+    pub fn mail_templates_dir(&self) -> Option<PathBuf> {
+        self.mail.templates_dir.as_deref().map(|p| self.path(p))
     }
 
     /// The state store URL, with a relative SQLite path made absolute.

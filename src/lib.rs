@@ -14,6 +14,7 @@ pub mod error;
 pub mod intake;
 pub mod jobs;
 pub mod lifecycle;
+pub mod mail;
 pub mod plan;
 pub mod policy;
 pub mod proof;

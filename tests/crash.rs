@@ -1,13 +1,20 @@
-//! Crash safety, with real processes and real signals: `quietus run` is killed with
-//! SIGKILL between backup and change, inside a batch's transaction, and after the change
-//! before the task is recorded done; a restart completes the request, every changed row is
-//! in a verified backup with its original values, nothing is changed twice, and `restore`
-//! brings the pre-exit state back exactly. Then two `quietus serve` instances on one
-//! PostgreSQL state store share 200 erasure requests, each task run once.
+//! Crash safety, with real processes, real databases and real signals.
+//!
+//! - `quietus run` is killed with SIGKILL between backup and change, inside a batch's
+//!   transaction, and after the change before the task is recorded done, in the `apply`
+//!   and in the `disable` task of an exit, on SQLite and PostgreSQL state stores; a restart
+//!   completes the request, the CRM is exactly as after a clean run, every changed row is
+//!   in a verified backup with its original values, nothing is changed twice, and
+//!   `restore` brings the pre-exit state back exactly.
+//! - A row edited while the worker was dead is backed up again, not acted on stale.
+//! - A dead worker's lease is respected until it expires (10 s, on the wall clock), then
+//!   taken over; a live worker that lost its lease leaves no unrecorded backup behind.
+//! - Two `quietus serve` instances on one PostgreSQL state store share 200 erasure
+//!   requests, each task run once, each schedule tick fired once.
 //!
 //! Time: the exit is on 2026-12-31; the runs use `QUIETUS_NOW`. A killed worker's lease
 //! (300 s by default) is taken over by running the restart at a later `QUIETUS_NOW`
-//! (three hours on), not by shortening the lease.
+//! (three hours on), not by shortening the lease (that is the wall-clock test).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -20,7 +27,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, CrmKind, Db, EXIT_TICKET, Env, StoreKind, ok, stderr};
+use common::{BIN, CrmKind, Db, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok, stderr};
 use quietus::config::Config;
 use serde_json::Value;
 
@@ -122,10 +129,10 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -
 }
 
 /// Run `quietus run` until it reports the stop point, then SIGKILL it.
-fn run_and_kill_at(env: &Env, point: &str, now: &str, extra: &[(&str, &str)]) {
+fn run_and_kill_at(env: &Env, point: &str, now: Option<&str>, extra: &[(&str, &str)]) {
     let mut vars = vec![("QUIETUS_TEST_STOP_AT", point)];
     vars.extend_from_slice(extra);
-    let mut child = quietus(env, &["run", "--json"], Some(now), &vars)
+    let mut child = quietus(env, &["run", "--json"], now, &vars)
         .spawn()
         .expect("spawn quietus run");
     let err = lines_of(child.stderr.take().unwrap());
@@ -338,6 +345,42 @@ fn backed_up(
     out
 }
 
+/// Every archive and key on disk belongs to a recorded backup: nothing written and then
+/// forgotten (an unrecorded archive would never be crypto-shredded).
+#[track_caller]
+fn only_recorded_archives(env: &Env, label: &str, backups: &[quietus::store::BackupRow]) {
+    let (dir, keys) = backup_dirs(env);
+    let mut want = BTreeSet::new();
+    for b in backups {
+        let (p, k) = quietus::backup::paths(&dir, &keys, &b.id);
+        want.insert(p);
+        want.insert(k);
+    }
+    let mut got = BTreeSet::new();
+    for d in [&dir, &keys] {
+        for e in std::fs::read_dir(d).unwrap() {
+            got.insert(e.unwrap().path());
+        }
+    }
+    assert_eq!(got, want, "{label}: files in the backup folders");
+}
+
+/// table -> the retained rows' keys that each follow-up task will act on.
+fn followup_keys(tasks: &[quietus::store::TaskRow]) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.kind == "followup") {
+        let body: quietus::jobs::TaskBody = serde_json::from_str(&t.body).unwrap();
+        for (table, mut keys) in body.keys {
+            keys.sort();
+            assert!(
+                out.insert(table, keys).is_none(),
+                "two follow-ups for a table"
+            );
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // The exit, run cleanly: what every crashed run must end up as.
 
@@ -347,6 +390,8 @@ struct Reference {
     fin: Dump,
     /// table -> rows changed by the apply task
     apply_changed: BTreeMap<String, u64>,
+    /// table -> keys of the retained rows, captured for the follow-up tasks
+    retained: BTreeMap<String, Vec<String>>,
 }
 
 fn submit_and_approve(env: &Env) -> String {
@@ -406,6 +451,17 @@ async fn reference() -> Reference {
     assert_eq!(request_state(&env, &id), "completed");
     let fin = dump(&env, &CrmKind::Sqlite).await;
     let tasks = tasks_of(&env, &id).await;
+    let retained = followup_keys(&tasks);
+    assert_eq!(
+        retained.get("labour_contracts").map(Vec::len),
+        Some(1),
+        "{retained:?}"
+    );
+    assert_eq!(
+        retained.get("follow_ups").map(Vec::len),
+        Some(12),
+        "{retained:?}"
+    );
     let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
     let apply_changed: BTreeMap<String, u64> = table_results(apply)
         .into_iter()
@@ -460,6 +516,7 @@ async fn reference() -> Reference {
         after_disable,
         fin,
         apply_changed,
+        retained,
     }
 }
 
@@ -516,10 +573,10 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
         Victim::Disable => run_and_kill_at(
             &env,
             point,
-            BEFORE_WINDOW,
+            Some(BEFORE_WINDOW),
             &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
         ),
-        Victim::Apply => run_and_kill_at(&env, point, NOW, &[]),
+        Victim::Apply => run_and_kill_at(&env, point, Some(NOW), &[]),
     }
 
     // What the dead process left behind.
@@ -535,6 +592,7 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     let backups = backups_of(&env, &id).await;
     assert!(backups.iter().any(|b| b.id == bid), "{label}");
     backed_up(&env, &backups); // verifies each archive
+    only_recorded_archives(&env, &label, &backups);
     let now = dump(&env, &crm).await;
     match point {
         "after_backup" => assert_same(&format!("{label}: nothing changed yet"), &now, &before),
@@ -595,6 +653,9 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     for t in tasks.iter().filter(|t| t.kind == "followup") {
         assert_eq!(t.state, "pending", "{label}: follow-ups wait: {t:?}");
     }
+    // The follow-ups know the retained rows, captured before anything changed.
+    assert_eq!(followup_keys(&tasks), r.retained, "{label}");
+    only_recorded_archives(&env, &label, &backups);
 
     // Nothing changed twice: the apply task's counts add up to a clean run's, and the
     // task that was killed after its change found all of it already done.
@@ -699,12 +760,347 @@ async fn sigkill_after_change_before_done() {
     kill_at("after_apply").await;
 }
 
+/// The worker dies after the backup; while it is dead, someone edits a row the backup
+/// holds (a role of the leaver is changed). The restart must not act on the stale backup
+/// (the row is neither as backed up nor as the task leaves it): it backs up again and
+/// completes; the new backup holds the edited value, and restore brings back the state
+/// just before the erasure (with the edit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again() {
+    let r = reference().await;
+    for kind in StoreKind::all().await {
+        let label = format!("edited after the kill, {} state store", kind.label());
+        let env = Env::new(&kind).await;
+        let crm = CrmKind::Sqlite;
+        let id = submit_and_approve(&env);
+        let s = json(&ok(&run(
+            &env,
+            &["run", "--json"],
+            Some(BEFORE_WINDOW),
+            &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
+        )));
+        assert_eq!(s["done"], 1, "{label}: {s}");
+        run_and_kill_at(&env, "after_backup", Some(NOW), &[]);
+        let stale = tasks_of(&env, &id)
+            .await
+            .into_iter()
+            .find(|t| t.kind == "apply")
+            .and_then(|t| t.backup_id)
+            .unwrap();
+
+        // The edit: one of E100's roles changes while nobody runs.
+        let roles = &r.original["employee_roles"];
+        let role_id = roles
+            .rows
+            .keys()
+            .find(|k| roles.value(k, "employee_id").as_deref() == Some("5"))
+            .unwrap()
+            .clone();
+        let old_role = roles.value(&role_id, "role");
+        assert_ne!(old_role.as_deref(), Some("auditor"));
+        let t = crm_target(&env, &crm).await;
+        let mut tx = t.begin().await.unwrap();
+        let n = tx
+            .execute(&quietus::targets::Statement {
+                sql: format!("UPDATE employee_roles SET role = 'auditor' WHERE id = {role_id}"),
+                binds: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        tx.commit().await.unwrap();
+        t.close().await;
+        let mut edited = r.original.clone();
+        {
+            let tbl = edited.get_mut("employee_roles").unwrap();
+            let i = tbl.columns.iter().position(|c| c == "role").unwrap();
+            tbl.rows.get_mut(&role_id).unwrap()[i] = Some("auditor".into());
+        }
+
+        let out = run(&env, &["run", "--json"], Some(LATER), &[]);
+        let s = json(&stdout_of(&out));
+        assert_eq!(
+            request_state(&env, &id),
+            "completed",
+            "{label}: {s}\n{}",
+            stderr(&out)
+        );
+        assert_same(&label, &dump(&env, &crm).await, &r.fin);
+        let tasks = tasks_of(&env, &id).await;
+        let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
+        assert_eq!(apply.state, "done", "{label}");
+        let backups = backups_of(&env, &id).await;
+        let mine: Vec<_> = backups.iter().filter(|b| b.task_id == apply.id).collect();
+        assert_eq!(mine.len(), 2, "{label}: the stale backup and a fresh one");
+        let fresh = apply.backup_id.clone().unwrap();
+        assert_ne!(fresh, stale, "{label}: acted on a fresh backup");
+        assert!(mine.iter().any(|b| b.id == stale) && mine.iter().any(|b| b.id == fresh));
+        assert_eq!(apply.attempts, 1, "{label}: one re-backup, counted");
+        // Each backup holds the role as it was when it was taken.
+        let (dir, keys) = backup_dirs(&env);
+        for (bid, want) in [
+            (&stale, old_role.clone()),
+            (&fresh, Some("auditor".to_owned())),
+        ] {
+            let (path, key) = quietus::backup::paths(&dir, &keys, bid);
+            let mut rd = quietus::backup::Reader::open(&path, &key).unwrap();
+            let mut seen = None;
+            while let Some(rec) = rd.next_row().unwrap() {
+                if rec.t == "employee_roles" && rec.k == role_id {
+                    seen = rec.v.get("role").cloned();
+                }
+            }
+            assert_eq!(seen, Some(want), "{label}: backup {bid}");
+        }
+        only_recorded_archives(&env, &label, &backups);
+
+        // Restore: the state just before the erasure, edit included.
+        ok(&run(&env, &["restore", &id], Some(LATER), &[]));
+        assert_same(
+            &format!("{label}: after restore"),
+            &dump(&env, &crm).await,
+            &edited,
+        );
+        kind.cleanup().await;
+    }
+}
+
+fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A worker that is alive but stuck (here: on a table lock in the CRM, while it gathers
+/// the rows to back up) past its lease: a second worker takes the task over and finishes
+/// it. The first one's backup, written after it lost the lease, is not recorded; it must
+/// not stay on disk either (an archive nobody knows of is never crypto-shredded).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
+    let Some(crm_db) = Db::postgres().await else {
+        return;
+    };
+    let crm_url = crm_db.url.clone();
+    let crm = CrmKind::Postgres(crm_db);
+    let kind = StoreKind::Sqlite;
+    let env = Env::new(&kind).await;
+    env.use_crm(&crm).await;
+    let lease = [("QUIETUS_JOBS__LEASE_SECONDS", "10")];
+    let f = env.write("erasure.json", ERASURE_TICKET);
+    let id = ok(&run(&env, &["submit", f.to_str().unwrap()], None, &[]))
+        .trim()
+        .to_owned();
+    ok(&run(&env, &["approve", &id], None, &[]));
+
+    // Hold a lock that every look-up of her rows waits for.
+    let pool = sqlx::PgPool::connect(&crm_url).await.unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    // (None until a run has scheduled the request.)
+    let apply_task = || async {
+        tasks_of(&env, &id)
+            .await
+            .into_iter()
+            .find(|t| t.kind == "apply")
+    };
+    let wait_for = |what: &'static str| {
+        let apply_task = &apply_task;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(t) = apply_task().await
+                    && let Some(o) = &t.lease_owner
+                {
+                    return (o.clone(), t);
+                }
+                assert!(Instant::now() < deadline, "{what}: no lease within 60 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let spawn = || {
+        let mut c = quietus(&env, &["run", "--json"], None, &lease)
+            .spawn()
+            .unwrap();
+        let err = lines_of(c.stderr.take().unwrap());
+        let out = lines_of(c.stdout.take().unwrap());
+        (c, out, err)
+    };
+    let (mut a, a_out, a_err) = spawn();
+    let (owner_a, t) = wait_for("first worker").await;
+    // Its lease runs out while it waits for the lock.
+    let expires = t.lease_expires_at.unwrap();
+    let left = (expires - quietus::clock::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(1500)).await;
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "the first worker is still stuck"
+    );
+    // The second worker takes the task over (or, should the first one keep its lease
+    // alive while it waits, finds nothing to do and ends).
+    let (mut b, b_out, b_err) = spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = apply_task().await.unwrap();
+        if t.lease_owner.as_deref().is_some_and(|o| o != owner_a) {
+            break;
+        }
+        if b.try_wait().unwrap().is_some() {
+            eprintln!("the stuck worker kept its lease; the second one ended");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second worker neither took the lease nor ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lock.commit().await.unwrap();
+    pool.close().await;
+
+    let finish = |c: &mut Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "quietus run did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (sa, sb) = (finish(&mut a), finish(&mut b));
+    let a_log: Vec<String> = a_err.try_iter().chain(a_out.try_iter()).collect();
+    let b_log: Vec<String> = b_err.try_iter().chain(b_out.try_iter()).collect();
+    assert!(
+        sa.success() && sb.success(),
+        "{sa:?} {sb:?}\n{a_log:#?}\n{b_log:#?}"
+    );
+
+    assert_eq!(request_state(&env, &id), "completed");
+    let t = apply_task().await.unwrap();
+    assert_eq!(t.state, "done");
+    let backups = backups_of(&env, &id).await;
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let fin = dump(&env, &crm).await;
+    let olivia = fin["customers"]
+        .rows
+        .keys()
+        .filter(|k| fin["customers"].value(k, "name").as_deref() == Some("(erased customer)"))
+        .count();
+    assert_eq!(olivia, 1);
+    only_recorded_archives(&env, "the worker that lost its lease", &backups);
+    drop(env);
+    crm.cleanup().await;
+}
+
+/// The same on the wall clock, with a short lease: a restart while the dead worker's lease
+/// lives leaves its task alone; once the lease expired (10 s), the task is taken over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_workers_lease_is_taken_over_once_it_expires() {
+    let lease = [("QUIETUS_JOBS__LEASE_SECONDS", "10")];
+    for kind in StoreKind::all().await {
+        let label = format!("{} state store", kind.label());
+        let env = Env::new(&kind).await;
+        let crm = CrmKind::Sqlite;
+        let original = dump(&env, &crm).await;
+        let f = env.write("erasure.json", ERASURE_TICKET);
+        let id = ok(&run(&env, &["submit", f.to_str().unwrap()], None, &[]))
+            .trim()
+            .to_owned();
+        ok(&run(&env, &["approve", &id], None, &[]));
+        let leased_before = Instant::now();
+        run_and_kill_at(&env, "in_batch", None, &lease);
+        let killed = Instant::now();
+        assert_same(&label, &dump(&env, &crm).await, &original);
+
+        // Too early: the lease is still held by the dead worker.
+        let s = json(&ok(&run(&env, &["run", "--json"], None, &lease)));
+        if leased_before.elapsed() < Duration::from_secs(8) {
+            assert_eq!(s["done"], 0, "{label}: the live lease is respected: {s}");
+            assert_same(&label, &dump(&env, &crm).await, &original);
+            let t = tasks_of(&env, &id).await;
+            let apply: Vec<_> = t.iter().filter(|t| t.kind == "apply").collect();
+            assert_eq!(apply.len(), 1, "{label}");
+            assert_eq!(apply[0].state, "backed_up", "{label}");
+            assert!(apply[0].lease_owner.is_some(), "{label}");
+        } else {
+            eprintln!("{label}: too slow to see the live lease; skipped that check");
+        }
+
+        // Once it expired: taken over, completed.
+        let wake = killed + Duration::from_millis(10_500);
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+        let s = json(&ok(&run(&env, &["run", "--json"], None, &lease)));
+        if s["done"] == 0 {
+            // The early run finished the task after all (it was slow).
+            assert!(
+                leased_before.elapsed() >= Duration::from_secs(8),
+                "{label}: {s}"
+            );
+        }
+        assert_eq!(request_state(&env, &id), "completed", "{label}");
+        let tasks = tasks_of(&env, &id).await;
+        let apply: Vec<_> = tasks.iter().filter(|t| t.kind == "apply").collect();
+        assert_eq!(apply.len(), 1, "{label}");
+        assert_eq!(apply[0].state, "done");
+        assert_eq!(apply[0].attempts, 0);
+        assert_eq!(
+            table_results(apply[0]).get("customers"),
+            Some(&(1, 1, 0)),
+            "{label}"
+        );
+        let backups = backups_of(&env, &id).await;
+        assert_eq!(backups.len(), 1, "{label}: one backup: {backups:?}");
+        only_recorded_archives(&env, &label, &backups);
+
+        // Exactly her customer row was anonymised, and its originals are backed up.
+        let fin = dump(&env, &crm).await;
+        let changed = changed_rows(&original, &fin);
+        let olivia: Vec<&String> = original["customers"]
+            .rows
+            .keys()
+            .filter(|k| {
+                original["customers"].value(k, "email").as_deref()
+                    == Some("olivia.chen@example.com")
+            })
+            .collect();
+        assert_eq!(olivia.len(), 1);
+        let key = ("customers".to_owned(), olivia[0].clone());
+        assert_eq!(changed.keys().collect::<Vec<_>>(), vec![&key], "{label}");
+        assert_eq!(
+            fin["customers"].value(&key.1, "name").as_deref(),
+            Some("(erased customer)")
+        );
+        let saved = backed_up(&env, &backups);
+        for c in &changed[&key] {
+            assert_eq!(
+                saved[&key].get(c),
+                Some(&original["customers"].value(&key.1, c)),
+                "{label}: customers.{c}"
+            );
+        }
+        ok(&run(&env, &["restore", &id], None, &[]));
+        assert_same(
+            &format!("{label}: after restore"),
+            &dump(&env, &crm).await,
+            &original,
+        );
+        kind.cleanup().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Two `quietus serve` instances share 200 erasure requests.
 
 struct Server {
     child: Child,
     err: mpsc::Receiver<String>,
+    /// Kept so that the daemon's standard output stays open.
+    _out: mpsc::Receiver<String>,
 }
 
 fn serve(env: &Env) -> Server {
@@ -719,7 +1115,11 @@ fn serve(env: &Env) -> Server {
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
     wait_for_line(&out, "listening on http://", Duration::from_secs(60));
-    Server { child, err }
+    Server {
+        child,
+        err,
+        _out: out,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

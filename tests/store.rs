@@ -16,7 +16,7 @@ fn now() -> chrono::DateTime<chrono::Utc> {
         .to_utc()
 }
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 12] = [
     "requests",
     "tickets",
     "identities",
@@ -25,6 +25,10 @@ const TABLES: [&str; 8] = [
     "tasks",
     "backups",
     "schedule_ticks",
+    "log_entries",
+    "checkpoints",
+    "receipts",
+    "outbox",
 ];
 
 async fn table_names(pool: &Pool) -> Vec<String> {

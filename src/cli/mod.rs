@@ -2,6 +2,7 @@
 
 mod output;
 mod policy;
+mod proof;
 mod requests;
 mod serve;
 mod work;
@@ -148,6 +149,40 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a receipt offline: signature, inclusion in the log, its checkpoint; with
+    /// --checkpoint a later checkpoint's consistency; with --backup/--key every Merkle root;
+    /// with --recheck that the live systems hold none of the erased rows. Exit 0 when all
+    /// holds, 1 with the reason otherwise.
+    Verify {
+        receipt: PathBuf,
+        /// The public key (default: the one the config names; never one from the receipt).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// A checkpoint (e.g. a witness's copy) the receipt's log must be consistent with.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// A backup archive of the receipt, to recompute its Merkle roots.
+        #[arg(long, requires = "key")]
+        backup: Option<PathBuf>,
+        /// The backup's key file.
+        #[arg(long, requires = "backup")]
+        key: Option<PathBuf>,
+        /// Ask the live systems that nothing erased remains.
+        #[arg(long)]
+        recheck: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The transparency log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// The receipt signing key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -162,6 +197,26 @@ pub enum Command {
         #[arg(long)]
         role: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Check every entry against its leaf hash and every stored checkpoint against the
+    /// entries; exit 1 on any difference.
+    Verify {
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the signing key and its public key file.
+    Init,
+    /// Replace the signing key; the old one is kept so old receipts stay verifiable.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +317,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             serve::run(config, ctx, listen)
                 .await
                 .map(|()| ExitCode::SUCCESS)
+        }
+        cmd @ (Command::Verify { .. } | Command::Log { .. } | Command::Keys { .. }) => {
+            let config = Config::load(cli.config.as_deref())?;
+            proof::run(&config, cmd).await
         }
         cmd @ (Command::Run { .. } | Command::Restore { .. } | Command::Confirm { .. }) => {
             let config = Config::load(cli.config.as_deref())?;

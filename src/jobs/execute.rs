@@ -81,6 +81,9 @@ pub enum Step {
     Rebackup(String),
 }
 
+/// What an apply error starts with when a row changed since its backup (a re-backup).
+const CHANGED_SINCE_BACKUP: &str = "changed since backup";
+
 /// Stop here when `QUIETUS_TEST_STOP_AT` names this point: a test kills the process now.
 pub(super) fn stop_point(name: &str) {
     if std::env::var("QUIETUS_TEST_STOP_AT").is_ok_and(|v| v == name) {
@@ -193,9 +196,21 @@ async fn run_on(
             // Keys of retained rows first, while the subject can still be found.
             super::collect::capture_retained_keys(ctx, s, sys, body, subject, target, now).await?;
             let b = super::collect::collect(s, task, sys, &parts, subject, target, now).await?;
-            ctx.store
-                .task_backed_up(&task.id, &s.worker, &b, now)
-                .await?;
+            if let Err(e) = ctx.store.task_backed_up(&task.id, &s.worker, &b, now).await {
+                if e.code == Code::IllegalTransition {
+                    // The lease was lost, so the archive was not recorded: nothing would
+                    // ever crypto-shred it. Destroy it now.
+                    let (p, k) = backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
+                    if let Err(se) = backup::shred(&p, &k) {
+                        tracing::error!(
+                            backup = %b.id,
+                            "unrecorded backup not shredded: {}",
+                            se.message
+                        );
+                    }
+                }
+                return Err(e);
+            }
             stop_point("after_backup");
             // `collect` read the archive back whole before recording it.
             (b.id, true)
@@ -212,7 +227,15 @@ async fn run_on(
     if !just_verified {
         backup::verify(&path, &key_path, Some(&row.sha256))?;
     }
-    let mut results = apply(ctx, s, task, sys, &parts, target, &path, &key_path).await?;
+    let mut results = match apply(ctx, s, task, sys, &parts, target, &path, &key_path).await {
+        Ok(r) => r,
+        // A row is neither as backed up nor as this task leaves it: someone changed it
+        // since the backup (say, while a crashed worker's task waited). Back up again.
+        Err(e) if e.message.starts_with(CHANGED_SINCE_BACKUP) => {
+            return Ok(Step::Rebackup(e.message));
+        }
+        Err(e) => return Err(e),
+    };
     stop_point("after_apply");
     if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size).await?
     {
@@ -360,7 +383,8 @@ async fn apply_batch(
                         "{}: a backed-up row is gone; it changed since its backup",
                         part.table.name
                     ),
-                ));
+                )
+                .context(CHANGED_SINCE_BACKUP));
             }
             (Some(cur), _) if *cur == backed => to_change.push(rec.k.clone()),
             (Some(cur), a) if a != Action::Erase && *cur == after_values(tm, &backed) => done += 1,
@@ -372,7 +396,7 @@ async fn apply_batch(
                         part.table.name
                     ),
                 )
-                .context("changed since backup"));
+                .context(CHANGED_SINCE_BACKUP));
             }
         }
     }

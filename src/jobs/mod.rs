@@ -5,6 +5,7 @@
 
 mod collect;
 pub mod execute;
+pub mod prove;
 pub mod restore;
 pub mod schedule;
 
@@ -56,6 +57,7 @@ pub struct Settings {
     pub max_attempts: i64,
     pub batch_size: usize,
     pub window: Option<schedule::Cron>,
+    pub prover: prove::Prover,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             max_attempts: c.jobs.max_attempts.max(1),
             batch_size: c.jobs.batch_size.clamp(1, 5000),
             window: schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?,
+            prover: prove::Prover::from_config(c)?,
         })
     }
 }
@@ -235,6 +238,8 @@ pub struct RunSummary {
     pub failed: usize,
     pub completed_requests: Vec<String>,
     pub shredded_backups: usize,
+    /// Receipt files issued.
+    pub receipts: Vec<String>,
 }
 
 /// Run one leased task to its next recorded state.
@@ -342,6 +347,11 @@ pub async fn run_due(
         run_one(ctx, s, &task, &mut summary).await?;
     }
     summary.shredded_backups = expire_backups(ctx, s, crate::clock::now()).await?;
+    summary.receipts = prove::issue_missing(ctx, s, &s.prover, crate::clock::now())
+        .await?
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect();
     Ok(summary)
 }
 

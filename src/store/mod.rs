@@ -476,3 +476,6 @@ impl Store {
 // After the macro, so that it is in scope there.
 pub mod tasks;
 pub use tasks::{BackupRow, NewTask, TaskRow};
+pub mod log;
+pub mod outbox;
+pub use outbox::{MailAttachment, NewMail, OutboxRow};

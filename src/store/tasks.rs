@@ -32,7 +32,7 @@ pub struct TaskRow {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-const TASK_COLUMNS: &str = "id, request_id, system, kind, body, due_at, windowed, state, attempts, next_attempt_at, \
+pub(crate) const TASK_COLUMNS: &str = "id, request_id, system, kind, body, due_at, windowed, state, attempts, next_attempt_at, \
      lease_owner, lease_expires_at, backup_id, result, last_error, created_at, completed_at";
 
 /// A task to create.

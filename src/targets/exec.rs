@@ -128,9 +128,9 @@ impl Tx {
 }
 
 impl Target {
-    /// Stream the rows `which` selects from `table`, page by page in key order (keyset
-    /// pagination: memory stays flat however many rows there are). Each row is the key
-    /// then `columns`, as text. Returns how many rows were seen.
+    /// Stream the rows `which` selects from `table`: one query whose rows are read as
+    /// they arrive (memory stays flat however many rows there are; no re-sorting per
+    /// page). Each row is the key then `columns`, as text. Returns how many rows were seen.
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
@@ -139,31 +139,33 @@ impl Target {
         which: super::sql::Which<'_>,
         key_type: &str,
         columns: &[Column],
-        page_size: usize,
+        _page_size: usize,
         mut each: impl FnMut(TextRow) -> Result<()>,
     ) -> Result<u64> {
-        let mut after: Option<String> = None;
+        use futures_util::TryStreamExt;
+        let Some(st) =
+            super::sql::select_all(self.dialect(), sys, table, which, key_type, columns)?
+        else {
+            return Ok(0);
+        };
         let mut n = 0u64;
-        while let Some(st) = super::sql::select_page(
-            self.dialect(),
-            sys,
-            table,
-            which,
-            key_type,
-            columns,
-            after.as_deref(),
-            page_size,
-        )? {
-            let page = self.fetch_text(&st).await?;
-            let len = page.len();
-            for row in page {
-                after = row.first().cloned().flatten();
-                each(row)?;
-                n += 1;
-            }
-            if len < page_size || after.is_none() {
-                break;
-            }
+        macro_rules! drain {
+            ($pool:expr) => {{
+                let mut rows = query!(st).fetch($pool);
+                while let Some(row) = rows.try_next().await.map_err(fail)? {
+                    let mut r = Vec::with_capacity(row.len());
+                    for i in 0..row.len() {
+                        r.push(row.try_get::<Option<String>, _>(i).map_err(fail)?);
+                    }
+                    each(r)?;
+                    n += 1;
+                }
+            }};
+        }
+        match self {
+            Target::Sqlite(p) => drain!(p),
+            Target::Postgres(p) => drain!(p),
+            Target::Mysql(p) => drain!(p),
         }
         Ok(n)
     }

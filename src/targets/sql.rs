@@ -327,7 +327,19 @@ pub struct Column {
     pub sql_type: String,
 }
 
-/// Read a page of rows: the key and `columns`, as text, in key order, after `after`.
+/// Every row `which` selects: the key and `columns`, as text (streamed by the caller).
+pub fn select_all(
+    d: Dialect,
+    sys: &System,
+    table: &Table,
+    which: Which<'_>,
+    key_type: &str,
+    columns: &[Column],
+) -> Result<Option<Statement>> {
+    select_rows(d, sys, table, which, key_type, columns, None, None)
+}
+
+/// A page of rows: the key and `columns`, as text, in key order, after `after`.
 #[allow(clippy::too_many_arguments)]
 pub fn select_page(
     d: Dialect,
@@ -338,6 +350,19 @@ pub fn select_page(
     columns: &[Column],
     after: Option<&str>,
     limit: usize,
+) -> Result<Option<Statement>> {
+    select_rows(d, sys, table, which, key_type, columns, after, Some(limit))
+}
+#[allow(clippy::too_many_arguments)]
+fn select_rows(
+    d: Dialect,
+    sys: &System,
+    table: &Table,
+    which: Which<'_>,
+    key_type: &str,
+    columns: &[Column],
+    after: Option<&str>,
+    limit: Option<usize>,
 ) -> Result<Option<Statement>> {
     let mut b = Builder {
         dialect: d,
@@ -372,7 +397,9 @@ pub fn select_page(
         let ph = b.bind(a);
         sql.push_str(&format!(" AND {key} > {}", d.typed(ph, key_type)?));
     }
-    sql.push_str(&format!(" ORDER BY {key} LIMIT {limit}"));
+    if let Some(limit) = limit {
+        sql.push_str(&format!(" ORDER BY {key} LIMIT {limit}"));
+    }
     Ok(Some(Statement {
         sql,
         binds: b.binds,

@@ -1,0 +1,196 @@
+//! `quietus verify`, `log verify`, `keys init|rotate`.
+
+use std::process::ExitCode;
+
+use super::{Command, KeysCommand, LogCommand};
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+use crate::proof::note::Checkpoint;
+use crate::proof::receipt::{self, Check, Receipt};
+use crate::proof::{keys, log};
+
+fn print_checks(checks: &[Check], json: bool) -> Result<ExitCode> {
+    let ok = !checks.is_empty() && checks.iter().all(|c| c.ok);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "checks": checks}))?
+        );
+    } else {
+        for c in checks {
+            println!("{} {}", if c.ok { "ok    " } else { "FAILED" }, c.what);
+        }
+        println!(
+            "{}",
+            if ok {
+                "the receipt holds"
+            } else {
+                "the receipt does NOT hold"
+            }
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Verify {
+            receipt: path,
+            public_key,
+            checkpoint,
+            backup,
+            key,
+            recheck,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::new(Code::Io, format!("{}: {e}", path.display())))?;
+            let r: Receipt = match serde_json::from_str(&text) {
+                Ok(r) => r,
+                Err(e) => {
+                    return print_checks(
+                        &[Check {
+                            ok: false,
+                            what: format!("{} is not a receipt: {e}", path.display()),
+                        }],
+                        json,
+                    );
+                }
+            };
+            let pk = keys::public(config, public_key.as_deref())?;
+            // A later checkpoint needs the consistency proof from the log; the same tree does not.
+            let later_note = checkpoint
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| Error::new(Code::Io, format!("{}: {e}", p.display())))
+                })
+                .transpose()?;
+            let mut consistency = Vec::new();
+            if let Some(note) = &later_note
+                && let Ok(cp) = Checkpoint::open(note, &pk)
+                && cp.size > r.log.tree_size
+            {
+                let ctx = super::context(config).await?;
+                consistency = log::consistency(&ctx.store, r.log.tree_size, cp.size).await?;
+                ctx.store.close().await;
+            }
+            let mut checks = receipt::verify(
+                &r,
+                &pk,
+                later_note.as_deref().map(|n| (n, consistency.as_slice())),
+            );
+            if checks.iter().all(|c| c.ok)
+                && let (Some(b), Some(k)) = (&backup, &key)
+            {
+                checks.extend(receipt::verify_backup(&r, b, k));
+            }
+            if recheck && checks.iter().all(|c| c.ok) {
+                checks.extend(recheck_live(config, &r).await?);
+            }
+            print_checks(&checks, json)
+        }
+        Command::Log {
+            command: LogCommand::Verify { public_key, json },
+        } => {
+            let pk = keys::public(config, public_key.as_deref())?;
+            let ctx = super::context(config).await?;
+            let report = log::verify(&ctx.store, &pk).await?;
+            ctx.store.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for p in &report.problems {
+                    println!("FAILED {p}");
+                }
+                println!(
+                    "{} entries, {} checkpoints: {}",
+                    report.entries,
+                    report.checkpoints,
+                    if report.problems.is_empty() {
+                        "the log holds"
+                    } else {
+                        "the log does NOT hold"
+                    }
+                );
+            }
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Keys { command } => {
+            let key = match command {
+                KeysCommand::Init => keys::init(config)?,
+                KeysCommand::Rotate => keys::rotate(config)?,
+            };
+            println!(
+                "signing key:  {} (secret: keep it safe, back it up)",
+                config.path(&config.proof.key_file).display()
+            );
+            println!(
+                "public key:   {}",
+                config.path(&config.proof.public_key_file).display()
+            );
+            println!("              {}", key.verifier().to_text());
+            println!();
+            println!(
+                "Give the public key to anyone who verifies receipts: `quietus verify RECEIPT --public-key FILE`."
+            );
+            println!(
+                "To rotate: `quietus keys rotate`. The old key files stay beside the new ones (*.old and"
+            );
+            println!(
+                "*.pub.NAME+HASH); receipts name the key that signed them, so old receipts verify with the old"
+            );
+            println!("public key, and checkpoints after the rotation with the new one.");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(Error::new(Code::Internal, "not a proof command")),
+    }
+}
+
+/// Ask the live systems whether any of the subject's rows remain where the receipt says
+/// rows were erased (the subject's identities come from the state store).
+async fn recheck_live(config: &Config, r: &Receipt) -> Result<Vec<Check>> {
+    let Some(rid) = r.body["request"]["id"].as_str() else {
+        return Ok(vec![Check {
+            ok: false,
+            what: "--recheck: the receipt names no request".into(),
+        }]);
+    };
+    let ctx = super::context(config).await?;
+    let req = ctx.request(rid).await?;
+    let survey =
+        crate::targets::survey(&ctx.policies.systems, &ctx.base_dir, &req.subject, None).await;
+    ctx.store.close().await;
+    let mut out = Vec::new();
+    for t in r.body["tasks"].as_array().cloned().unwrap_or_default() {
+        let system = t["system"].as_str().unwrap_or_default();
+        for ch in t["changes"].as_array().cloned().unwrap_or_default() {
+            if ch["action"] != "erase" {
+                continue;
+            }
+            let table = ch["table"].as_str().unwrap_or_default();
+            let left = survey
+                .iter()
+                .find(|s| s.system == system)
+                .and_then(|s| s.tables.get(table))
+                .map(|c| c.subject_rows);
+            out.push(Check {
+                ok: left == Some(0),
+                what: format!(
+                    "{system}.{table}: the live system holds {} of the subject's rows",
+                    left.map(|n| n.to_string())
+                        .unwrap_or_else(|| "(unknown)".into())
+                ),
+            });
+        }
+    }
+    Ok(out)
+}

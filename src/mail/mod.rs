@@ -1,0 +1,204 @@
+//! Email: templates, the outbox, transports and the sender.
+//!
+//! How a message travels:
+//! 1. [`compose`] renders a [`MessageKind`] in the recipient's locale ([`render`]) into a
+//!    [`NewMail`] with a fresh outbox id;
+//! 2. the caller writes it with [`enqueue_in`] inside the transaction of the state change
+//!    that causes it (or with `Store::enqueue`), so the change and its message are
+//!    committed together or not at all;
+//! 3. [`send_due`] leases due messages one at a time, builds each into a MIME message
+//!    ([`Mailer::message`]: text and HTML alternatives, attachments, a `Message-ID`
+//!    derived from the outbox id), hands it to the [`Transport`] (`.eml` files or SMTP),
+//!    and marks it sent, or retries it later with exponential backoff.
+//!
+//! Messages carry no personal data beyond what the recipient gave: request ids, dates,
+//! counts, categories, rule ids and legal bases, never other people's names or addresses.
+//! The callers choose the variables; the built-in templates only print those.
+
+mod message;
+mod sender;
+pub mod templates;
+mod transport;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::store::outbox::{MailAttachment, NewMail, OutboxRow, backoff, enqueue_in};
+pub use message::{build_message, message_id};
+pub use sender::{SendSummary, send_due};
+pub use templates::{LOCALES, Rendered, render};
+pub use transport::{Delivery, DeliveryError, Mailer, Transport};
+
+use crate::error::{Code, Error, Result};
+
+/// What a message is about. Each kind has its own templates and variables (all optional
+/// unless marked *required*; dates are strings, formatted by the caller):
+///
+/// - `acknowledgement` (to the requester): `request_id`*, `received`*, `deadline`
+///   (unset while the clock waits for verification), `request_kind` (`erasure`,
+///   `access`, `exit`), `verify_needed` (bool).
+/// - `verification` (to the requester): `request_id`*, `verify_url`*, `expires`.
+/// - `approval` (to the requester): `request_id`*, `scheduled`, `deadline`.
+/// - `refusal` (to the requester): `request_id`*, `reasons`* (a list, or one string),
+///   `jurisdiction` (`GDPR`, `PIPL`; unset: the remedies of both), `authority` (the
+///   competent supervisory authority), `partly` (bool). The remedies are always stated:
+///   a complaint to a supervisory authority (GDPR Art. 77; PIPL Art. 65) and a judicial
+///   remedy (GDPR Art. 79; PIPL Art. 50).
+/// - `extension` (to the requester): `request_id`*, `deadline`* (the new one), `reason`*,
+///   `original_deadline`, `jurisdiction`.
+/// - `completion` (to the requester; the receipt attached by the caller): `request_id`*,
+///   `completed`*, `erased`* (list of `{category, system?, count?}`), `kept`* (list of
+///   `{category, until, basis, system?, rule?}`), `backups_until`, `receipt_filename`.
+/// - `export_ready` (to the requester): `request_id`*, `download_url`*, `expires`*, `note`
+///   (how to open the encrypted file).
+/// - `reminder` (to the DPO): `request_id`*, `deadline`*, `days_left`* (negative when
+///   overdue), `state`, `request_kind`, `jurisdiction`, `request_url`.
+/// - `failure_alert` (to the DPO): `error`*, `request_id` and/or `task_id`, `system`,
+///   `attempts`, `request_url`.
+/// - `manual_task` (to a system owner): `system`*, `task_id`*, `action`* (what to do, in
+///   categories and rule ids; the records themselves are behind the link), `request_id`,
+///   `due`, `rule`, `basis`, `confirm_url`, `confirm_command`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Acknowledgement,
+    Verification,
+    Approval,
+    Refusal,
+    Extension,
+    Completion,
+    ExportReady,
+    Reminder,
+    FailureAlert,
+    ManualTask,
+}
+
+impl MessageKind {
+    pub const ALL: [MessageKind; 10] = [
+        MessageKind::Acknowledgement,
+        MessageKind::Verification,
+        MessageKind::Approval,
+        MessageKind::Refusal,
+        MessageKind::Extension,
+        MessageKind::Completion,
+        MessageKind::ExportReady,
+        MessageKind::Reminder,
+        MessageKind::FailureAlert,
+        MessageKind::ManualTask,
+    ];
+
+    /// The stable name (templates, the outbox's `kind` column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Acknowledgement => "acknowledgement",
+            MessageKind::Verification => "verification",
+            MessageKind::Approval => "approval",
+            MessageKind::Refusal => "refusal",
+            MessageKind::Extension => "extension",
+            MessageKind::Completion => "completion",
+            MessageKind::ExportReady => "export_ready",
+            MessageKind::Reminder => "reminder",
+            MessageKind::FailureAlert => "failure_alert",
+            MessageKind::ManualTask => "manual_task",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MessageKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        MessageKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::new(Code::Usage, format!("no message kind {s:?}")))
+    }
+}
+
+/// Render a message for one recipient into an outbox entry with a fresh id (not yet
+/// stored: pass it to [`enqueue_in`] or `Store::enqueue`). The locale stored is the one
+/// whose templates were used.
+#[allow(clippy::too_many_arguments)]
+pub fn compose(
+    kind: MessageKind,
+    locale: &str,
+    recipient: &str,
+    request_id: Option<&str>,
+    vars: &serde_json::Value,
+    attachments: Vec<MailAttachment>,
+    templates_dir: Option<&Path>,
+) -> Result<NewMail> {
+    let recipient = recipient.trim();
+    if recipient.parse::<lettre::Address>().is_err() {
+        return Err(Error::new(
+            Code::Usage,
+            format!("mail {kind}: the recipient is not a valid email address"),
+        ));
+    }
+    let used = templates::resolve_locale(locale, kind, templates_dir);
+    let r = render(kind, &used, vars, templates_dir)?;
+    Ok(NewMail {
+        id: crate::store::new_id(),
+        request_id: request_id.map(str::to_owned),
+        kind: kind.as_str().to_owned(),
+        recipient: recipient.to_owned(),
+        locale: used,
+        subject: r.subject,
+        body_text: r.text,
+        body_html: r.html,
+        attachments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in MessageKind::ALL {
+            assert_eq!(k.as_str().parse::<MessageKind>().unwrap(), k);
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::Value::String(k.as_str().to_owned())
+            );
+        }
+        assert!("nope".parse::<MessageKind>().is_err());
+    }
+
+    #[test]
+    fn compose_checks_the_recipient() {
+        let vars = serde_json::json!({"request_id": "r1", "verify_url": "https://x/v"});
+        let bad = compose(
+            MessageKind::Verification,
+            "en",
+            "not an address",
+            None,
+            &vars,
+            vec![],
+            None,
+        );
+        assert!(bad.is_err());
+        let ok = compose(
+            MessageKind::Verification,
+            "zh",
+            "a@example.com",
+            Some("r1"),
+            &vars,
+            vec![],
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.locale, "zh-CN");
+        assert_eq!(ok.kind, "verification");
+    }
+}

@@ -1,0 +1,103 @@
+//! The receipt signing key: created by `quietus keys init` (or on first use), kept in a
+//! file only its owner can read; its public key is a file to hand out.
+
+use std::path::Path;
+
+use super::note::{KeyPair, PublicKey};
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| Error::new(Code::Io, format!("{}: {e}", path.display())))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all())?;
+    Ok(())
+}
+
+/// Create the signing key and its public key file. Refuses to replace an existing key
+/// (see [`rotate`]).
+pub fn init(config: &Config) -> Result<KeyPair> {
+    let key_file = config.path(&config.proof.key_file);
+    if key_file.exists() {
+        return Err(Error::new(
+            Code::Usage,
+            format!(
+                "{} exists; `quietus keys rotate` replaces it (old receipts stay verifiable with the old public key)",
+                key_file.display()
+            ),
+        ));
+    }
+    let key = KeyPair::generate(&config.proof.origin)?;
+    write_private(&key_file, &format!("{}\n", key.to_text()))?;
+    let pub_file = config.path(&config.proof.public_key_file);
+    if let Some(d) = pub_file.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&pub_file, format!("{}\n", key.verifier().to_text()))?;
+    Ok(key)
+}
+
+/// Replace the signing key: the old key files are kept beside it as `*.NAME+HASH.old`
+/// (private) and `*.NAME+HASH` (public), so receipts signed before stay verifiable.
+pub fn rotate(config: &Config) -> Result<KeyPair> {
+    let key_file = config.path(&config.proof.key_file);
+    let pub_file = config.path(&config.proof.public_key_file);
+    let old = load(config)?;
+    let tag = old.verifier().id().replace('/', "_");
+    std::fs::rename(&key_file, key_file.with_extension(format!("key.{tag}.old")))?;
+    if pub_file.exists() {
+        std::fs::rename(&pub_file, pub_file.with_extension(format!("pub.{tag}")))?;
+    }
+    init(config)
+}
+
+/// The signing key.
+pub fn load(config: &Config) -> Result<KeyPair> {
+    let key_file = config.path(&config.proof.key_file);
+    let text = std::fs::read_to_string(&key_file).map_err(|e| {
+        Error::new(
+            Code::Config,
+            format!(
+                "signing key {}: {e} (run `quietus keys init`)",
+                key_file.display()
+            ),
+        )
+    })?;
+    KeyPair::parse(&text).map_err(|e| e.context(key_file.display()))
+}
+
+/// The signing key, created on first use (logged, with where its public key is).
+pub fn load_or_init(config: &Config) -> Result<KeyPair> {
+    if config.path(&config.proof.key_file).exists() {
+        return load(config);
+    }
+    let key = init(config)?;
+    tracing::warn!(
+        public_key = %config.path(&config.proof.public_key_file).display(),
+        "created a receipt signing key; back it up, and publish its public key"
+    );
+    Ok(key)
+}
+
+/// A public key from a file (or the configured one).
+pub fn public(config: &Config, file: Option<&Path>) -> Result<PublicKey> {
+    let path = match file {
+        Some(f) => f.to_path_buf(),
+        None => config.path(&config.proof.public_key_file),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::new(Code::Io, format!("public key {}: {e}", path.display())))?;
+    PublicKey::parse(&text).map_err(|e| e.context(path.display()))
+}

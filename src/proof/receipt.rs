@@ -1,0 +1,298 @@
+//! Receipts: the signed evidence of what a set of tasks did.
+//!
+//! A receipt's body is canonical JSON (RFC 8785): the request (id, kind, jurisdiction,
+//! times, approver), per task the system, and per table the action, row count, columns,
+//! categories, rule, legal basis and the RFC 6962 Merkle root of the HMAC-SHA-256 row
+//! digests (keyed with the backup's own digest key, so that once the backup is shredded
+//! the roots still verify but no longer link to anyone); what was retained, until when and
+//! why; the backup's SHA-256, size and expiry; the policy digest; the tool; the re-check.
+//! No personal value appears in it, hashed or plain. The body is signed with ed25519 and
+//! appended to the log; the receipt carries its inclusion proof and the signed checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::log::LogProof;
+use super::merkle::{self, Hash};
+use super::note::{Checkpoint, KeyPair, PublicKey};
+use crate::backup::{self, Record};
+use crate::error::{Code, Error, Result};
+
+pub const FORMAT: u32 = 1;
+
+/// A receipt as written to a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipt {
+    pub body: Value,
+    pub signature: Signature,
+    pub log: LogProof,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Signature {
+    /// `NAME+HASH` of the signing key.
+    pub key: String,
+    /// Base64 ed25519 signature over the canonical body.
+    pub ed25519: String,
+}
+
+/// RFC 8785 canonical JSON.
+pub fn canonical(v: &Value) -> Result<String> {
+    serde_jcs::to_string(v).map_err(|e| Error::new(Code::Internal, format!("canonical JSON: {e}")))
+}
+
+/// HMAC-SHA-256 of a backed-up row's canonical JSON.
+pub fn row_digest(key: &[u8], rec: &Record) -> Result<Hash> {
+    let json = canonical(&serde_json::to_value(rec)?)?;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .map_err(|_| Error::new(Code::Internal, "HMAC key"))?;
+    mac.update(json.as_bytes());
+    Ok(mac.finalize().into_bytes().into())
+}
+
+/// Per table of an archive: (row count, Merkle root over the row digests, in archive
+/// order — key order).
+pub fn archive_roots(path: &Path, key_path: &Path) -> Result<BTreeMap<String, (u64, Hash)>> {
+    let mut reader = backup::Reader::open(path, key_path)?;
+    let key = hex::decode(&reader.manifest.digest_key)
+        .map_err(|_| Error::new(Code::Io, "backup: malformed digest key"))?;
+    let mut leaves: BTreeMap<String, Vec<Hash>> = reader
+        .manifest
+        .tables
+        .iter()
+        .map(|t| (t.table.clone(), Vec::new()))
+        .collect();
+    while let Some(rec) = reader.next_row()? {
+        let d = row_digest(&key, &rec)?;
+        leaves
+            .entry(rec.t.clone())
+            .or_default()
+            .push(merkle::leaf_hash(&d));
+    }
+    Ok(leaves
+        .into_iter()
+        .map(|(t, l)| (t, (l.len() as u64, merkle::root(&l))))
+        .collect())
+}
+
+/// Sign a body and attach its place in the log.
+pub fn seal(body: Value, key: &KeyPair, log: LogProof) -> Result<Receipt> {
+    let c = canonical(&body)?;
+    let sig = key.sign_bytes(c.as_bytes());
+    Ok(Receipt {
+        body,
+        signature: Signature {
+            key: key.verifier().id(),
+            ed25519: B64.encode(sig),
+        },
+        log,
+    })
+}
+
+/// One check `verify` made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub what: String,
+}
+
+/// Record a check: `yes` says what holds, `no` what is wrong.
+fn check(out: &mut Vec<Check>, ok: bool, yes: impl Into<String>, no: impl Into<String>) -> bool {
+    out.push(Check {
+        ok,
+        what: if ok { yes.into() } else { no.into() },
+    });
+    ok
+}
+
+fn b64_hash(s: &str) -> Option<Hash> {
+    B64.decode(s).ok().and_then(|v| <Hash>::try_from(v).ok())
+}
+
+/// Verify a receipt offline: the signature (with `key`, never a key from the receipt),
+/// the inclusion proof, the checkpoint's signature and that it is this tree; with
+/// `later` (a checkpoint and the consistency proof to it) that the log was not
+/// rewritten since. Stops at the first failure; every check made is returned.
+pub fn verify(r: &Receipt, key: &PublicKey, later: Option<(&str, &[Hash])>) -> Vec<Check> {
+    let mut out = Vec::new();
+    let Ok(c) = canonical(&r.body) else {
+        check(
+            &mut out,
+            false,
+            "",
+            "the receipt body is not JSON that can be made canonical",
+        );
+        return out;
+    };
+    if !check(
+        &mut out,
+        r.signature.key == key.id(),
+        format!("signed by key {}", key.id()),
+        format!(
+            "the receipt was signed by key {}, not by the given key {}",
+            r.signature.key,
+            key.id()
+        ),
+    ) {
+        return out;
+    }
+    let sig_ok = B64
+        .decode(&r.signature.ed25519)
+        .is_ok_and(|s| key.verify_bytes(c.as_bytes(), &s));
+    if !check(
+        &mut out,
+        sig_ok,
+        "the ed25519 signature matches the body",
+        "the ed25519 signature does not match the body: the receipt was changed after it was signed",
+    ) {
+        return out;
+    }
+    let leaf = merkle::leaf_hash(c.as_bytes());
+    let proof: Option<Vec<Hash>> = r.log.inclusion.iter().map(|h| b64_hash(h)).collect();
+    let root = b64_hash(&r.log.root);
+    let (Some(proof), Some(root)) = (proof, root) else {
+        check(
+            &mut out,
+            false,
+            "",
+            "the log proof is malformed (not base64 SHA-256 hashes)",
+        );
+        return out;
+    };
+    let incl = merkle::verify_inclusion(r.log.index, r.log.tree_size, &leaf, &proof, &root);
+    if !check(
+        &mut out,
+        incl,
+        format!(
+            "included in the log at index {} of {} entries (inclusion proof)",
+            r.log.index, r.log.tree_size
+        ),
+        format!(
+            "the inclusion proof does not lead from this body at index {} to the root of {} entries: the proof or the root was changed",
+            r.log.index, r.log.tree_size
+        ),
+    ) {
+        return out;
+    }
+    match Checkpoint::open(&r.log.checkpoint, key) {
+        Ok(cp) => {
+            let same = cp.size == r.log.tree_size && cp.root == root && cp.origin == r.log.origin;
+            if !check(
+                &mut out,
+                same,
+                format!(
+                    "the signed checkpoint is of this tree ({} entries, origin {})",
+                    cp.size, cp.origin
+                ),
+                format!(
+                    "the signed checkpoint ({} entries, origin {}) is not of this tree ({} entries, origin {})",
+                    cp.size, cp.origin, r.log.tree_size, r.log.origin
+                ),
+            ) {
+                return out;
+            }
+        }
+        Err(e) => {
+            check(
+                &mut out,
+                false,
+                "",
+                format!("the receipt's checkpoint: {e}"),
+            );
+            return out;
+        }
+    }
+    if let Some((note, consistency)) = later {
+        match Checkpoint::open(note, key) {
+            Ok(cp) => {
+                let ok = if cp.size == r.log.tree_size {
+                    cp.root == root
+                } else {
+                    cp.size > r.log.tree_size
+                        && merkle::verify_consistency(
+                            r.log.tree_size,
+                            cp.size,
+                            &root,
+                            &cp.root,
+                            consistency,
+                        )
+                };
+                check(
+                    &mut out,
+                    ok,
+                    format!(
+                        "the given checkpoint ({} entries) is consistent with the receipt's: nothing was rewritten",
+                        cp.size
+                    ),
+                    format!(
+                        "the given checkpoint ({} entries) is NOT consistent with the receipt's tree: the log was rewritten",
+                        cp.size
+                    ),
+                );
+            }
+            Err(e) => {
+                check(&mut out, false, "", format!("the given checkpoint: {e}"));
+            }
+        }
+    }
+    out
+}
+
+/// Recompute every Merkle root from the backup and compare them with the receipt's.
+pub fn verify_backup(r: &Receipt, archive: &Path, key_path: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let roots = match archive_roots(archive, key_path) {
+        Ok(r) => r,
+        Err(e) => {
+            check(
+                &mut out,
+                false,
+                "",
+                format!("the backup could not be read: {}", e.message),
+            );
+            return out;
+        }
+    };
+    let id = match backup::Reader::open(archive, key_path) {
+        Ok(rd) => rd.manifest.id,
+        Err(e) => {
+            check(&mut out, false, "", e.message);
+            return out;
+        }
+    };
+    let tasks = r.body["tasks"].as_array().cloned().unwrap_or_default();
+    let Some(task) = tasks.iter().find(|t| t["backup"]["id"] == json!(id)) else {
+        check(
+            &mut out,
+            false,
+            "",
+            format!("the receipt covers no task with backup {id}"),
+        );
+        return out;
+    };
+    for ch in task["changes"].as_array().cloned().unwrap_or_default() {
+        let table = ch["table"].as_str().unwrap_or_default();
+        let want = ch["merkle_root"].as_str().unwrap_or_default();
+        let got = roots
+            .get(table)
+            .map(|(_, h)| hex::encode(h))
+            .unwrap_or_default();
+        let rows = roots.get(table).map(|(n, _)| *n).unwrap_or(0);
+        check(
+            &mut out,
+            got == want && json!(rows) == ch["rows"],
+            format!("{table}: {rows} rows in the backup hash to the receipt's Merkle root"),
+            format!(
+                "{table}: the backup's {rows} rows do not hash to the receipt's Merkle root (or count)"
+            ),
+        );
+    }
+    out
+}

@@ -1,0 +1,303 @@
+//! Proofs of erasure: receipts from a real run verify offline with only the public key;
+//! any changed byte of a receipt, its proof or its checkpoint is caught with a reason; the
+//! backup recomputes the Merkle roots; a rewritten log is caught; no personal data leaks
+//! into receipts or the log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{BIN, fails, ok};
+use serde_json::Value;
+
+struct Demo {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    summary: Value,
+}
+
+impl Demo {
+    fn new() -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("demo");
+        let out = Command::new(BIN)
+            .args(["demo", "--dir"])
+            .arg(&root)
+            .arg("--json")
+            .env("QUIETUS_LOG", "error")
+            .output()
+            .unwrap();
+        let summary: Value = serde_json::from_str(&ok(&out)).unwrap();
+        Demo {
+            _dir: dir,
+            root,
+            summary,
+        }
+    }
+
+    fn q(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.root.join("quietus.toml"))
+            .args(args)
+            .env("QUIETUS_LOG", "error")
+            .output()
+            .unwrap()
+    }
+
+    fn receipts(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.root.join("var/receipts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn verify(&self, receipt: &Path, extra: &[&str]) -> std::process::Output {
+        let mut args = vec!["verify", receipt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.q(&args)
+    }
+}
+
+fn load(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn write(dir: &Path, name: &str, v: &Value) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn receipts_verify_and_any_change_is_caught_with_a_reason() {
+    let d = Demo::new();
+    let receipts = d.receipts();
+    assert_eq!(receipts.len(), 2, "one receipt per completed request");
+    for r in &receipts {
+        let out = ok(&d.verify(r, &[]));
+        assert!(out.contains("the receipt holds"), "{out}");
+        // Only the public key is needed: verify from another folder with the key file given.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let pk = d.root.join("var/keys/receipts.pub");
+        let out = Command::new(BIN)
+            .current_dir(elsewhere.path())
+            .args([
+                "verify",
+                r.to_str().unwrap(),
+                "--public-key",
+                pk.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let r = load(&receipts[0]);
+    type Change = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "a row count",
+            Box::new(|v: &mut Value| v["body"]["tasks"][0]["changes"][0]["rows"] = 99.into()),
+            "changed after it was signed",
+        ),
+        (
+            "the request id",
+            Box::new(|v: &mut Value| v["body"]["request"]["id"] = "0000000000000000".into()),
+            "changed after it was signed",
+        ),
+        (
+            "the signature",
+            Box::new(|v: &mut Value| {
+                let s = v["signature"]["ed25519"].as_str().unwrap().to_owned();
+                let first = if s.starts_with('A') { 'B' } else { 'A' };
+                let flipped: String = std::iter::once(first).chain(s.chars().skip(1)).collect();
+                v["signature"]["ed25519"] = flipped.into();
+            }),
+            "does not match the body",
+        ),
+        (
+            "the log index",
+            Box::new(|v: &mut Value| v["log"]["index"] = 5.into()),
+            "inclusion proof",
+        ),
+        (
+            "the root",
+            Box::new(|v: &mut Value| {
+                v["log"]["root"] = "dRco73Pz82KYZYErsjNlC5E+WwpILjdUF2i33/WqH6E=".into()
+            }),
+            "inclusion proof",
+        ),
+        (
+            "the checkpoint",
+            Box::new(|v: &mut Value| {
+                let c = v["log"]["checkpoint"].as_str().unwrap().replacen(
+                    "quietus/log\n",
+                    "quietus/logs\n",
+                    1,
+                );
+                v["log"]["checkpoint"] = c.into();
+            }),
+            "checkpoint",
+        ),
+    ];
+    for (what, change, reason) in cases {
+        let mut v = r.clone();
+        change(&mut v);
+        let p = write(tmp.path(), "r.json", &v);
+        let out = d.verify(&p, &[]);
+        assert!(
+            !out.status.success(),
+            "changing {what} must fail verification"
+        );
+        let text = common::stdout(&out);
+        assert!(
+            text.contains("FAILED") && text.contains(reason),
+            "changing {what}: {text}"
+        );
+    }
+    // Receipts with more than one inclusion step: tamper with a proof hash.
+    let last = load(receipts.last().unwrap());
+    if !last["log"]["inclusion"].as_array().unwrap().is_empty() {
+        let mut v = last.clone();
+        v["log"]["inclusion"][0] = "dRco73Pz82KYZYErsjNlC5E+WwpILjdUF2i33/WqH6E=".into();
+        let p = write(tmp.path(), "p.json", &v);
+        let out = common::stdout(&d.verify(&p, &[]));
+        assert!(
+            out.contains("FAILED") && out.contains("inclusion proof"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn the_backup_recomputes_the_merkle_roots_and_a_later_checkpoint_is_consistent() {
+    let d = Demo::new();
+    for r in d.receipts() {
+        let v = load(&r);
+        for t in v["body"]["tasks"].as_array().unwrap() {
+            let Some(bid) = t["backup"]["id"].as_str() else {
+                continue;
+            };
+            let b = d.root.join(format!("var/backups/{bid}.jsonl.zst.age"));
+            let k = d.root.join(format!("var/backup-keys/{bid}.key"));
+            let out = ok(&d.verify(
+                &r,
+                &[
+                    "--backup",
+                    b.to_str().unwrap(),
+                    "--key",
+                    k.to_str().unwrap(),
+                ],
+            ));
+            assert!(out.contains("hash to the receipt's Merkle root"), "{out}");
+        }
+        // The latest checkpoint (a witness's copy) is consistent with every receipt.
+        let cp = d.root.join("var/log/checkpoint");
+        let out = ok(&d.verify(&r, &["--checkpoint", cp.to_str().unwrap()]));
+        assert!(out.contains("consistent"), "{out}");
+    }
+}
+
+#[test]
+fn a_rewritten_log_is_caught() {
+    for (what, sql) in [
+        ("a removed entry", "DELETE FROM log_entries WHERE idx = 0"),
+        (
+            "an altered entry",
+            "UPDATE log_entries SET body = replace(body, '\"erasure\"', '\"access\"')",
+        ),
+        (
+            "an altered entry with its leaf hash recomputed",
+            "UPDATE log_entries SET body = replace(body, 'quietus 0', 'quietus 9'), leaf_hash = 'ab' || substr(leaf_hash, 3)",
+        ),
+    ] {
+        let d = Demo::new();
+        ok(&d.q(&["log", "verify"]));
+        let db = d.root.join("var/quietus.db");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        });
+        let out = d.q(&["log", "verify"]);
+        assert!(!out.status.success(), "{what} must fail log verify");
+        assert!(
+            common::stdout(&out).contains("FAILED"),
+            "{what}: {}",
+            common::stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn old_receipts_verify_with_the_old_key_after_a_rotation() {
+    let d = Demo::new();
+    let old_pub = std::fs::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap();
+    let keep = d.root.join("old.pub");
+    std::fs::write(&keep, &old_pub).unwrap();
+    ok(&d.q(&["keys", "rotate"]));
+    let new_pub = std::fs::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap();
+    assert_ne!(old_pub, new_pub);
+    let r = d.receipts()[0].clone();
+    let out = d.verify(&r, &[]);
+    assert!(
+        common::stdout(&out).contains("not by the given key"),
+        "{}",
+        common::stdout(&out)
+    );
+    ok(&d.verify(&r, &["--public-key", keep.to_str().unwrap()]));
+    let err = fails(&d.q(&["keys", "init"]));
+    assert!(err.contains("exists"), "{err}");
+}
+
+#[test]
+fn receipts_and_the_log_hold_no_personal_data() {
+    let d = Demo::new();
+    let mut text = String::new();
+    for r in d.receipts() {
+        text.push_str(&std::fs::read_to_string(r).unwrap());
+    }
+    text.push_str(&std::fs::read_to_string(d.root.join("var/log/checkpoint")).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bodies: Vec<String> = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            d.root.join("var/quietus.db").display()
+        ))
+        .await
+        .unwrap();
+        let v = sqlx::query_scalar("SELECT body FROM log_entries")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        v
+    });
+    text.push_str(&bodies.join("\n"));
+    for needle in [
+        "fang.wang@corp.example",
+        "olivia.chen@example.com",
+        "+8613800138000",
+        "王芳",
+        "Wang Fang",
+        "Olivia",
+        "Chen",
+        "E100",
+        "ming.li",
+    ] {
+        assert!(
+            !text.contains(needle),
+            "{needle} appears in a receipt or the log"
+        );
+    }
+    let _ = &d.summary;
+}
