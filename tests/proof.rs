@@ -301,3 +301,39 @@ fn receipts_and_the_log_hold_no_personal_data() {
     }
     let _ = &d.summary;
 }
+
+#[test]
+fn shredding_a_backup_issues_its_own_receipt_and_old_receipts_still_verify() {
+    let d = Demo::new();
+    let before = d.receipts();
+    let later = (chrono::Utc::now() + chrono::Duration::days(100)).to_rfc3339();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(d.root.join("quietus.toml"))
+        .args(["run", "--json"])
+        .env("QUIETUS_NOW", &later)
+        .env("QUIETUS_LOG", "error")
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(summary["shredded_backups"], 3, "{summary}");
+    let after = d.receipts();
+    let new: Vec<&PathBuf> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(new.len(), 3, "one receipt per shredded backup");
+    for r in &new {
+        assert_eq!(load(r)["body"]["event"], "backup_crypto_shredded");
+        ok(&d.verify(r, &[]));
+    }
+    assert!(
+        std::fs::read_dir(d.root.join("var/backup-keys"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "every key destroyed"
+    );
+    // The completion receipts still verify, but their backups can no longer be opened.
+    for r in &before {
+        ok(&d.verify(r, &[]));
+    }
+    ok(&d.q(&["log", "verify"]));
+}

@@ -440,6 +440,7 @@ pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> 
         let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
         crate::backup::shred(&path, &key)?;
         ctx.store.backup_shredded(&b.id, now).await?;
+        prove::shred_receipt(ctx, &s.prover, &b, now).await?;
         tracing::info!(backup = %b.id, "backup expired and crypto-shredded");
         n += 1;
     }

@@ -121,20 +121,48 @@ async fn issue(
         task_docs.push(task_doc(ctx, s, t).await?);
     }
     body["tasks"] = Value::Array(task_docs);
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    seal_and_store(ctx, p, rid, &id, body, &ids, now).await
+}
+
+/// The receipt of a backup's crypto-shredding: which archive (by its SHA-256) and whose
+/// request, and when its key was destroyed.
+pub async fn shred_receipt(
+    ctx: &Context,
+    p: &Prover,
+    b: &crate::store::BackupRow,
+    now: DateTime<Utc>,
+) -> Result<PathBuf> {
+    let id = crate::store::new_id();
+    let body = json!({
+        "quietus_receipt": receipt::FORMAT,
+        "id": id,
+        "issued_at": now,
+        "tool": crate::TOOL,
+        "event": "backup_crypto_shredded",
+        "request": {"id": b.request_id},
+        "backup": {"id": b.id, "sha256": b.sha256, "size": b.size, "rows": b.rows, "created_at": b.created_at, "expired_at": b.expires_at},
+        "shredded_at": now,
+    });
+    seal_and_store(ctx, p, b.request_id.as_deref(), &id, body, &[], now).await
+}
+
+async fn seal_and_store(
+    ctx: &Context,
+    p: &Prover,
+    rid: Option<&str>,
+    id: &str,
+    body: Value,
+    task_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<PathBuf> {
     let canonical = receipt::canonical(&body)?;
-    let proof = log::append(
-        &ctx.store,
-        log::Signing {
-            key: &p.key,
-            origin: &p.origin,
-            checkpoint_file: &p.checkpoint_file,
-        },
-        "receipt",
-        rid,
-        &canonical,
-        now,
-    )
-    .await?;
+    let signing = log::Signing {
+        key: &p.key,
+        origin: &p.origin,
+        checkpoint_file: &p.checkpoint_file,
+    };
+    let proof = log::append(&ctx.store, signing, "receipt", rid, &canonical, now).await?;
     let idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
     let sealed = receipt::seal(body, &p.key, proof)?;
     let doc = serde_json::to_string_pretty(&sealed)?;
@@ -143,9 +171,8 @@ async fn issue(
         .receipts_dir
         .join(format!("{}-{id}.json", rid.unwrap_or("sweep")));
     std::fs::write(&path, &doc)?;
-    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
     ctx.store
-        .save_receipt(&id, rid, idx, &doc, &ids, now)
+        .save_receipt(id, rid, idx, &doc, task_ids, now)
         .await?;
     tracing::info!(receipt = %id, log_index = idx, "receipt issued");
     Ok(path)
