@@ -306,7 +306,7 @@ fn receipts_and_the_log_hold_no_personal_data() {
 fn shredding_a_backup_issues_its_own_receipt_and_old_receipts_still_verify() {
     let d = Demo::new();
     let before = d.receipts();
-    let later = (chrono::Utc::now() + chrono::Duration::days(100)).to_rfc3339();
+    let later = (quietus::clock::now() + chrono::Duration::days(100)).to_rfc3339();
     let out = Command::new(BIN)
         .arg("--config")
         .arg(d.root.join("quietus.toml"))
