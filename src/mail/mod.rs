@@ -127,7 +127,6 @@ impl FromStr for MessageKind {
 /// Render a message for one recipient into an outbox entry with a fresh id (not yet
 /// stored: pass it to [`enqueue_in`] or `Store::enqueue`). The locale stored is the one
 /// whose templates were used.
-#[allow(clippy::too_many_arguments)]
 pub fn compose(
     kind: MessageKind,
     locale: &str,

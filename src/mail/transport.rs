@@ -296,6 +296,64 @@ mod tests {
         assert_eq!(scrub("connection refused"), "connection refused");
     }
 
+    #[tokio::test]
+    async fn smtp_transports_build_for_every_tls_mode() {
+        for tls in [SmtpTls::None, SmtpTls::Starttls, SmtpTls::Tls] {
+            let cfg = SmtpConfig {
+                host: "mail.example.com".into(),
+                tls,
+                username: Some("quietus".into()),
+                ..SmtpConfig::default()
+            };
+            let t = Transport::smtp(&cfg, Some("secret-pw".into()), "example.com").unwrap();
+            let shown = format!("{t:?}");
+            let port = match tls {
+                SmtpTls::None => 25,
+                SmtpTls::Starttls => 587,
+                SmtpTls::Tls => 465,
+            };
+            assert!(
+                shown.contains(&format!("mail.example.com:{port}")),
+                "{shown}"
+            );
+            assert!(!shown.contains("secret-pw"));
+        }
+        let no_password = SmtpConfig {
+            username: Some("quietus".into()),
+            ..SmtpConfig::default()
+        };
+        assert_eq!(
+            Transport::smtp(&no_password, None, "x").unwrap_err().code,
+            Code::Config
+        );
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let mut config = Config::default();
+        config.mail.smtp.password = Some(crate::config::Secret("secret-pw".into()));
+        assert!(!format!("{config:?}").contains("secret-pw"));
+        assert!(
+            !serde_json::to_string(&config)
+                .unwrap()
+                .contains("secret-pw")
+        );
+    }
+
+    #[test]
+    fn mailers_take_the_domain_of_from() {
+        let t = || Transport::File { dir: "x".into() };
+        let m = Mailer::new(t(), "Privacy <privacy@corp.example>", None).unwrap();
+        assert_eq!(m.domain, "corp.example");
+        let m = Mailer::new(t(), "privacy@corp.example", Some("mail.corp.example")).unwrap();
+        assert_eq!(m.domain, "mail.corp.example");
+        assert!(Mailer::new(t(), "not a mailbox", None).is_err());
+        assert!(Mailer::new(t(), "a@b.example", Some("x y")).is_err());
+        let m = Mailer::from_config(&Config::default()).unwrap();
+        assert_eq!(m.domain, "localhost");
+        assert!(matches!(m.transport, Transport::File { .. }));
+    }
+
     #[test]
     fn eml_files_are_written_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -132,12 +132,14 @@ pub fn backoff(attempts: i64) -> chrono::Duration {
 }
 
 /// Put a message in the outbox inside a transaction of the caller (on either database),
-/// so that it is committed with the state change that causes it, or not at all.
+/// so that it is committed with the state change that causes it, or not at all. Returns
+/// `sqlx::Error` (like the other statements of such a transaction), which converts into
+/// the crate's error with `?`.
 pub async fn enqueue_in<DB>(
     tx: &mut sqlx::Transaction<'_, DB>,
     m: &NewMail,
     now: DateTime<Utc>,
-) -> Result<()>
+) -> std::result::Result<(), sqlx::Error>
 where
     DB: sqlx::Database,
     for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
@@ -146,7 +148,8 @@ where
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
-    let attachments = attachments_to_json(&m.attachments)?;
+    let attachments = attachments_to_json(&m.attachments)
+        .map_err(|e| sqlx::Error::Encode(Box::new(std::io::Error::other(e.message))))?;
     sqlx::query(
         "INSERT INTO outbox (id, request_id, kind, recipient, locale, subject, body_text, body_html, attachments, \
          state, attempts, next_attempt_at, created_at) \
