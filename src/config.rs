@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes (tickets, CSV lists).
     pub max_body_bytes: usize,
+    /// The address people reach quietus at (links in emails), e.g. https://privacy.corp.example.
+    pub public_url: String,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +111,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
             max_body_bytes: 64 * 1024,
+            public_url: "http://127.0.0.1:8750".into(),
         }
     }
 }
@@ -265,6 +268,8 @@ pub struct MailConfig {
     pub templates_dir: Option<PathBuf>,
     /// Attempts (with exponential backoff) before a message is marked `failed`.
     pub max_attempts: i64,
+    /// The DPO's address: deadline reminders and failure alerts. None: not sent.
+    pub dpo: Option<String>,
     pub smtp: SmtpConfig,
 }
 
@@ -277,6 +282,7 @@ impl Default for MailConfig {
             domain: None,
             templates_dir: None,
             max_attempts: 10,
+            dpo: None,
             smtp: SmtpConfig::default(),
         }
     }

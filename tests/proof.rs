@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{BIN, fails, ok};
+use mail_parser::MimeHeaders;
 use serde_json::Value;
 
 struct Demo {
@@ -336,4 +337,112 @@ fn shredding_a_backup_issues_its_own_receipt_and_old_receipts_still_verify() {
         ok(&d.verify(r, &[]));
     }
     ok(&d.q(&["log", "verify"]));
+}
+
+/// The attachments and text parts of an `.eml` file.
+fn eml_parts(path: &Path) -> (String, Vec<(String, Vec<u8>)>, String) {
+    let raw = std::fs::read(path).unwrap();
+    let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    let to = msg
+        .to()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_owned();
+    let text = format!(
+        "{}\n{}\n{}",
+        msg.subject().unwrap_or_default(),
+        msg.body_text(0).unwrap_or_default(),
+        msg.body_html(0).unwrap_or_default()
+    );
+    let atts = msg
+        .attachments()
+        .map(|a| {
+            (
+                a.attachment_name().unwrap_or_default().to_owned(),
+                a.contents().to_vec(),
+            )
+        })
+        .collect();
+    (to, atts, text)
+}
+
+#[test]
+fn the_completion_email_carries_a_receipt_that_verifies_and_no_one_elses_data() {
+    let d = Demo::new();
+    let outbox = PathBuf::from(d.summary["outbox"].as_str().unwrap());
+    let emls: Vec<PathBuf> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        emls.len() >= 4,
+        "acknowledgements, approvals and completions: {emls:?}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut verified = 0;
+    let people = [
+        (
+            "fang.wang@corp.example",
+            vec![
+                "王芳",
+                "Wang Fang",
+                "+8613800138000",
+                "E100",
+                "olivia",
+                "Olivia",
+                "Chen",
+                "ming.li",
+                "李明",
+            ],
+        ),
+        (
+            "olivia.chen@example.com",
+            vec![
+                "Olivia",
+                "Chen",
+                "+44",
+                "fang.wang",
+                "王芳",
+                "Wang Fang",
+                "E100",
+                "ming.li",
+            ],
+        ),
+    ];
+    for eml in &emls {
+        let (to, atts, text) = eml_parts(eml);
+        let (_, forbidden) = people
+            .iter()
+            .find(|(addr, _)| *addr == to)
+            .unwrap_or_else(|| panic!("unexpected recipient {to}"));
+        for needle in forbidden {
+            assert!(
+                !text.contains(needle),
+                "{needle} appears in the email to {to}"
+            );
+        }
+        for (name, bytes) in atts {
+            assert!(name.ends_with(".json"), "{name}");
+            let body = String::from_utf8(bytes).unwrap();
+            for needle in forbidden.iter().chain(std::iter::once(&to.as_str())) {
+                assert!(
+                    !body.contains(needle),
+                    "{needle} appears in the attached receipt"
+                );
+            }
+            let p = tmp.path().join(&name);
+            std::fs::write(&p, body).unwrap();
+            let out = ok(&d.verify(&p, &[]));
+            assert!(out.contains("the receipt holds"), "{out}");
+            verified += 1;
+        }
+    }
+    assert_eq!(
+        verified, 2,
+        "one completion email with its receipt per request"
+    );
+    for key in ["receipts", "public_key", "outbox"] {
+        assert!(!d.summary[key].is_null(), "the demo summary names {key}");
+    }
 }

@@ -354,6 +354,7 @@ pub async fn context(config: &Config) -> Result<Context> {
         .await
         .map_err(|e| e.context(format!("state store {}", crate::config::redact_url(&url))))?;
     Ok(Context {
+        mail: crate::lifecycle::notify::MailSettings::from_config(config),
         store,
         policies,
         calendar,

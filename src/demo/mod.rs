@@ -212,6 +212,10 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             "backup_keys": dir.join("var/backup-keys"),
             "later_tasks": followups,
             "run": run,
+            "outbox": config.outbox_dir(),
+            "receipts": run.receipts,
+            "public_key": config.path(&config.proof.public_key_file),
+            "checkpoint": config.path(&config.proof.checkpoint_file),
             "crm_before": before,
             "crm_after": after,
         });
@@ -249,6 +253,17 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     for b in &backups {
         println!("  {b}");
     }
+    println!(
+        "Signed receipts (check one: quietus --config {} verify FILE):",
+        config_path.display()
+    );
+    for r in &run.receipts {
+        println!("  {r}");
+    }
+    println!(
+        "Emails (acknowledgement, approval, completion with the receipt attached): {}",
+        config.outbox_dir().display()
+    );
     println!("Kept for later (retention), with tasks that will act when it ends:");
     for f in &followups {
         println!(

@@ -318,7 +318,12 @@ pub async fn submit(
             .map(|t| hex::encode(Sha256::digest(t.as_bytes()))),
         identities: ids,
         actor: source.actor.clone(),
+        mails: Vec::new(),
     };
+    let mut new = new;
+    new.mails = ctx
+        .mail
+        .received(&new, &ticket.subject, verify_token.as_deref())?;
     match ctx.store.insert_request(&new).await? {
         Inserted::Created(id) => {
             tracing::info!(request = %id, kind = %ticket.kind, door = source.door, "request received");

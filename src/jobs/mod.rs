@@ -58,6 +58,8 @@ pub struct Settings {
     pub batch_size: usize,
     pub window: Option<schedule::Cron>,
     pub prover: prove::Prover,
+    pub mailer: std::sync::Arc<crate::mail::Mailer>,
+    pub mail_attempts: i64,
 }
 
 impl Settings {
@@ -74,6 +76,8 @@ impl Settings {
             batch_size: c.jobs.batch_size.clamp(1, 5000),
             window: schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?,
             prover: prove::Prover::from_config(c)?,
+            mailer: std::sync::Arc::new(crate::mail::Mailer::from_config(c)?),
+            mail_attempts: c.mail.max_attempts.max(1),
         })
     }
 }
@@ -203,7 +207,15 @@ pub async fn schedule_approved(ctx: &Context, actor: &str, now: DateTime<Utc>) -
         let tasks = tasks_for(ctx, &req, &plan)?;
         match ctx
             .store
-            .schedule(&req.id, "approved", "scheduled", &tasks, actor, now)
+            .schedule(
+                &req.id,
+                "approved",
+                "scheduled",
+                &tasks,
+                &manual_task_mails(ctx, &req, &tasks)?,
+                actor,
+                now,
+            )
             .await
         {
             Ok(()) => n += 1,
@@ -229,6 +241,52 @@ pub async fn schedule_approved(ctx: &Context, actor: &str, now: DateTime<Utc>) -
     Ok(n)
 }
 
+/// Manual tasks ask their system's owner to act (and confirm).
+fn manual_task_mails(
+    ctx: &Context,
+    req: &Request,
+    tasks: &[NewTask],
+) -> Result<Vec<crate::store::outbox::NewMail>> {
+    let mut out = Vec::new();
+    for t in tasks.iter().filter(|t| t.kind == MANUAL) {
+        let Some(owner) = ctx
+            .policies
+            .system(&t.system)
+            .and_then(|s| s.owner_email.clone())
+        else {
+            continue;
+        };
+        let body: TaskBody = serde_json::from_str(&t.body)?;
+        let action: Vec<String> = body
+            .entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} ({}; rule {})",
+                    e.action,
+                    e.table,
+                    e.categories.join(", "),
+                    e.rule
+                )
+            })
+            .collect();
+        out.extend(ctx.mail.to_owner(
+            &owner,
+            Some(&req.id),
+            crate::mail::MessageKind::ManualTask,
+            serde_json::json!({
+                "system": t.system,
+                "task_id": t.id,
+                "action": action.join("; "),
+                "request_id": req.id,
+                "due": t.due_at.format("%Y-%m-%d").to_string(),
+                "confirm_command": format!("quietus confirm {}", t.id),
+            }),
+        )?);
+    }
+    Ok(out)
+}
+
 /// What one round of work did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
@@ -240,6 +298,9 @@ pub struct RunSummary {
     pub shredded_backups: usize,
     /// Receipt files issued.
     pub receipts: Vec<String>,
+    /// Messages sent, and given up on.
+    pub mail_sent: usize,
+    pub mail_failed: usize,
 }
 
 /// Run one leased task to its next recorded state.
@@ -253,7 +314,25 @@ pub async fn run_one(
     if let Some(rid) = &task.request_id {
         ctx.store.request_running(rid, now).await?;
     }
-    match execute::run(ctx, s, task, now).await {
+    // Keep the lease alive for as long as the task runs, whatever step it is in.
+    let renewal = {
+        let store = ctx.store.clone();
+        let (id, worker, secs) = (task.id.clone(), s.worker.clone(), s.lease_seconds);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs((secs / 3).max(1))).await;
+                let until = crate::clock::now()
+                    + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(300));
+                match store.renew_lease(&id, &worker, until).await {
+                    Ok(true) => {}
+                    _ => return,
+                }
+            }
+        })
+    };
+    let outcome = execute::run(ctx, s, task, now).await;
+    renewal.abort();
+    match outcome {
         Ok(execute::Step::Done(result)) => {
             // Which worker finished it: the lease owner is cleared on `done`.
             let mut stored = serde_json::to_value(&result)?;
@@ -308,6 +387,13 @@ pub async fn run_one(
             if gave_up {
                 tracing::error!(task = %task.id, "task needs attention: the retry budget is spent");
                 summary.failed += 1;
+                let alert = ctx.mail.to_dpo(task.request_id.as_deref(), crate::mail::MessageKind::FailureAlert, serde_json::json!({
+                    "error": e.message, "request_id": task.request_id, "task_id": task.id, "system": task.system,
+                    "attempts": s.max_attempts,
+                }))?;
+                for m in &alert {
+                    ctx.store.enqueue(m, crate::clock::now()).await?;
+                }
             } else {
                 summary.retried += 1;
             }
@@ -352,6 +438,16 @@ pub async fn run_due(
         .into_iter()
         .map(|p| p.display().to_string())
         .collect();
+    let sent = crate::mail::send_due(
+        &ctx.store,
+        &s.mailer,
+        &s.worker,
+        crate::clock::now(),
+        s.mail_attempts,
+    )
+    .await?;
+    summary.mail_sent = sent.sent.len();
+    summary.mail_failed = sent.failed.len();
     Ok(summary)
 }
 
@@ -433,8 +529,11 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
     Ok(tasks.len())
 }
 
-/// Crypto-shred every backup past its expiry, and record it.
+/// Crypto-shred every backup past its expiry, and record it. Archives and keys that no
+/// backup record names (a worker died between writing an archive and recording it) are
+/// shredded too, once they are a day old.
 pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
+    shred_orphans(ctx, s).await?;
     let mut n = 0;
     for b in ctx.store.expired_backups(now).await? {
         let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
@@ -445,6 +544,34 @@ pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> 
         n += 1;
     }
     Ok(n)
+}
+
+async fn shred_orphans(ctx: &Context, s: &Settings) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(&s.keys_dir) else {
+        return Ok(());
+    };
+    // A day: far longer than any worker takes between writing an archive and recording it.
+    let min_age = std::time::Duration::from_secs(s.lease_seconds.max(86_400));
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".key") else {
+            continue;
+        };
+        let old_enough = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > min_age);
+        if !old_enough || ctx.store.backup(id).await?.is_some() {
+            continue;
+        }
+        let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, id);
+        crate::backup::shred(&path, &key)?;
+        let _ = std::fs::remove_file(s.backup_dir.join(format!(".{id}.tmp")));
+        tracing::warn!(backup = %id, "an archive no backup record names was shredded (left by a worker that died)");
+    }
+    Ok(())
 }
 
 /// The daemon's worker: due work every `every`, schedule ticks once across instances.
@@ -501,6 +628,13 @@ async fn reminders(ctx: &Context, now: DateTime<Utc>) -> Result<String> {
         .collect();
     for i in &near {
         tracing::warn!(request = %i.id, days_left = i.days_left.unwrap_or_default(), "deadline near or passed");
+        let m = ctx.mail.to_dpo(Some(&i.id), crate::mail::MessageKind::Reminder, serde_json::json!({
+            "request_id": i.id, "deadline": i.due_date.map(|d| d.to_string()), "days_left": i.days_left,
+            "state": i.state, "request_kind": i.kind, "jurisdiction": i.jurisdiction,
+        }))?;
+        for m in &m {
+            ctx.store.enqueue(m, now).await?;
+        }
     }
     Ok(format!(
         "{} request(s) due within three days or overdue",

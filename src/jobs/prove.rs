@@ -122,7 +122,57 @@ async fn issue(
     }
     body["tasks"] = Value::Array(task_docs);
     let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
-    seal_and_store(ctx, p, rid, &id, body, &ids, now).await
+    // The first receipt of a request is its completion: the subject is told, in words,
+    // what was erased and what was kept, with the receipt attached.
+    let notify = match rid {
+        Some(rid) if ctx.store.receipts_of(rid).await?.is_empty() => Some(ctx.request(rid).await?),
+        _ => None,
+    };
+    seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref(), now).await
+}
+
+/// The completion message's words: what was erased and what was kept, by category.
+fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Value {
+    let mut erased = Vec::new();
+    let mut backups_until: Option<String> = None;
+    for t in body["tasks"].as_array().into_iter().flatten() {
+        if let Some(exp) = t["backup"]["expires_at"].as_str() {
+            let day = exp.get(..10).unwrap_or(exp).to_owned();
+            if backups_until.as_ref().is_none_or(|b| *b < day) {
+                backups_until = Some(day);
+            }
+        }
+        for c in t["changes"].as_array().into_iter().flatten() {
+            if c["action"] == "erase" || c["action"] == "anonymize" {
+                let cats: Vec<&str> = c["categories"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                erased.push(
+                    json!({"category": cats.join(", "), "system": t["system"], "count": c["rows"]}),
+                );
+            }
+        }
+    }
+    let kept: Vec<Value> = body["retained"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let cats: Vec<&str> = r["categories"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            json!({"category": cats.join(", "), "until": r["until"], "basis": r["basis"], "system": r["system"], "rule": r["rule"]})
+        })
+        .collect();
+    json!({
+        "request_id": body["request"]["id"],
+        "completed": now.format("%Y-%m-%d").to_string(),
+        "erased": erased,
+        "kept": kept,
+        "backups_until": backups_until,
+        "receipt_filename": receipt_file,
+    })
 }
 
 /// The receipt of a backup's crypto-shredding: which archive (by its SHA-256) and whose
@@ -144,9 +194,10 @@ pub async fn shred_receipt(
         "backup": {"id": b.id, "sha256": b.sha256, "size": b.size, "rows": b.rows, "created_at": b.created_at, "expired_at": b.expires_at},
         "shredded_at": now,
     });
-    seal_and_store(ctx, p, b.request_id.as_deref(), &id, body, &[], now).await
+    seal_and_store(ctx, p, b.request_id.as_deref(), &id, body, &[], None, now).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn seal_and_store(
     ctx: &Context,
     p: &Prover,
@@ -154,6 +205,7 @@ async fn seal_and_store(
     id: &str,
     body: Value,
     task_ids: &[String],
+    completion_to: Option<&crate::lifecycle::Request>,
     now: DateTime<Utc>,
 ) -> Result<PathBuf> {
     let canonical = receipt::canonical(&body)?;
@@ -164,6 +216,7 @@ async fn seal_and_store(
     };
     let proof = log::append(&ctx.store, signing, "receipt", rid, &canonical, now).await?;
     let idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
+    let vars = completion_to.map(|_| completion_vars(&body, &format!("receipt-{id}.json"), now));
     let sealed = receipt::seal(body, &p.key, proof)?;
     let doc = serde_json::to_string_pretty(&sealed)?;
     std::fs::create_dir_all(&p.receipts_dir)?;
@@ -171,8 +224,24 @@ async fn seal_and_store(
         .receipts_dir
         .join(format!("{}-{id}.json", rid.unwrap_or("sweep")));
     std::fs::write(&path, &doc)?;
+    let mails = match (completion_to, vars) {
+        (Some(req), Some(vars)) => {
+            let attachment = crate::store::outbox::MailAttachment {
+                filename: format!("receipt-{id}.json"),
+                content_type: "application/json".into(),
+                content: doc.clone().into_bytes(),
+            };
+            ctx.mail.to_subject(
+                req,
+                crate::mail::MessageKind::Completion,
+                vars,
+                vec![attachment],
+            )?
+        }
+        _ => Vec::new(),
+    };
     ctx.store
-        .save_receipt(id, rid, idx, &doc, task_ids, now)
+        .save_receipt(id, rid, idx, &doc, task_ids, &mails, now)
         .await?;
     tracing::info!(receipt = %id, log_index = idx, "receipt issued");
     Ok(path)

@@ -7,6 +7,7 @@
 
 pub mod calendar;
 pub mod deadline;
+pub mod notify;
 pub mod state;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ pub struct Context {
     pub policies: Policies,
     pub calendar: HolidayCalendar,
     pub base_dir: PathBuf,
+    pub mail: notify::MailSettings,
 }
 
 /// A request with its meaning.
@@ -237,6 +239,24 @@ impl Context {
             }
             _ => {}
         }
+        use crate::mail::MessageKind;
+        changes.mails = match d {
+            Decision::Approve => self.mail.to_subject(
+                &req,
+                MessageKind::Approval,
+                serde_json::json!({"request_id": req.id, "deadline": req.due_date.map(|d| d.to_string())}),
+                Vec::new(),
+            )?,
+            Decision::Reject => self.mail.to_subject(
+                &req,
+                MessageKind::Refusal,
+                serde_json::json!({
+                    "request_id": req.id, "reasons": reason.unwrap_or_default(), "jurisdiction": req.jurisdiction,
+                }),
+                Vec::new(),
+            )?,
+            _ => Vec::new(),
+        };
         self.store
             .transition(
                 &req.id,
@@ -289,10 +309,20 @@ impl Context {
             self.today(now),
             &self.calendar,
         )?;
+        let mails = self.mail.to_subject(
+            &req,
+            crate::mail::MessageKind::Extension,
+            serde_json::json!({
+                "request_id": req.id, "deadline": dl.due.to_string(), "reason": reason,
+                "original_deadline": original.to_string(), "jurisdiction": req.jurisdiction,
+            }),
+            Vec::new(),
+        )?;
         let changes = Changes {
             due_date: Some(dl.due),
             extended_at: Some(now),
             extension_reason: Some(reason.to_owned()),
+            mails,
             ..Changes::default()
         };
         let why = format!("deadline extended by {by} to {}: {reason}", dl.due);

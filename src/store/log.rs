@@ -90,7 +90,9 @@ impl Store {
         }))
     }
 
-    /// Record a receipt and mark the tasks it covers, in one transaction.
+    /// Record a receipt, mark the tasks it covers and queue its messages, in one
+    /// transaction.
+    #[allow(clippy::too_many_arguments)]
     pub async fn save_receipt(
         &self,
         id: &str,
@@ -98,6 +100,7 @@ impl Store {
         log_idx: i64,
         document: &str,
         task_ids: &[String],
+        mails: &[super::outbox::NewMail],
         now: DateTime<Utc>,
     ) -> Result<()> {
         on_pool!(self, pool => {
@@ -107,6 +110,9 @@ impl Store {
             for t in task_ids {
                 sqlx::query("UPDATE tasks SET receipt_id = $2 WHERE id = $1 AND receipt_id IS NULL")
                     .bind(t).bind(id).execute(&mut *tx).await?;
+            }
+            for m in mails {
+                super::outbox::enqueue_in(&mut tx, m, now).await?;
             }
             tx.commit().await?;
         });

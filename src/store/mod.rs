@@ -111,6 +111,8 @@ pub struct NewRequest {
     pub verify_token_sha256: Option<String>,
     pub identities: Vec<IdentityRow>,
     pub actor: String,
+    /// Messages written in the same transaction (acknowledgement, verification link).
+    pub mails: Vec<outbox::NewMail>,
 }
 
 /// What inserting a ticket did.
@@ -131,6 +133,8 @@ pub struct Changes {
     pub original_due_date: Option<NaiveDate>,
     pub extended_at: Option<DateTime<Utc>>,
     pub extension_reason: Option<String>,
+    /// Messages written in the same transaction as the state change.
+    pub mails: Vec<outbox::NewMail>,
 }
 
 /// A filter for listing requests.
@@ -260,6 +264,9 @@ impl Store {
                 sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, NULL, $4, 'received')")
                     .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(&r.state)
                     .execute(&mut *tx).await?;
+                for m in &r.mails {
+                    outbox::enqueue_in(&mut tx, m, r.received_at).await?;
+                }
                 tx.commit().await
             }.await
         });
@@ -428,6 +435,9 @@ impl Store {
                     sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
                         .bind(id).bind(now).bind(actor).bind(from).bind(to).bind(reason)
                         .execute(&mut *tx).await?;
+                    for m in &c.mails {
+                        outbox::enqueue_in(&mut tx, m, now).await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok::<u64, sqlx::Error>(n)

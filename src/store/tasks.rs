@@ -67,13 +67,16 @@ pub struct BackupRow {
 pub const RUNNABLE: [&str; 2] = ["pending", "backed_up"];
 
 impl Store {
-    /// Create a request's tasks and move it from `from` to `to`, in one transaction.
+    /// Create a request's tasks (and their messages) and move it from `from` to `to`, in
+    /// one transaction.
+    #[allow(clippy::too_many_arguments)]
     pub async fn schedule(
         &self,
         request_id: &str,
         from: &str,
         to: &str,
         tasks: &[NewTask],
+        mails: &[super::outbox::NewMail],
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -86,6 +89,9 @@ impl Store {
                 if n == 1 {
                     for t in tasks {
                         insert_task(&mut tx, t, now).await?;
+                    }
+                    for m in mails {
+                        super::outbox::enqueue_in(&mut tx, m, now).await?;
                     }
                     sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
                         .bind(request_id).bind(now).bind(actor).bind(from).bind(to)

@@ -1,0 +1,146 @@
+//! Which messages a step of a request's life sends, to whom, with what. Messages carry
+//! request ids, dates, categories, counts, rules and legal bases; never another person's
+//! data, and of the subject's only the address they are sent to.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::Request;
+use crate::error::Result;
+use crate::mail::{MessageKind, compose};
+use crate::policy::IdentityKind;
+use crate::store::outbox::{MailAttachment, NewMail};
+
+/// What composing messages needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct MailSettings {
+    pub templates_dir: Option<PathBuf>,
+    /// The DPO's address (reminders, failure alerts).
+    pub dpo: Option<String>,
+    /// Where people reach quietus (links).
+    pub public_url: String,
+}
+
+impl MailSettings {
+    pub fn from_config(c: &crate::config::Config) -> MailSettings {
+        MailSettings {
+            templates_dir: c.mail.templates_dir.as_ref().map(|p| c.path(p)),
+            dpo: c.mail.dpo.clone().filter(|d| !d.trim().is_empty()),
+            public_url: c.server.public_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// A message to the request's subject, when they gave an email address.
+    pub fn to_subject(
+        &self,
+        req: &Request,
+        kind: MessageKind,
+        vars: Value,
+        attachments: Vec<MailAttachment>,
+    ) -> Result<Vec<NewMail>> {
+        self.to_identities(&req.subject, &req.locale, &req.id, kind, vars, attachments)
+    }
+
+    /// A message to whoever these identities name, when one is an email address.
+    pub fn to_identities(
+        &self,
+        subject: &crate::policy::Identities,
+        locale: &str,
+        request_id: &str,
+        kind: MessageKind,
+        vars: Value,
+        attachments: Vec<MailAttachment>,
+    ) -> Result<Vec<NewMail>> {
+        let Some(to) = subject.get(&IdentityKind::Email) else {
+            return Ok(Vec::new());
+        };
+        let m = compose(
+            kind,
+            locale,
+            to,
+            Some(request_id),
+            &vars,
+            attachments,
+            self.templates_dir.as_deref(),
+        )?;
+        Ok(vec![m])
+    }
+
+    /// A message to the DPO, when an address is configured (in English).
+    pub fn to_dpo(
+        &self,
+        request_id: Option<&str>,
+        kind: MessageKind,
+        vars: Value,
+    ) -> Result<Vec<NewMail>> {
+        let Some(to) = &self.dpo else {
+            return Ok(Vec::new());
+        };
+        Ok(vec![compose(
+            kind,
+            "en",
+            to,
+            request_id,
+            &vars,
+            Vec::new(),
+            self.templates_dir.as_deref(),
+        )?])
+    }
+
+    /// A message to a system owner (manual tasks).
+    pub fn to_owner(
+        &self,
+        owner: &str,
+        request_id: Option<&str>,
+        kind: MessageKind,
+        vars: Value,
+    ) -> Result<Vec<NewMail>> {
+        Ok(vec![compose(
+            kind,
+            "en",
+            owner,
+            request_id,
+            &vars,
+            Vec::new(),
+            self.templates_dir.as_deref(),
+        )?])
+    }
+
+    /// Acknowledgement on receipt; and the verification link when one is needed.
+    pub fn received(
+        &self,
+        new: &crate::store::NewRequest,
+        subject: &crate::policy::Identities,
+        verify_token: Option<&str>,
+    ) -> Result<Vec<NewMail>> {
+        let mut out = self.to_identities(
+            subject,
+            &new.locale,
+            &new.id,
+            MessageKind::Acknowledgement,
+            json!({
+                "request_id": new.id,
+                "received": new.received_at.format("%Y-%m-%d").to_string(),
+                "deadline": new.due_date.map(|d| d.to_string()),
+                "request_kind": new.kind,
+                "verify_needed": verify_token.is_some(),
+            }),
+            Vec::new(),
+        )?;
+        if let Some(t) = verify_token {
+            out.extend(self.to_identities(
+                subject,
+                &new.locale,
+                &new.id,
+                MessageKind::Verification,
+                json!({
+                    "request_id": new.id,
+                    "verify_url": format!("{}/verify?token={t}", self.public_url),
+                }),
+                Vec::new(),
+            )?);
+        }
+        Ok(out)
+    }
+}
