@@ -446,3 +446,43 @@ fn the_completion_email_carries_a_receipt_that_verifies_and_no_one_elses_data() 
         assert!(!d.summary[key].is_null(), "the demo summary names {key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_serves_the_checkpoint_and_the_public_key() {
+    use std::io::{BufRead, BufReader};
+    let d = Demo::new();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(d.root.join("quietus.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("QUIETUS_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let cp = get("/log/checkpoint").await;
+    assert_eq!(
+        cp,
+        std::fs::read_to_string(d.root.join("var/log/checkpoint")).unwrap()
+    );
+    assert!(cp.starts_with("quietus/log\n"));
+    let pk = get("/keys/receipts.pub").await;
+    assert_eq!(
+        pk,
+        std::fs::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap()
+    );
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}

@@ -36,6 +36,8 @@ pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAd
         ctx,
         tokens: config.api.tokens.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        checkpoint_file: config.path(&config.proof.checkpoint_file),
+        public_key_file: config.path(&config.proof.public_key_file),
     });
     tracing::info!(%bound, inbox = %inbox_dir.display(), store = state.ctx.store.dialect(), "quietus serving");
     // Tests and supervisors read this line to learn the port.

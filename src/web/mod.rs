@@ -24,6 +24,10 @@ pub struct AppState {
     pub ctx: Context,
     pub tokens: Vec<TokenConfig>,
     pub max_body_bytes: usize,
+    /// The latest signed checkpoint's file, and the public key's (served to witnesses and
+    /// verifiers).
+    pub checkpoint_file: std::path::PathBuf,
+    pub public_key_file: std::path::PathBuf,
 }
 
 /// An error as the API answers it: `{"error": {"code", "message"}}` with the code's status.
@@ -99,6 +103,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/log/checkpoint", get(checkpoint))
+        .route("/keys/receipts.pub", get(public_key))
         .route("/api/v1/requests", post(create_request).get(list_requests))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/verify", post(verify))
@@ -138,6 +144,26 @@ async fn healthz(AxState(state): AxState<Arc<AppState>>) -> Response {
         ),
     )
         .into_response()
+}
+
+/// The latest signed checkpoint (C2SP tlog-checkpoint, as a signed note).
+async fn checkpoint(AxState(state): AxState<Arc<AppState>>) -> Response {
+    serve_text(
+        &state.checkpoint_file,
+        "no checkpoint yet: the log is empty",
+    )
+}
+
+/// The public key that verifies receipts and checkpoints.
+async fn public_key(AxState(state): AxState<Arc<AppState>>) -> Response {
+    serve_text(&state.public_key_file, "no signing key yet")
+}
+
+fn serve_text(path: &std::path::Path, missing: &str) -> Response {
+    match std::fs::read_to_string(path) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(_) => ApiError(Error::new(Code::NotFound, missing)).into_response(),
+    }
 }
 
 fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
