@@ -164,3 +164,123 @@ async fn doctor_finds_every_lookup_indexed_and_names_a_missing_index() {
             .contains("personal_notes.employee_id leads no index")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_request_gets_an_encrypted_export_by_a_link_that_expires() {
+    use std::io::{BufRead, BufReader, Read};
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write(
+        "access.json",
+        r#"{"kind":"access","external_id":"A-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#,
+    );
+    let at = Some("2026-11-24T03:00:00Z");
+    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], at, None))
+        .trim()
+        .to_owned();
+    ok(&env.run_at(&["approve", &id], at, None));
+    let before = env
+        .crm_count(&CrmKind::Sqlite, "FROM customers WHERE email IS NOT NULL")
+        .await;
+    let run = json(&ok(&env.run_at(&["run", "--json"], at, None)));
+    assert_eq!(run["completed_requests"][0], id.as_str(), "{run}");
+    assert_eq!(
+        env.crm_count(&CrmKind::Sqlite, "FROM customers WHERE email IS NOT NULL")
+            .await,
+        before,
+        "an export changes nothing"
+    );
+    // The email with the link and the passphrase.
+    let outbox = env.path().join("var/outbox");
+    let mut link = None;
+    let mut pass = None;
+    for e in std::fs::read_dir(&outbox).unwrap() {
+        let raw = std::fs::read(e.unwrap().path()).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let text = msg.body_text(0).unwrap_or_default().to_string();
+        if let Some(i) = text.find("/export/") {
+            let start = text[..i].rfind("http").unwrap();
+            let end = text[i..]
+                .find(char::is_whitespace)
+                .map(|e| i + e)
+                .unwrap_or(text.len());
+            link = Some(text[start..end].to_owned());
+            let p = text.find("passphrase: ").unwrap() + "passphrase: ".len();
+            pass = Some(
+                text[p..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('.')
+                    .to_owned(),
+            );
+        }
+    }
+    let (link, pass) = (
+        link.expect("an export_ready email with a link"),
+        pass.unwrap(),
+    );
+    let path = link.split("/export/").nth(1).unwrap().to_owned();
+    // Serve, download, decrypt with the passphrase.
+    let start_serve = |now: &str| {
+        let mut child = std::process::Command::new(common::BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("QUIETUS_LOG", "error")
+            .env("QUIETUS_NOW", now)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (
+            child,
+            line.trim()
+                .strip_prefix("listening on ")
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    let (mut child, base) = start_serve("2026-11-25T03:00:00Z");
+    let resp = reqwest::get(format!("{base}/export/{path}")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("Olivia"),
+        "the download is encrypted"
+    );
+    let dec = age::Decryptor::new(&bytes[..]).unwrap();
+    let id_pass = age::scrypt::Identity::new(age::secrecy::SecretString::from(pass));
+    let mut r = dec
+        .decrypt(std::iter::once(&id_pass as &dyn age::Identity))
+        .unwrap();
+    let mut html = String::new();
+    r.read_to_string(&mut html).unwrap();
+    assert!(
+        html.contains("Olivia Chen") && html.contains("olivia.chen@example.com"),
+        "her data is in it"
+    );
+    assert!(
+        html.contains("GDPR Art. 77") && html.contains("Recipients"),
+        "with the Art. 15 information"
+    );
+    assert!(html.contains("<pre id=\"data\">"), "and a JSON copy");
+    // After the expiry the link answers 410.
+    let (mut child, base) = start_serve("2026-12-24T03:00:00Z");
+    let resp = reqwest::get(format!("{base}/export/{path}")).await.unwrap();
+    assert_eq!(resp.status(), 410);
+    let resp = reqwest::get(format!("{base}/export/not-a-token"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}

@@ -110,7 +110,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
             ctx.store.take_for_confirmation(&t.id, actor).await?;
             let result = json!({"confirmed_by": actor, "note": note}).to_string();
             ctx.store
-                .task_done(&t.id, actor, &result, crate::clock::now())
+                .task_done(&t.id, actor, &result, &[], crate::clock::now())
                 .await?;
             println!("task {} confirmed", t.id);
             Ok(ExitCode::SUCCESS)

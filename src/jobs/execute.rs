@@ -67,6 +67,9 @@ pub struct TableResult {
 /// The result of a task, stored with it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TaskResult {
+    /// Messages to write with the task's completion (not stored in the result).
+    #[serde(skip)]
+    pub mails: Vec<crate::store::outbox::NewMail>,
     pub backup: Option<String>,
     pub tables: Vec<TableResult>,
     pub recheck: String,
@@ -137,6 +140,9 @@ fn apply_order(sys: &System, parts: &mut [Part]) {
 
 /// Run one leased task.
 pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>) -> Result<Step> {
+    if task.kind == super::EXPORT {
+        return super::export::run(ctx, s, task, now).await;
+    }
     let sys = ctx
         .policies
         .system(&task.system)
@@ -249,6 +255,7 @@ async fn run_on(
         tables: results,
         recheck: "nothing planned remains".into(),
         retained_keys: BTreeMap::new(),
+        mails: Vec::new(),
     }))
 }
 

@@ -5,6 +5,7 @@
 
 mod collect;
 pub mod execute;
+pub mod export;
 pub mod prove;
 pub mod restore;
 pub mod schedule;
@@ -45,6 +46,7 @@ pub const APPLY: &str = "apply";
 pub const FOLLOWUP: &str = "followup";
 pub const MANUAL: &str = "manual";
 pub const SWEEP: &str = "sweep";
+pub const EXPORT: &str = "export";
 
 /// What a worker needs besides the lifecycle context.
 #[derive(Debug, Clone)]
@@ -138,6 +140,21 @@ pub fn tasks_for(ctx: &Context, req: &Request, plan: &Plan) -> Result<Vec<NewTas
                 tasks.push(new(MANUAL, &body(all), d, false, "waiting_confirmation")?);
             }
             continue;
+        }
+        // Access requests: one export of the system's data, changing nothing.
+        let export: Vec<&Entry> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.action == Action::Export)
+            .collect();
+        if let Some(d) = due_min(&export) {
+            tasks.push(new(
+                EXPORT,
+                &body(export.iter().map(|e| (*e).clone()).collect()),
+                d,
+                false,
+                "pending",
+            )?);
         }
         let disable: Vec<&Entry> = entries
             .iter()
@@ -333,7 +350,8 @@ pub async fn run_one(
     let outcome = execute::run(ctx, s, task, now).await;
     renewal.abort();
     match outcome {
-        Ok(execute::Step::Done(result)) => {
+        Ok(execute::Step::Done(mut result)) => {
+            let mails = std::mem::take(&mut result.mails);
             // Which worker finished it: the lease owner is cleared on `done`.
             let mut stored = serde_json::to_value(&result)?;
             if let Some(o) = stored.as_object_mut() {
@@ -345,6 +363,7 @@ pub async fn run_one(
                     &task.id,
                     &s.worker,
                     &serde_json::to_string(&stored)?,
+                    &mails,
                     crate::clock::now(),
                 )
                 .await?;
@@ -534,6 +553,7 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
 /// shredded too, once they are a day old.
 pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
     shred_orphans(ctx, s).await?;
+    export::expire(ctx, now).await?;
     let mut n = 0;
     for b in ctx.store.expired_backups(now).await? {
         let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, &b.id);

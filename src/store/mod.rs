@@ -489,3 +489,4 @@ pub use tasks::{BackupRow, NewTask, TaskRow};
 pub mod log;
 pub mod outbox;
 pub use outbox::{MailAttachment, NewMail, OutboxRow};
+pub mod exports;

@@ -271,6 +271,7 @@ impl Store {
         task_id: &str,
         worker: &str,
         result: &str,
+        mails: &[super::outbox::NewMail],
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let (n, completed): (u64, bool) = on_pool!(self, pool => {
@@ -281,6 +282,9 @@ impl Store {
                     .execute(&mut *tx).await?.rows_affected();
                 let mut completed = false;
                 if n == 1 {
+                    for m in mails {
+                        super::outbox::enqueue_in(&mut tx, m, now).await?;
+                    }
                     let req: Option<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM tasks WHERE id = $1").bind(task_id).fetch_optional(&mut *tx).await?;
                     if let Some((Some(rid),)) = req {
                         let open: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE request_id = $1 AND state <> 'done' AND state <> 'cancelled' AND due_at <= $2")

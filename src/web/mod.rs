@@ -105,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/log/checkpoint", get(checkpoint))
         .route("/keys/receipts.pub", get(public_key))
+        .route("/export/{token}", get(download_export))
         .route("/api/v1/requests", post(create_request).get(list_requests))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/verify", post(verify))
@@ -157,6 +158,34 @@ async fn checkpoint(AxState(state): AxState<Arc<AppState>>) -> Response {
 /// The public key that verifies receipts and checkpoints.
 async fn public_key(AxState(state): AxState<Arc<AppState>>) -> Response {
     serve_text(&state.public_key_file, "no signing key yet")
+}
+
+/// An encrypted export, by the token of its download link, until it expires.
+async fn download_export(
+    AxState(state): AxState<Arc<AppState>>,
+    Path(token): Path<String>,
+) -> ApiResult<Response> {
+    let hash = hex::encode(Sha256::digest(token.trim().as_bytes()));
+    let e = state
+        .ctx
+        .store
+        .export_by_token(&hash)
+        .await?
+        .ok_or_else(|| Error::new(Code::NotFound, "this download link is not valid"))?;
+    if e.deleted_at.is_some() || e.expires_at <= crate::clock::now() {
+        return Ok((StatusCode::GONE, Json(json!({"error": {"code": "expired", "message": "this download link has expired; ask again"}}))).into_response());
+    }
+    let bytes = std::fs::read(&e.path)
+        .map_err(|_| Error::new(Code::NotFound, "the export is no longer there"))?;
+    let disposition = format!("attachment; filename=\"export-{}.html.age\"", e.request_id);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 fn serve_text(path: &std::path::Path, missing: &str) -> Response {

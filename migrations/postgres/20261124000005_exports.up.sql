@@ -1,0 +1,14 @@
+-- Encrypted exports for access requests, downloadable by a token until they expire.
+CREATE TABLE exports (
+    id           TEXT PRIMARY KEY NOT NULL,
+    request_id   TEXT NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
+    task_id      TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    path         TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at   TIMESTAMPTZ NOT NULL,
+    expires_at   TIMESTAMPTZ NOT NULL,
+    deleted_at   TIMESTAMPTZ
+);
+CREATE INDEX exports_request ON exports (request_id);
+CREATE INDEX exports_task ON exports (task_id);
+CREATE INDEX exports_expiry ON exports (deleted_at, expires_at);
