@@ -284,3 +284,56 @@ async fn an_access_request_gets_an_encrypted_export_by_a_link_that_expires() {
         .status();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write(
+        "exit.json",
+        r#"{"kind":"exit","external_id":"HR-9","subject":{"email":"fang.wang@corp.example","employee_id":"E100"},"exit_date":"2026-12-31","successor":{"employee_id":"E200"},"copy":true}"#,
+    );
+    let at = Some("2027-01-02T03:00:00Z");
+    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], at, None))
+        .trim()
+        .to_owned();
+    let plan = json(&ok(&env.run_at(&["plan", &id, "--json"], at, None)));
+    assert!(
+        plan["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "export" && e["table"] == "personal_notes"),
+        "{plan:#}"
+    );
+    ok(&env.run_at(&["approve", &id], at, None));
+    let run = json(&ok(&env.run_at(&["run", "--json"], at, None)));
+    assert_eq!(run["completed_requests"][0], id.as_str(), "{run}");
+    // The copy was written while the notes still existed: it has three of them.
+    let ctx = env.context().await;
+    let tasks = ctx.store.tasks_of(&id).await.unwrap();
+    let export = tasks.iter().find(|t| t.kind == "export").unwrap();
+    let result: Value = serde_json::from_str(export.result.as_deref().unwrap()).unwrap();
+    let notes = result["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "personal_notes")
+        .unwrap();
+    assert_eq!(notes["already_done"], 3, "{result}");
+    assert_eq!(
+        env.crm_count(
+            &CrmKind::Sqlite,
+            "FROM personal_notes WHERE employee_id = 5"
+        )
+        .await,
+        0
+    );
+    ctx.store.close().await;
+    // A copy only goes with exits.
+    let bad = env.write(
+        "bad.json",
+        r#"{"kind":"erasure","subject":{"email":"a@b.example"},"copy":true}"#,
+    );
+    let err = common::fails(&env.run(&["submit", bad.to_str().unwrap()]));
+    assert!(err.contains("copy only go with kind exit"), "{err}");
+}

@@ -280,6 +280,7 @@ async fn the_demo_exit_plan_disables_hands_over_retains_and_erases() {
         request_date: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
         exit_date: NaiveDate::from_ymd_opt(2026, 12, 31),
         has_successor: true,
+        wants_copy: false,
     };
     let plan = make(&input, &p, &survey, at("2026-11-24T02:00:00Z"));
     assert!(plan.blocked.is_empty(), "{:?}", plan.blocked);
@@ -317,6 +318,7 @@ async fn exits_without_a_usable_successor_are_blocked() {
         request_date: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
         exit_date: NaiveDate::from_ymd_opt(2026, 12, 31),
         has_successor: true,
+        wants_copy: false,
     };
     for (succ, want) in [("E150", "disabled"), ("E999", "not found")] {
         let (p, survey) = demo_survey(
@@ -345,6 +347,7 @@ async fn an_erasure_needing_an_exit_date_is_blocked_not_guessed() {
         request_date: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
         exit_date: None,
         has_successor: false,
+        wants_copy: false,
     };
     let plan = make(&input, &p, &survey, at("2026-11-24T02:00:00Z"));
     assert!(
@@ -370,6 +373,7 @@ async fn the_demo_erasure_plan_anonymises_and_keeps_business_records() {
         request_date: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
         exit_date: None,
         has_successor: false,
+        wants_copy: false,
     };
     let plan = make(&input, &p, &survey, at("2026-11-24T02:00:00Z"));
     let got: Vec<(String, Action, u64)> = plan

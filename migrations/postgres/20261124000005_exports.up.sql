@@ -12,3 +12,6 @@ CREATE TABLE exports (
 CREATE INDEX exports_request ON exports (request_id);
 CREATE INDEX exports_task ON exports (task_id);
 CREATE INDEX exports_expiry ON exports (deleted_at, expires_at);
+
+-- An exit whose leaver asked for a copy of their own data.
+ALTER TABLE requests ADD COLUMN wants_copy BOOLEAN NOT NULL DEFAULT FALSE;

@@ -1,1 +1,2 @@
+ALTER TABLE requests DROP COLUMN wants_copy;
 DROP TABLE exports;

@@ -44,6 +44,9 @@ struct RawTicket {
     requested_by: Option<String>,
     #[serde(default)]
     note: Option<String>,
+    /// Exits: the leaver asked for a copy of their own data.
+    #[serde(default)]
+    copy: bool,
 }
 
 /// The languages quietus writes to people in.
@@ -61,6 +64,8 @@ pub struct Ticket {
     pub locale: String,
     pub requested_by: Option<String>,
     pub note: Option<String>,
+    /// Exits: send the leaver a copy of their own data (an export).
+    pub copy: bool,
 }
 
 impl Ticket {
@@ -208,10 +213,10 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
             }
         }
         _ => {
-            if exit_date.is_some() || successor.is_some() {
+            if exit_date.is_some() || successor.is_some() || raw.copy {
                 return Err(ticket_err(
                     origin,
-                    format!("exit_date and successor only go with kind exit, not {kind}"),
+                    format!("exit_date, successor and copy only go with kind exit, not {kind}"),
                 ));
             }
         }
@@ -226,6 +231,7 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
         locale,
         requested_by: text_field(origin, "requested_by", raw.requested_by, 200)?,
         note: text_field(origin, "note", raw.note, 2000)?,
+        copy: raw.copy,
     })
 }
 
@@ -309,6 +315,7 @@ pub async fn submit(
         source: source.door.into(),
         requested_by: ticket.requested_by.clone(),
         exit_date: ticket.exit_date,
+        wants_copy: ticket.copy,
         received_at: now,
         verified_at: source.trusted.then_some(now),
         clock_start,

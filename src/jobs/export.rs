@@ -75,7 +75,8 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
             )
         })?
         .clone();
-    // An earlier attempt that finished writing but not recording: start over cleanly.
+    // Each attempt writes a new file; one that died before recording it left only an
+    // encrypted file no link points at.
     let id = crate::store::new_id();
     let dir = s
         .backup_dir
@@ -87,7 +88,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
     let tmp = dir.join(format!(".{id}.tmp"));
     let passphrase = random_text(5);
     let target = Target::connect(&sys, &ctx.base_dir).await?;
-    let written = write_page(ctx, &sys, &body, &req, &target, &tmp, &passphrase, now).await;
+    let written = write_page(ctx, s, &sys, &body, &req, &target, &tmp, &passphrase, now).await;
     target.close().await;
     let tables = written?;
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
@@ -130,6 +131,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
 #[allow(clippy::too_many_arguments)]
 async fn write_page(
     ctx: &Context,
+    s: &Settings,
     sys: &System,
     body: &TaskBody,
     req: &crate::lifecycle::Request,
@@ -243,10 +245,6 @@ async fn write_page(
     let f = buf.into_inner().map_err(|e| io(tmp, e.error()))?;
     f.sync_all().map_err(|e| io(tmp, e))?;
     Ok(out)
-}
-
-fn s_batch() -> usize {
-    500
 }
 
 /// The information GDPR Art. 15(1) and PIPL Art. 44-45 say must accompany the data.

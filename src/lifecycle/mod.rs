@@ -48,6 +48,7 @@ pub struct Request {
     pub source: String,
     pub requested_by: Option<String>,
     pub exit_date: Option<NaiveDate>,
+    pub wants_copy: bool,
     pub received_at: DateTime<Utc>,
     pub verified_at: Option<DateTime<Utc>>,
     pub clock_start: Option<NaiveDate>,
@@ -99,6 +100,7 @@ impl Request {
             source: row.source,
             requested_by: row.requested_by,
             exit_date: row.exit_date,
+            wants_copy: row.wants_copy,
             received_at: row.received_at,
             verified_at: row.verified_at,
             clock_start: row.clock_start,
@@ -132,6 +134,7 @@ impl Request {
             request_date: deadline::local_date(self.received_at, policies.deadlines.timezone),
             exit_date: self.exit_date,
             has_successor: self.successor.is_some(),
+            wants_copy: self.wants_copy,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct PlanInput {
     pub request_date: NaiveDate,
     pub exit_date: Option<NaiveDate>,
     pub has_successor: bool,
+    /// Exits: the leaver asked for a copy of their own data.
+    pub wants_copy: bool,
 }
 
 /// One line of a plan.
@@ -134,6 +136,12 @@ pub fn make(
                 if input.kind == RequestKind::Access {
                     ctx.export(counts.subject_rows, &mut plan);
                 } else {
+                    if input.kind == RequestKind::Exit
+                        && input.wants_copy
+                        && !table.columns.is_empty()
+                    {
+                        ctx.export(counts.subject_rows, &mut plan);
+                    }
                     ctx.subject_rows(counts.subject_rows, &mut plan);
                 }
             }

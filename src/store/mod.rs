@@ -58,6 +58,7 @@ pub struct RequestRow {
     pub source: String,
     pub requested_by: Option<String>,
     pub exit_date: Option<NaiveDate>,
+    pub wants_copy: bool,
     pub received_at: DateTime<Utc>,
     pub verified_at: Option<DateTime<Utc>>,
     pub clock_start: Option<NaiveDate>,
@@ -69,7 +70,7 @@ pub struct RequestRow {
 }
 
 const REQUEST_COLUMNS: &str = "id, kind, external_id, ticket_digest, state, held_from, jurisdiction, locale, \
-     source, requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
+     source, requested_by, exit_date, wants_copy, received_at, verified_at, clock_start, due_date, original_due_date, \
      extended_at, extension_reason, updated_at";
 
 /// An identity of a request's subject (or of an exit's successor).
@@ -104,6 +105,7 @@ pub struct NewRequest {
     pub source: String,
     pub requested_by: Option<String>,
     pub exit_date: Option<NaiveDate>,
+    pub wants_copy: bool,
     pub received_at: DateTime<Utc>,
     pub verified_at: Option<DateTime<Utc>>,
     pub clock_start: Option<NaiveDate>,
@@ -245,13 +247,13 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO requests (id, kind, external_id, ticket_digest, state, jurisdiction, locale, source, \
                      requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
-                     verify_token_sha256, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11)",
+                     verify_token_sha256, updated_at, wants_copy) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11, $16)",
                 )
                 .bind(&r.id).bind(&r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(&r.state)
                 .bind(&r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
                 .bind(r.received_at).bind(r.verified_at).bind(r.clock_start).bind(r.due_date)
-                .bind(&r.verify_token_sha256)
+                .bind(&r.verify_token_sha256).bind(r.wants_copy)
                 .execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO tickets (request_id, body, received_at) VALUES ($1, $2, $3)")
                     .bind(&r.id).bind(&r.ticket_body).bind(r.received_at)

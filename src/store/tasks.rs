@@ -125,7 +125,8 @@ impl Store {
     }
 
     /// Lease up to `limit` tasks that are due, runnable and not leased (or whose lease
-    /// expired). `windowed`: whether tasks that wait for the execution window may be taken.
+    /// expired). A request's export (a leaver's copy of their data) runs before anything
+    /// of that request changes a row. `windowed`: whether tasks that wait for the execution window may be taken.
     pub async fn lease(
         &self,
         worker: &str,
@@ -143,6 +144,8 @@ impl Store {
             "UPDATE tasks SET lease_owner = $1, lease_expires_at = $3, updated_at = $2 WHERE id IN ( \
                SELECT id FROM tasks WHERE state IN ('pending', 'backed_up') AND due_at <= $2 AND next_attempt_at <= $2 \
                AND (lease_expires_at IS NULL OR lease_expires_at < $2){window} \
+               AND (kind = 'export' OR request_id IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = 'export' AND e.state <> 'done')) \
                ORDER BY due_at, id LIMIT $4{lock}) \
              RETURNING {TASK_COLUMNS}"
         );
