@@ -9,6 +9,7 @@ use crate::lifecycle::Context;
 use crate::web::AppState;
 
 pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let addr = listen.unwrap_or(config.server.listen);
     let today = ctx.today(crate::clock::now());
     for y in [
@@ -66,7 +67,7 @@ pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAd
     let inbox = tokio::spawn(async move {
         crate::intake::inbox::watch(&inbox_state.ctx, inbox_dir, every, inbox_rx).await
     });
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     let _ = tx.send(true);
     let _ = inbox.await;
@@ -79,23 +80,22 @@ pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAd
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so call
+/// it before announcing readiness: a signal that arrives early is then not fatal.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::new(Code::Io, format!("cannot handle SIGTERM: {e}")))?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::new(Code::Io, format!("cannot handle SIGINT: {e}")))?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

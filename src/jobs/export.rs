@@ -204,7 +204,7 @@ async fn write_page(
                 Which::Subject(&req.subject),
                 &key.sql_type,
                 &cols,
-                s_batch(),
+                s.batch_size,
                 |row| {
                     html.push_str("<tr>");
                     let mut obj = serde_json::Map::new();
