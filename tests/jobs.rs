@@ -337,3 +337,191 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
     let err = common::fails(&env.run(&["submit", bad.to_str().unwrap()]));
     assert!(err.contains("copy only go with kind exit"), "{err}");
 }
+
+/// Start `quietus serve` on the env's config; returns the child and its base URL.
+fn serve(env: &Env) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("QUIETUS_LOG", "error")
+        .env("QUIETUS_JOBS__POLL_SECONDS", "3600")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    (child, base)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// The first link in an outbox message whose text contains `marker`.
+fn link_in_outbox(env: &Env, marker: &str) -> Option<String> {
+    for e in std::fs::read_dir(env.path().join("var/outbox")).ok()? {
+        let raw = std::fs::read(e.ok()?.path()).ok()?;
+        let msg = mail_parser::MessageParser::default().parse(&raw)?;
+        let text = msg.body_text(0).unwrap_or_default().to_string();
+        if let Some(i) = text.find(marker) {
+            let start = text[..i].rfind("http")?;
+            let end = text[i..]
+                .find(char::is_whitespace)
+                .map(|e| i + e)
+                .unwrap_or(text.len());
+            return Some(text[start..end].to_owned());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_verification_link_confirms_a_self_service_request_by_a_button_not_the_link() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let (child, base) = serve(&env);
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{base}/api/v1/requests"))
+        .bearer_auth("form-token")
+        .body(r#"{"kind":"erasure","external_id":"F-1","subject":{"email":"olivia.chen@example.com"}}"#)
+        .send()
+        .await
+        .unwrap();
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["state"], "unverified");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The worker is idle (poll 3600 s), so no mail is sent yet: send it by hand.
+    ok(&env.run(&["run"]));
+    let link = link_in_outbox(&env, "/verify?token=").expect("a verification email with a link");
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    // Opening the link changes nothing...
+    let page = reqwest::get(format!("{base}/verify?token={token}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<form") && page.contains("Yes, I made this request"),
+        "{page}"
+    );
+    let shown = json(&ok(&env.run(&["show", &id, "--json"])));
+    assert_eq!(shown["request"]["state"], "unverified");
+    // ...pressing the button does.
+    let resp = client
+        .post(format!("{base}/verify"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let shown = json(&ok(&env.run(&["show", &id, "--json"])));
+    assert_eq!(shown["request"]["state"], "pending_review");
+    assert!(
+        shown["request"]["due_date"].is_string(),
+        "the clock started"
+    );
+    let resp = client
+        .post(format!("{base}/verify"))
+        .form(&[("token", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_system_with_no_connector_gets_a_manual_task_its_owner_confirms_by_link() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    std::fs::write(
+        env.path().join("policies/systems/legacy.toml"),
+        r#"name = "legacy_erp"
+driver = "manual"
+owner_email = "erp-admins@corp.example"
+description = "The old ERP, no database access"
+
+[[table]]
+name = "vendors"
+key = "id"
+identity = { email = "contact_email" }
+columns = { contact_email = "user.contact.email" }
+"#,
+    )
+    .unwrap();
+    let f = env.write("e.json", common::ERASURE_TICKET);
+    let id = ok(&env.run(&["submit", f.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    let plan = json(&ok(&env.run(&["plan", &id, "--json"])));
+    assert!(
+        plan["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("legacy_erp")),
+        "{plan:#}"
+    );
+    ok(&env.run(&["approve", &id]));
+    let run = json(&ok(&env.run(&["run", "--json"])));
+    assert!(
+        run["completed_requests"].as_array().unwrap().is_empty(),
+        "waits for the owner: {run}"
+    );
+    let shown = json(&ok(&env.run(&["show", &id, "--json"])));
+    let manual = shown["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "manual")
+        .unwrap()
+        .clone();
+    assert_eq!(manual["state"], "waiting_confirmation");
+    let link = link_in_outbox(&env, "/confirm?token=")
+        .expect("an email to the owner with a confirmation link");
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let (child, base) = serve(&env);
+    let page = reqwest::get(format!("{base}/confirm?token={token}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("legacy_erp") && page.contains("It is done"),
+        "{page}"
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/confirm"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    stop(child);
+    let shown = json(&ok(&env.run(&["show", &id, "--json"])));
+    assert_eq!(shown["request"]["state"], "completed");
+    // The receipt names who confirmed.
+    ok(&env.run(&["run"]));
+    let ctx = env.context().await;
+    let receipts = ctx.store.receipts_of(&id).await.unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert!(
+        receipts[0].1.contains("owner of legacy_erp (email link)"),
+        "{}",
+        receipts[0].1
+    );
+    ctx.store.close().await;
+}

@@ -15,3 +15,7 @@ CREATE INDEX exports_expiry ON exports (deleted_at, expires_at);
 
 -- An exit whose leaver asked for a copy of their own data.
 ALTER TABLE requests ADD COLUMN wants_copy INTEGER NOT NULL DEFAULT 0;
+
+-- Manual tasks: the token of the confirmation link sent to the system's owner.
+ALTER TABLE tasks ADD COLUMN confirm_token_sha256 TEXT;
+CREATE UNIQUE INDEX tasks_confirm_token ON tasks (confirm_token_sha256);

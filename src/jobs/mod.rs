@@ -131,6 +131,7 @@ pub fn tasks_for(ctx: &Context, req: &Request, plan: &Plan) -> Result<Vec<NewTas
                 due_at: start_of_day(ctx, due),
                 windowed,
                 state: state.to_owned(),
+                confirm_token_sha256: None,
             })
         };
         let due_min = |es: &[&Entry]| es.iter().map(|e| e.due).min();
@@ -221,18 +222,11 @@ pub async fn schedule_approved(ctx: &Context, actor: &str, now: DateTime<Utc>) -
             continue;
         };
         let plan: Plan = serde_json::from_str(&saved.body)?;
-        let tasks = tasks_for(ctx, &req, &plan)?;
+        let mut tasks = tasks_for(ctx, &req, &plan)?;
+        let mails = manual_task_mails(ctx, &req, &mut tasks)?;
         match ctx
             .store
-            .schedule(
-                &req.id,
-                "approved",
-                "scheduled",
-                &tasks,
-                &manual_task_mails(ctx, &req, &tasks)?,
-                actor,
-                now,
-            )
+            .schedule(&req.id, "approved", "scheduled", &tasks, &mails, actor, now)
             .await
         {
             Ok(()) => n += 1,
@@ -262,10 +256,14 @@ pub async fn schedule_approved(ctx: &Context, actor: &str, now: DateTime<Utc>) -
 fn manual_task_mails(
     ctx: &Context,
     req: &Request,
-    tasks: &[NewTask],
+    tasks: &mut [NewTask],
 ) -> Result<Vec<crate::store::outbox::NewMail>> {
     let mut out = Vec::new();
-    for t in tasks.iter().filter(|t| t.kind == MANUAL) {
+    for t in tasks.iter_mut().filter(|t| t.kind == MANUAL) {
+        use sha2::Digest;
+        // The owner's confirmation link; only its hash is kept.
+        let token = crate::store::new_id() + &crate::store::new_id();
+        t.confirm_token_sha256 = Some(hex::encode(sha2::Sha256::digest(token.as_bytes())));
         let Some(owner) = ctx
             .policies
             .system(&t.system)
@@ -298,6 +296,7 @@ fn manual_task_mails(
                 "request_id": req.id,
                 "due": t.due_at.format("%Y-%m-%d").to_string(),
                 "confirm_command": format!("quietus confirm {}", t.id),
+            "confirm_url": format!("{}/confirm?token={token}", ctx.mail.public_url),
             }),
         )?);
     }
@@ -541,6 +540,7 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
                 due_at: now,
                 windowed: true,
                 state: "pending".into(),
+                confirm_token_sha256: None,
             });
         }
     }

@@ -116,9 +116,24 @@ pub fn make(
         }
         if s.manual {
             plan.notes.push(format!(
-                "system {} has no connector: its owner will be asked to act and confirm (manual task)",
+                "system {} has no connector: its owner will be asked to act and confirm (manual task; \
+                 row counts there are unknown, shown as 0)",
                 s.system
             ));
+            // What the owner is asked to do: every mapped table, as the rules say.
+            for table in &sys.tables {
+                let ctx = TableCtx {
+                    input,
+                    policies,
+                    system: &s.system,
+                    table,
+                    immediate,
+                };
+                match input.kind {
+                    RequestKind::Access => ctx.export(0, &mut plan),
+                    _ => ctx.subject_rows(0, &mut plan),
+                }
+            }
             continue;
         }
         for table in &sys.tables {

@@ -46,6 +46,8 @@ pub struct NewTask {
     pub due_at: DateTime<Utc>,
     pub windowed: bool,
     pub state: String,
+    /// Manual tasks: SHA-256 of the token of the owner's confirmation link.
+    pub confirm_token_sha256: Option<String>,
 }
 
 /// A backup as stored.
@@ -256,6 +258,14 @@ impl Store {
                 .bind(kind).bind(system).fetch_one(pool).await?
         });
         Ok(n.0)
+    }
+
+    /// The manual task a confirmation link's token names.
+    pub async fn task_by_confirm_token(&self, sha256: &str) -> Result<Option<TaskRow>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE confirm_token_sha256 = $1");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(sha256).fetch_optional(pool).await?),
+        )
     }
 
     /// How many tasks are due and runnable now.
@@ -494,8 +504,8 @@ where
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
     sqlx::query(
-        "INSERT INTO tasks (id, request_id, system, kind, body, due_at, windowed, state, attempts, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $6, $9, $9)",
+        "INSERT INTO tasks (id, request_id, system, kind, body, due_at, windowed, state, attempts, next_attempt_at, created_at, updated_at, \
+         confirm_token_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $6, $9, $9, $10)",
     )
     .bind(t.id.clone())
     .bind(t.request_id.clone())
@@ -506,6 +516,7 @@ where
     .bind(t.windowed)
     .bind(t.state.clone())
     .bind(now)
+    .bind(t.confirm_token_sha256.clone())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -106,6 +106,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/log/checkpoint", get(checkpoint))
         .route("/keys/receipts.pub", get(public_key))
         .route("/export/{token}", get(download_export))
+        .route("/verify", get(verify_page).post(verify_form))
+        .route("/confirm", get(confirm_page).post(confirm_form))
         .route("/api/v1/requests", post(create_request).get(list_requests))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/verify", post(verify))
@@ -186,6 +188,155 @@ async fn download_export(
         bytes,
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    token: String,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{t}</h1>{body}</body></html>",
+        t = esc(title)
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
+}
+
+/// The link in the verification email: a page whose button confirms (a link alone never
+/// changes anything, so mail scanners that open links do no harm).
+async fn verify_page(Query(q): Query<TokenForm>) -> Response {
+    page(
+        StatusCode::OK,
+        "Confirm your request",
+        &format!(
+            "<p>Please confirm that you made this request, so that we can start on it.</p>\
+             <form method=\"post\" action=\"verify\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
+             <button type=\"submit\">Yes, I made this request</button></form>",
+            esc(&q.token)
+        ),
+    )
+}
+
+async fn verify_form(
+    AxState(state): AxState<Arc<AppState>>,
+    axum::Form(f): axum::Form<TokenForm>,
+) -> Response {
+    match intake::verify_token(&state.ctx, &f.token, crate::clock::now()).await {
+        Ok(req) => page(
+            StatusCode::OK,
+            "Thank you",
+            &format!(
+                "<p>Your request <code>{}</code> is confirmed; we will answer by {}.</p>",
+                esc(&req.id),
+                req.due_date.map(|d| d.to_string()).unwrap_or_default()
+            ),
+        ),
+        Err(e) => page(
+            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            "This link does not work",
+            &format!("<p>{}</p>", esc(&e.message)),
+        ),
+    }
+}
+
+/// The link in a manual task's email: what to do, and a button to confirm it is done.
+async fn confirm_page(
+    AxState(state): AxState<Arc<AppState>>,
+    Query(q): Query<TokenForm>,
+) -> Response {
+    let hash = hex::encode(Sha256::digest(q.token.trim().as_bytes()));
+    match state.ctx.store.task_by_confirm_token(&hash).await {
+        Ok(Some(t)) if t.state == "waiting_confirmation" => {
+            let body: crate::jobs::TaskBody = serde_json::from_str(&t.body).unwrap_or_default();
+            let items: String = body
+                .entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "<li>{} <code>{}</code>: {} ({})</li>",
+                        esc(e.action.as_str()),
+                        esc(&e.table),
+                        esc(&e.categories.join(", ")),
+                        esc(&e.basis)
+                    )
+                })
+                .collect();
+            page(
+                StatusCode::OK,
+                &format!("Task {} in {}", t.id, t.system),
+                &format!(
+                    "<p>For request <code>{}</code>, please do this in <b>{}</b>:</p><ul>{items}</ul>\
+                 <form method=\"post\" action=\"confirm\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
+                 <button type=\"submit\">It is done</button></form>",
+                    esc(t.request_id.as_deref().unwrap_or("")),
+                    esc(&t.system),
+                    esc(&q.token)
+                ),
+            )
+        }
+        Ok(Some(_)) => page(
+            StatusCode::OK,
+            "Already confirmed",
+            "<p>This task is confirmed already. Thank you.</p>",
+        ),
+        _ => page(
+            StatusCode::NOT_FOUND,
+            "This link does not work",
+            "<p>No task waits for this link.</p>",
+        ),
+    }
+}
+
+async fn confirm_form(
+    AxState(state): AxState<Arc<AppState>>,
+    axum::Form(f): axum::Form<TokenForm>,
+) -> Response {
+    let hash = hex::encode(Sha256::digest(f.token.trim().as_bytes()));
+    let result = async {
+        let t = state
+            .ctx
+            .store
+            .task_by_confirm_token(&hash)
+            .await?
+            .ok_or_else(|| Error::new(Code::NotFound, "no task waits for this link"))?;
+        let actor = format!("owner of {} (email link)", t.system);
+        state.ctx.store.take_for_confirmation(&t.id, &actor).await?;
+        let doc = json!({"confirmed_by": actor}).to_string();
+        state
+            .ctx
+            .store
+            .task_done(&t.id, &actor, &doc, &[], crate::clock::now())
+            .await?;
+        Ok::<_, Error>(t)
+    }
+    .await;
+    match result {
+        Ok(t) => page(
+            StatusCode::OK,
+            "Thank you",
+            &format!("<p>Task <code>{}</code> is confirmed.</p>", esc(&t.id)),
+        ),
+        Err(e) => page(
+            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            "This link does not work",
+            &format!("<p>{}</p>", esc(&e.message)),
+        ),
+    }
 }
 
 fn serve_text(path: &std::path::Path, missing: &str) -> Response {
