@@ -338,37 +338,6 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
     assert!(err.contains("copy only go with kind exit"), "{err}");
 }
 
-/// Start `quietus serve` on the env's config; returns the child and its base URL.
-fn serve(env: &Env) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("QUIETUS_LOG", "error")
-        .env("QUIETUS_JOBS__POLL_SECONDS", "3600")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    (child, base)
-}
-
-fn stop(mut child: std::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-}
-
 /// The first link in an outbox message whose text contains `marker`.
 fn link_in_outbox(env: &Env, marker: &str) -> Option<String> {
     for e in std::fs::read_dir(env.path().join("var/outbox")).ok()? {
@@ -390,7 +359,7 @@ fn link_in_outbox(env: &Env, marker: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_verification_link_confirms_a_self_service_request_by_a_button_not_the_link() {
     let env = Env::new(&StoreKind::Sqlite).await;
-    let (child, base) = serve(&env);
+    let (child, base) = env.serve();
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("{base}/api/v1/requests"))
@@ -440,7 +409,7 @@ async fn the_verification_link_confirms_a_self_service_request_by_a_button_not_t
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
-    stop(child);
+    common::stop(child);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,7 +461,7 @@ columns = { contact_email = "user.contact.email" }
     let link = link_in_outbox(&env, "/confirm?token=")
         .expect("an email to the owner with a confirmation link");
     let token = link.split("token=").nth(1).unwrap().to_owned();
-    let (child, base) = serve(&env);
+    let (child, base) = env.serve();
     let page = reqwest::get(format!("{base}/confirm?token={token}"))
         .await
         .unwrap()
@@ -510,7 +479,7 @@ columns = { contact_email = "user.contact.email" }
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    stop(child);
+    common::stop(child);
     let shown = json(&ok(&env.run(&["show", &id, "--json"])));
     assert_eq!(shown["request"]["state"], "completed");
     // The receipt names who confirmed.

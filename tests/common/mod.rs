@@ -440,3 +440,36 @@ impl Env {
             .flatten()
     }
 }
+
+impl Env {
+    /// Start `quietus serve` on this env's config (workers idle: poll once an hour);
+    /// returns the child and its base URL once it listens.
+    pub fn serve(&self) -> (std::process::Child, String) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("QUIETUS_LOG", "error")
+            .env("QUIETUS_JOBS__POLL_SECONDS", "3600")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        (child, base)
+    }
+}
+
+/// Stop a daemon started by `Env::serve` (SIGTERM) and wait for it.
+pub fn stop(mut child: std::process::Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
