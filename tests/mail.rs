@@ -315,15 +315,18 @@ fn new_mail(kind: MessageKind, to: &str, request_id: Option<&str>, attach: bool)
     mail::compose(kind, "zh-CN", to, request_id, &v, atts, None).unwrap()
 }
 
+/// A request whose subject gave no email address, so that intake itself queues no message
+/// and the outbox holds only what a test puts there.
 async fn a_request(env: &Env, ctx: &quietus::lifecycle::Context, now: DateTime<Utc>) -> String {
     let _ = env;
-    let ticket = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
+    const TICKET: &str = r#"{"kind":"erasure","external_id":"T-1","subject":{"customer_id":"C-1042"},"jurisdiction":"GDPR"}"#;
+    let ticket = intake::parse_ticket(TICKET.as_bytes(), "t", true).unwrap();
     let src = Source {
         door: "test",
         actor: "tester".into(),
         trusted: true,
     };
-    intake::submit(ctx, &ticket, common::ERASURE_TICKET, &src, now)
+    intake::submit(ctx, &ticket, TICKET, &src, now)
         .await
         .unwrap()
         .id
@@ -812,6 +815,38 @@ async fn smtp_to_a_real_server_on_loopback_loses_nothing_and_sends_nothing_twice
                 .iter()
                 .all(|r| r.state == "sent")
         );
+        ctx.store.close().await;
+        kind.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intake_queues_the_acknowledgement_in_its_own_transaction() {
+    for kind in StoreKind::all().await {
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        let now = DateTime::parse_from_rfc3339("2026-11-24T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        let ticket = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
+        let src = Source {
+            door: "test",
+            actor: "tester".into(),
+            trusted: true,
+        };
+        let id = intake::submit(&ctx, &ticket, common::ERASURE_TICKET, &src, now)
+            .await
+            .unwrap()
+            .id;
+        let rows = ctx.store.outbox_of(&id).await.unwrap();
+        assert_eq!(rows.len(), 1, "{}", kind.label());
+        assert_eq!(rows[0].kind, "acknowledgement");
+        assert_eq!(rows[0].recipient, "olivia.chen@example.com");
+        // The same ticket again is the same request, and no second acknowledgement.
+        intake::submit(&ctx, &ticket, common::ERASURE_TICKET, &src, now)
+            .await
+            .unwrap();
+        assert_eq!(ctx.store.outbox_of(&id).await.unwrap().len(), 1);
         ctx.store.close().await;
         kind.cleanup().await;
     }
