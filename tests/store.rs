@@ -16,7 +16,7 @@ fn now() -> chrono::DateTime<chrono::Utc> {
         .to_utc()
 }
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "requests",
     "tickets",
     "identities",
@@ -29,6 +29,7 @@ const TABLES: [&str; 12] = [
     "checkpoints",
     "receipts",
     "outbox",
+    "exports",
 ];
 
 async fn table_names(pool: &Pool) -> Vec<String> {
