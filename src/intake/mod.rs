@@ -303,7 +303,7 @@ pub async fn submit(
             value: v.clone(),
         }));
     }
-    let new = NewRequest {
+    let mut new = NewRequest {
         id: crate::store::new_id(),
         kind: ticket.kind.as_str().into(),
         external_id: ticket.external_id.clone(),
@@ -327,7 +327,7 @@ pub async fn submit(
         actor: source.actor.clone(),
         mails: Vec::new(),
     };
-    let mut new = new;
+    // The acknowledgement (and verification link) are written with the request itself.
     new.mails = ctx
         .mail
         .received(&new, &ticket.subject, verify_token.as_deref())?;
