@@ -71,17 +71,43 @@ async fn a_task_that_keeps_failing_needs_attention_with_its_error_visible() {
         text.contains("needs_attention") && text.contains("! task"),
         "{text}"
     );
-    // The DPO may still refuse it, with a reason.
-    ok(&env.run_at(
-        &[
-            "reject",
-            &id,
-            "--reason",
-            "successor left too; HR to refile",
-        ],
+    // Once the cause is fixed (the successor's account reopened), the DPO retries it.
+    env.crm_query(
+        &CrmKind::Sqlite,
+        "UPDATE employees SET status = 'active' WHERE emp_no = 'E200'",
+    )
+    .await;
+    let shown = json(&ok(&env.run_at(
+        &["show", &id, "--json"],
         Some("2027-01-02T03:00:00Z"),
         None,
-    ));
+    )));
+    let stuck = shown["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["state"] == "needs_attention")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&env.run_at(&["retry", &stuck], Some("2027-01-02T03:00:00Z"), None));
+    let err = common::fails(&env.run_at(&["retry", &stuck], Some("2027-01-02T03:00:00Z"), None));
+    assert!(err.contains("does not need attention"), "{err}");
+    let run = json(&ok(&env.run_at(
+        &["run", "--json"],
+        Some("2027-01-02T03:01:00Z"),
+        None,
+    )));
+    assert_eq!(run["completed_requests"][0], id.as_str(), "{run}");
+    assert_eq!(
+        env.crm_count(
+            &CrmKind::Sqlite,
+            "FROM customers WHERE owner_id = 25 AND status = 'active'"
+        )
+        .await,
+        8
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -137,6 +137,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retry a task that needs attention, with a fresh retry budget (after fixing its cause).
+    Retry { task: String },
     /// Confirm a manual task (a system with no connector) as done.
     Confirm {
         task: String,
@@ -322,7 +324,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let config = Config::load(cli.config.as_deref())?;
             proof::run(&config, cmd).await
         }
-        cmd @ (Command::Run { .. } | Command::Restore { .. } | Command::Confirm { .. }) => {
+        cmd @ (Command::Run { .. }
+        | Command::Restore { .. }
+        | Command::Confirm { .. }
+        | Command::Retry { .. }) => {
             let config = Config::load(cli.config.as_deref())?;
             let ctx = context(&config).await?;
             let settings = crate::jobs::Settings::from_config(&config)?;

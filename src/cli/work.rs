@@ -96,6 +96,18 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                 ExitCode::SUCCESS
             })
         }
+        Command::Retry { task } => {
+            let rid = ctx
+                .store
+                .task_retry(&task, actor, crate::clock::now())
+                .await?;
+            println!(
+                "task {task} will be tried again at the next run{}",
+                rid.map(|r| format!(" (request {r} is retrying)"))
+                    .unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Confirm { task, note } => {
             let t = ctx.store.task(&task).await?;
             if t.kind != jobs::MANUAL {

@@ -260,6 +260,49 @@ impl Store {
         Ok(n.0)
     }
 
+    /// Give a task that needs attention a fresh retry budget, and its request back to
+    /// `failed` (retrying), with who asked in the history. Returns the request id.
+    pub async fn task_retry(
+        &self,
+        task_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let rid: Option<Option<String>> = on_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                let n = sqlx::query(
+                    "UPDATE tasks SET state = CASE WHEN backup_id IS NULL THEN 'pending' ELSE 'backed_up' END, \
+                     attempts = 0, next_attempt_at = $2, updated_at = $2 WHERE id = $1 AND state = 'needs_attention'",
+                )
+                .bind(task_id).bind(now).execute(&mut *tx).await?.rows_affected();
+                if n == 0 {
+                    tx.commit().await?;
+                    return Ok::<Option<Option<String>>, sqlx::Error>(None);
+                }
+                let (rid,): (Option<String>,) = sqlx::query_as("SELECT request_id FROM tasks WHERE id = $1").bind(task_id).fetch_one(&mut *tx).await?;
+                if let Some(rid) = &rid {
+                    let n = sqlx::query("UPDATE requests SET state = 'failed', updated_at = $2 WHERE id = $1 AND state = 'needs_attention'")
+                        .bind(rid).bind(now).execute(&mut *tx).await?.rows_affected();
+                    if n == 1 {
+                        sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, 'needs_attention', 'failed', $4)")
+                            .bind(rid).bind(now).bind(actor).bind(format!("task {task_id} retried with a fresh budget"))
+                            .execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(Some(rid))
+            }.await?
+        });
+        match rid {
+            Some(r) => Ok(r),
+            None => Err(Error::new(
+                Code::IllegalTransition,
+                format!("task {task_id} does not need attention"),
+            )),
+        }
+    }
+
     /// The manual task a confirmation link's token names.
     pub async fn task_by_confirm_token(&self, sha256: &str) -> Result<Option<TaskRow>> {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE confirm_token_sha256 = $1");
