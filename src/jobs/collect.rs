@@ -280,15 +280,9 @@ pub(super) async fn collect(
                     before,
                 };
                 n += target
-                    .scan(
-                        sys,
-                        &p.table,
-                        which,
-                        &p.key.sql_type,
-                        &p.columns,
-                        s.batch_size,
-                        |row| w.write_row(&record(p, row)),
-                    )
+                    .scan(sys, &p.table, which, &p.key.sql_type, &p.columns, |row| {
+                        w.write_row(&record(p, row))
+                    })
                     .await?;
             }
             Source::Subject | Source::Owned => {
@@ -298,15 +292,9 @@ pub(super) async fn collect(
                     Which::Subject(subject)
                 };
                 n += target
-                    .scan(
-                        sys,
-                        &p.table,
-                        which,
-                        &p.key.sql_type,
-                        &p.columns,
-                        s.batch_size,
-                        |row| w.write_row(&record(p, row)),
-                    )
+                    .scan(sys, &p.table, which, &p.key.sql_type, &p.columns, |row| {
+                        w.write_row(&record(p, row))
+                    })
                     .await?;
             }
         }
@@ -358,7 +346,6 @@ fn record(p: &Part, row: TextRow) -> Record {
 /// Before anything changes: remember which rows are retained, for the follow-up tasks.
 pub(super) async fn capture_retained_keys(
     ctx: &Context,
-    s: &Settings,
     sys: &System,
     body: &TaskBody,
     subject: &Identities,
@@ -371,18 +358,10 @@ pub(super) async fn capture_retained_keys(
         let key = column(&catalog, table, &t.key)?;
         let mut keys = Vec::new();
         target
-            .scan(
-                sys,
-                t,
-                Which::Subject(subject),
-                &key.sql_type,
-                &[],
-                s.batch_size,
-                |row| {
-                    keys.extend(row.into_iter().next().flatten());
-                    Ok(())
-                },
-            )
+            .scan(sys, t, Which::Subject(subject), &key.sql_type, &[], |row| {
+                keys.extend(row.into_iter().next().flatten());
+                Ok(())
+            })
             .await?;
         let f = ctx.store.task(followup_id).await?;
         let mut fb: TaskBody = serde_json::from_str(&f.body)?;

@@ -200,7 +200,7 @@ async fn run_on(
         ("backed_up", Some(b)) => (b.clone(), false),
         _ => {
             // Keys of retained rows first, while the subject can still be found.
-            super::collect::capture_retained_keys(ctx, s, sys, body, subject, target, now).await?;
+            super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;
             let b = super::collect::collect(s, task, sys, &parts, subject, target, now).await?;
             if let Err(e) = ctx.store.task_backed_up(&task.id, &s.worker, &b, now).await {
                 if e.code == Code::IllegalTransition {

@@ -88,7 +88,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
     let tmp = dir.join(format!(".{id}.tmp"));
     let passphrase = random_text(5);
     let target = Target::connect(&sys, &ctx.base_dir).await?;
-    let written = write_page(ctx, s, &sys, &body, &req, &target, &tmp, &passphrase, now).await;
+    let written = write_page(ctx, &sys, &body, &req, &target, &tmp, &passphrase, now).await;
     target.close().await;
     let tables = written?;
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
@@ -131,7 +131,6 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
 #[allow(clippy::too_many_arguments)]
 async fn write_page(
     ctx: &Context,
-    s: &Settings,
     sys: &System,
     body: &TaskBody,
     req: &crate::lifecycle::Request,
@@ -204,7 +203,6 @@ async fn write_page(
                 Which::Subject(&req.subject),
                 &key.sql_type,
                 &cols,
-                s.batch_size,
                 |row| {
                     html.push_str("<tr>");
                     let mut obj = serde_json::Map::new();

@@ -279,8 +279,7 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<Value> {
     doc["backup"] =
         json!({"id": b.id, "sha256": b.sha256, "size": b.size, "expires_at": b.expires_at});
     let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, bid);
-    let manifest = crate::backup::Reader::open(&path, &key)?.manifest;
-    let roots = receipt::archive_roots(&path, &key)?;
+    let (manifest, roots) = receipt::archive_roots(&path, &key)?;
     let results: Vec<Value> = serde_json::from_value::<TaskResultDoc>(result.clone())
         .map(|r| r.tables)
         .unwrap_or_default();

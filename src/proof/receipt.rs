@@ -57,9 +57,12 @@ pub fn row_digest(key: &[u8], rec: &Record) -> Result<Hash> {
     Ok(mac.finalize().into_bytes().into())
 }
 
-/// Per table of an archive: (row count, Merkle root over the row digests, in archive
-/// order — key order).
-pub fn archive_roots(path: &Path, key_path: &Path) -> Result<BTreeMap<String, (u64, Hash)>> {
+/// Per-table row counts and Merkle roots of an archive.
+pub type Roots = BTreeMap<String, (u64, Hash)>;
+
+/// An archive's manifest, and per table: (row count, Merkle root over the row digests, in
+/// archive order). One pass over the archive.
+pub fn archive_roots(path: &Path, key_path: &Path) -> Result<(backup::Manifest, Roots)> {
     let mut reader = backup::Reader::open(path, key_path)?;
     let key = hex::decode(&reader.manifest.digest_key)
         .map_err(|_| Error::new(Code::Io, "backup: malformed digest key"))?;
@@ -76,10 +79,11 @@ pub fn archive_roots(path: &Path, key_path: &Path) -> Result<BTreeMap<String, (u
             .or_default()
             .push(merkle::leaf_hash(&d));
     }
-    Ok(leaves
+    let roots = leaves
         .into_iter()
         .map(|(t, l)| (t, (l.len() as u64, merkle::root(&l))))
-        .collect())
+        .collect();
+    Ok((reader.manifest, roots))
 }
 
 /// Sign a body and attach its place in the log.
@@ -248,7 +252,7 @@ pub fn verify(r: &Receipt, key: &PublicKey, later: Option<(&str, &[Hash])>) -> V
 /// Recompute every Merkle root from the backup and compare them with the receipt's.
 pub fn verify_backup(r: &Receipt, archive: &Path, key_path: &Path) -> Vec<Check> {
     let mut out = Vec::new();
-    let roots = match archive_roots(archive, key_path) {
+    let (manifest, roots) = match archive_roots(archive, key_path) {
         Ok(r) => r,
         Err(e) => {
             check(
@@ -260,13 +264,7 @@ pub fn verify_backup(r: &Receipt, archive: &Path, key_path: &Path) -> Vec<Check>
             return out;
         }
     };
-    let id = match backup::Reader::open(archive, key_path) {
-        Ok(rd) => rd.manifest.id,
-        Err(e) => {
-            check(&mut out, false, "", e.message);
-            return out;
-        }
-    };
+    let id = manifest.id;
     let tasks = r.body["tasks"].as_array().cloned().unwrap_or_default();
     let Some(task) = tasks.iter().find(|t| t["backup"]["id"] == json!(id)) else {
         check(

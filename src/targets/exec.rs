@@ -10,7 +10,38 @@ use crate::error::{Code, Error, Result};
 pub type TextRow = Vec<Option<String>>;
 
 fn fail(e: sqlx::Error) -> Error {
-    Error::new(Code::Target, format!("statement failed: {e}"))
+    Error::new(
+        Code::Target,
+        format!("statement failed: {}", redact_quoted(&e.to_string())),
+    )
+}
+
+/// A database's own message can quote a value it was given (PostgreSQL: `invalid input
+/// syntax for type bigint: "…"`; MySQL: `Duplicate entry '…'`). Such values may be
+/// personal data and go on to task errors, `queue`, and the DPO's alert: blank them.
+pub fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut open: Option<char> = None;
+    for c in msg.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '\'' {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// A query with every value bound as text.
@@ -139,7 +170,6 @@ impl Target {
         which: super::sql::Which<'_>,
         key_type: &str,
         columns: &[Column],
-        _page_size: usize,
         mut each: impl FnMut(TextRow) -> Result<()>,
     ) -> Result<u64> {
         use futures_util::TryStreamExt;
@@ -168,5 +198,21 @@ impl Target {
             Target::Mysql(p) => drain!(p),
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_values_are_blanked() {
+        assert_eq!(
+            super::redact_quoted(r#"invalid input syntax for type bigint: "x@y.z""#),
+            r#"invalid input syntax for type bigint: "…""#
+        );
+        assert_eq!(
+            super::redact_quoted("Duplicate entry 'a@b.c' for key 'email'"),
+            "Duplicate entry '…' for key '…'"
+        );
+        assert_eq!(super::redact_quoted("no quotes here"), "no quotes here");
     }
 }

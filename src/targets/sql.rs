@@ -76,6 +76,18 @@ impl Builder {
         }
     }
 
+    /// `col = value` for each identity column of `table` the subject has a value for.
+    fn identity_parts(&mut self, table: &Table, ids: &Identities) -> Result<Vec<String>> {
+        let mut parts = Vec::new();
+        for (kind, col) in &table.identity {
+            if let Some(v) = ids.get(kind) {
+                let col = self.q(col)?;
+                parts.push(self.eq_exact(&col, v));
+            }
+        }
+        Ok(parts)
+    }
+
     /// The predicate selecting the rows of `table` that belong to the subject: one of its
     /// identity columns holds one of the subject's identities, or one of its references
     /// points at a row that belongs to the subject. `None`: no row can belong.
@@ -92,13 +104,7 @@ impl Builder {
                 format!("references of {}.{} nest too deep", sys.name, table.name),
             ));
         }
-        let mut parts = Vec::new();
-        for (kind, col) in &table.identity {
-            if let Some(v) = ids.get(kind) {
-                let col = self.q(col)?;
-                parts.push(self.eq_exact(&col, v));
-            }
-        }
+        let mut parts = self.identity_parts(table, ids)?;
         for r in &table.references {
             let (pt, pc) = split_target(&r.to).ok_or_else(|| {
                 Error::new(Code::Policy, format!("bad reference target {:?}", r.to))
@@ -230,13 +236,7 @@ pub fn count_identity_rows(
     } else {
         disabled.join(" AND ")
     };
-    let mut parts = Vec::new();
-    for (kind, col) in &table.identity {
-        if let Some(v) = ids.get(kind) {
-            let col = b.q(col)?;
-            parts.push(b.eq_exact(&col, v));
-        }
-    }
+    let parts = b.identity_parts(table, ids)?;
     if parts.is_empty() {
         return Ok(None);
     }
@@ -407,13 +407,7 @@ fn select_rows(
 }
 
 fn identity_predicate(b: &mut Builder, table: &Table, ids: &Identities) -> Result<Option<String>> {
-    let mut parts = Vec::new();
-    for (kind, col) in &table.identity {
-        if let Some(v) = ids.get(kind) {
-            let col = b.q(col)?;
-            parts.push(b.eq_exact(&col, v));
-        }
-    }
+    let parts = b.identity_parts(table, ids)?;
     Ok((!parts.is_empty()).then(|| format!("({})", parts.join(" OR "))))
 }
 
