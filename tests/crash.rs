@@ -368,7 +368,7 @@ fn only_recorded_archives(env: &Env, label: &str, backups: &[quietus::store::Bac
 /// table -> the retained rows' keys that each follow-up task will act on.
 fn followup_keys(tasks: &[quietus::store::TaskRow]) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.kind == "followup") {
+    for t in tasks.iter().filter(|t| t.kind.as_str() == "followup") {
         let body: quietus::jobs::TaskBody = serde_json::from_str(&t.body).unwrap();
         for (table, mut keys) in body.keys {
             keys.sort();
@@ -462,7 +462,7 @@ async fn reference() -> Reference {
         Some(12),
         "{retained:?}"
     );
-    let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
+    let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
     let apply_changed: BTreeMap<String, u64> = table_results(apply)
         .into_iter()
         .map(|(t, (_, c, d))| {
@@ -504,7 +504,12 @@ async fn reference() -> Reference {
     assert_eq!(per_table("deals"), 3);
     assert_eq!(changed.len(), 15, "nothing else changed: {changed:?}");
     // A clean run restores exactly, too (the baseline for the crashed runs).
-    ok(&run(&env, &["restore", &id, "--json"], Some(LATER), &[]));
+    ok(&run(
+        &env,
+        &["restore", &id, "--json", "--yes", "--reason", "a test"],
+        Some(LATER),
+        &[],
+    ));
     assert_same(
         "restore after a clean run",
         &dump(&env, &CrmKind::Sqlite).await,
@@ -581,8 +586,11 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
 
     // What the dead process left behind.
     let tasks = tasks_of(&env, &id).await;
-    let dead = tasks.iter().find(|t| t.kind == victim.kind()).unwrap();
-    assert_eq!(dead.state, "backed_up", "{label}: {dead:?}");
+    let dead = tasks
+        .iter()
+        .find(|t| t.kind.as_str() == victim.kind())
+        .unwrap();
+    assert_eq!(dead.state.as_str(), "backed_up", "{label}: {dead:?}");
     assert!(
         dead.lease_owner.is_some(),
         "{label}: the dead lease is still held"
@@ -635,10 +643,10 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     let tasks = tasks_of(&env, &id).await;
     let backups = backups_of(&env, &id).await;
     for k in ["disable", "apply"] {
-        let of_kind: Vec<_> = tasks.iter().filter(|t| t.kind == k).collect();
+        let of_kind: Vec<_> = tasks.iter().filter(|t| t.kind.as_str() == k).collect();
         assert_eq!(of_kind.len(), 1, "{label}: one {k} task");
         let t = of_kind[0];
-        assert_eq!(t.state, "done", "{label}: {t:?}");
+        assert_eq!(t.state.as_str(), "done", "{label}: {t:?}");
         assert_eq!(t.attempts, 0, "{label}: {t:?}");
         assert!(t.lease_owner.is_none(), "{label}: {t:?}");
         let mine: Vec<_> = backups.iter().filter(|b| b.task_id == t.id).collect();
@@ -650,8 +658,12 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
         assert_eq!(t.backup_id.as_deref(), Some(mine[0].id.as_str()));
     }
     assert_eq!(backups.len(), 2, "{label}: {backups:?}");
-    for t in tasks.iter().filter(|t| t.kind == "followup") {
-        assert_eq!(t.state, "pending", "{label}: follow-ups wait: {t:?}");
+    for t in tasks.iter().filter(|t| t.kind.as_str() == "followup") {
+        assert_eq!(
+            t.state.as_str(),
+            "pending",
+            "{label}: follow-ups wait: {t:?}"
+        );
     }
     // The follow-ups know the retained rows, captured before anything changed.
     assert_eq!(followup_keys(&tasks), r.retained, "{label}");
@@ -659,7 +671,7 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
 
     // Nothing changed twice: the apply task's counts add up to a clean run's, and the
     // task that was killed after its change found all of it already done.
-    let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
+    let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
     let results = table_results(apply);
     assert_eq!(
         results.keys().collect::<Vec<_>>(),
@@ -679,7 +691,7 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
             assert_eq!((*changed, *done), (c, d), "{label}: {table}: {results:?}");
         }
     }
-    let disable = tasks.iter().find(|t| t.kind == "disable").unwrap();
+    let disable = tasks.iter().find(|t| t.kind.as_str() == "disable").unwrap();
     let want_disable = if victim == Victim::Disable && point == "after_apply" {
         (1, 0, 1)
     } else {
@@ -721,7 +733,12 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     }
 
     // Restore brings back the state before the exit, exactly.
-    let out = run(&env, &["restore", &id, "--json"], Some(LATER), &[]);
+    let out = run(
+        &env,
+        &["restore", &id, "--json", "--yes", "--reason", "a test"],
+        Some(LATER),
+        &[],
+    );
     let rep = json(&ok(&out));
     for t in rep["tables"].as_array().unwrap() {
         assert_eq!(t["changed_since"], 0, "{label}: {rep:#}");
@@ -784,7 +801,7 @@ async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again() {
         let stale = tasks_of(&env, &id)
             .await
             .into_iter()
-            .find(|t| t.kind == "apply")
+            .find(|t| t.kind.as_str() == "apply")
             .and_then(|t| t.backup_id)
             .unwrap();
 
@@ -827,8 +844,8 @@ async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again() {
         );
         assert_same(&label, &dump(&env, &crm).await, &r.fin);
         let tasks = tasks_of(&env, &id).await;
-        let apply = tasks.iter().find(|t| t.kind == "apply").unwrap();
-        assert_eq!(apply.state, "done", "{label}");
+        let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+        assert_eq!(apply.state.as_str(), "done", "{label}");
         let backups = backups_of(&env, &id).await;
         let mine: Vec<_> = backups.iter().filter(|b| b.task_id == apply.id).collect();
         assert_eq!(mine.len(), 2, "{label}: the stale backup and a fresh one");
@@ -855,7 +872,12 @@ async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again() {
         only_recorded_archives(&env, &label, &backups);
 
         // Restore: the state just before the erasure, edit included.
-        ok(&run(&env, &["restore", &id], Some(LATER), &[]));
+        ok(&run(
+            &env,
+            &["restore", &id, "--yes", "--reason", "a test"],
+            Some(LATER),
+            &[],
+        ));
         assert_same(
             &format!("{label}: after restore"),
             &dump(&env, &crm).await,
@@ -903,7 +925,7 @@ async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
         tasks_of(&env, &id)
             .await
             .into_iter()
-            .find(|t| t.kind == "apply")
+            .find(|t| t.kind.as_str() == "apply")
     };
     let wait_for = |what: &'static str| {
         let apply_task = &apply_task;
@@ -982,7 +1004,7 @@ async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
 
     assert_eq!(request_state(&env, &id), "completed");
     let t = apply_task().await.unwrap();
-    assert_eq!(t.state, "done");
+    assert_eq!(t.state.as_str(), "done");
     let backups = backups_of(&env, &id).await;
     assert_eq!(backups.len(), 1, "{backups:?}");
     let fin = dump(&env, &crm).await;
@@ -1023,9 +1045,9 @@ async fn a_dead_workers_lease_is_taken_over_once_it_expires() {
             assert_eq!(s["done"], 0, "{label}: the live lease is respected: {s}");
             assert_same(&label, &dump(&env, &crm).await, &original);
             let t = tasks_of(&env, &id).await;
-            let apply: Vec<_> = t.iter().filter(|t| t.kind == "apply").collect();
+            let apply: Vec<_> = t.iter().filter(|t| t.kind.as_str() == "apply").collect();
             assert_eq!(apply.len(), 1, "{label}");
-            assert_eq!(apply[0].state, "backed_up", "{label}");
+            assert_eq!(apply[0].state.as_str(), "backed_up", "{label}");
             assert!(apply[0].lease_owner.is_some(), "{label}");
         } else {
             eprintln!("{label}: too slow to see the live lease; skipped that check");
@@ -1044,9 +1066,12 @@ async fn a_dead_workers_lease_is_taken_over_once_it_expires() {
         }
         assert_eq!(request_state(&env, &id), "completed", "{label}");
         let tasks = tasks_of(&env, &id).await;
-        let apply: Vec<_> = tasks.iter().filter(|t| t.kind == "apply").collect();
+        let apply: Vec<_> = tasks
+            .iter()
+            .filter(|t| t.kind.as_str() == "apply")
+            .collect();
         assert_eq!(apply.len(), 1, "{label}");
-        assert_eq!(apply[0].state, "done");
+        assert_eq!(apply[0].state.as_str(), "done");
         assert_eq!(apply[0].attempts, 0);
         assert_eq!(
             table_results(apply[0]).get("customers"),
@@ -1083,7 +1108,12 @@ async fn a_dead_workers_lease_is_taken_over_once_it_expires() {
                 "{label}: customers.{c}"
             );
         }
-        ok(&run(&env, &["restore", &id], None, &[]));
+        ok(&run(
+            &env,
+            &["restore", &id, "--yes", "--reason", "a test"],
+            None,
+            &[],
+        ));
         assert_same(
             &format!("{label}: after restore"),
             &dump(&env, &crm).await,
@@ -1306,7 +1336,7 @@ async fn two_serve_instances_share_200_requests_each_task_once() {
         assert!(t.lease_owner.is_none(), "task {} still leased", t.id);
         match t.kind.as_str() {
             "apply" => {
-                assert_eq!(t.state, "done", "task {}", t.id);
+                assert_eq!(t.state.as_str(), "done", "task {}", t.id);
                 let r = json(t.result.as_deref().unwrap());
                 let tables = r["tables"].as_array().unwrap();
                 assert_eq!(tables.len(), 1, "{r}");
@@ -1316,7 +1346,7 @@ async fn two_serve_instances_share_200_requests_each_task_once() {
                 let w = r["worker"].as_str().expect("the worker is recorded");
                 *by_worker.entry(w.to_owned()).or_default() += 1;
             }
-            "followup" => assert_eq!(t.state, "pending", "task {}", t.id),
+            "followup" => assert_eq!(t.state.as_str(), "pending", "task {}", t.id),
             other => panic!("unexpected task kind {other}"),
         }
     }
@@ -1352,7 +1382,7 @@ async fn two_serve_instances_share_200_requests_each_task_once() {
     }
     let apply_ids: BTreeSet<&str> = tasks
         .iter()
-        .filter(|t| t.kind == "apply")
+        .filter(|t| t.kind.as_str() == "apply")
         .map(|t| t.id.as_str())
         .collect();
     assert_eq!(per_task.keys().copied().collect::<BTreeSet<_>>(), apply_ids);

@@ -702,7 +702,7 @@ async fn the_exit_backups_open_with_age_and_zstd_and_hold_exactly_the_changed_ro
 // 4. Restore.
 
 fn restore(env: &Env, id: &str, dry_run: bool) -> (Value, std::process::Output) {
-    let mut args = vec!["restore", id, "--json"];
+    let mut args = vec!["restore", id, "--json", "--yes", "--reason", "a test"];
     if dry_run {
         args.push("--dry-run");
     }
@@ -768,7 +768,11 @@ async fn restore_brings_back_every_value_of_the_exit_on_every_crm_database() {
         assert_eq!(sum(&again, "restored"), 0, "{label}: {again:#}");
         assert_eq!(sum(&again, "already"), changed, "{label}: {again:#}");
         assert_eq!(sum(&again, "changed_since"), 0, "{label}: {again:#}");
-        let text = ok(&env.run_at(&["restore", &id], Some(RUN_AT), None));
+        let text = ok(&env.run_at(
+            &["restore", &id, "--yes", "--reason", "a test"],
+            Some(RUN_AT),
+            None,
+        ));
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(!lines.is_empty(), "{label}: {text}");
         for l in lines {

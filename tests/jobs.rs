@@ -337,7 +337,7 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
     // The copy was written while the notes still existed: it has three of them.
     let ctx = env.context().await;
     let tasks = ctx.store.tasks_of(&id).await.unwrap();
-    let export = tasks.iter().find(|t| t.kind == "export").unwrap();
+    let export = tasks.iter().find(|t| t.kind.as_str() == "export").unwrap();
     let result: Value = serde_json::from_str(export.result.as_deref().unwrap()).unwrap();
     let notes = result["tables"]
         .as_array()

@@ -86,6 +86,10 @@ fn vars(kind: MessageKind) -> Value {
             "confirm_url": "https://privacy.example.com/tasks/TASK2/confirm",
             "confirm_command": "quietus task confirm TASK2"
         }),
+        MessageKind::Restored => json!({
+            "request_id": rid, "restored": "2027-01-04", "reason": format!("erased by mistake {XSS}"),
+            "lost": [{"backup": "B1", "task": "T1", "kind": "apply", "shredded": "2027-01-02"}]
+        }),
     }
 }
 
@@ -390,7 +394,7 @@ async fn the_outbox_is_written_with_the_state_change_or_not_at_all() {
         let rows = ctx.store.outbox_of(&rid).await.unwrap();
         assert_eq!(rows.len(), 1, "{}", kind.label());
         assert_eq!(rows[0].id, kept.id);
-        assert_eq!(rows[0].state, "pending");
+        assert_eq!(rows[0].state.as_str(), "pending");
         assert_eq!(rows[0].locale, "zh-CN");
         assert_eq!(rows[0].created_at, now);
         assert!(ctx.store.outbox_mail(&dropped.id).await.is_err());
@@ -561,7 +565,7 @@ async fn retries_back_off_and_give_up_after_the_budget() {
             assert_eq!(row.attempts, attempt, "{}", kind.label());
             if attempt < 3 {
                 assert_eq!(s.retrying, vec![m.id.clone()]);
-                assert_eq!(row.state, "pending");
+                assert_eq!(row.state.as_str(), "pending");
                 assert_eq!(row.next_attempt_at, at + mail::backoff(attempt));
                 // Not before the backoff has passed.
                 assert!(
@@ -579,7 +583,7 @@ async fn retries_back_off_and_give_up_after_the_budget() {
                 at = row.next_attempt_at;
             } else {
                 assert_eq!(s.failed, vec![m.id.clone()]);
-                assert_eq!(row.state, "failed");
+                assert_eq!(row.state.as_str(), "failed");
             }
             let err = row.last_error.unwrap();
             assert!(err.contains("SMTP 127.0.0.1:"), "{err}");

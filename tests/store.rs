@@ -230,7 +230,7 @@ async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids() {
             .iter()
             .map(|x| {
                 (
-                    x.from_state.as_deref(),
+                    x.from_state.map(|s| s.as_str()),
                     x.to_state.as_str(),
                     x.actor.as_str(),
                 )
@@ -253,8 +253,8 @@ async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids() {
             .store
             .transition(
                 &id,
-                "pending_review",
-                "rejected",
+                quietus::lifecycle::State::PendingReview,
+                quietus::lifecycle::State::Rejected,
                 "x",
                 None,
                 now(),

@@ -134,6 +134,13 @@ pub enum Command {
         /// Say what would be restored; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Why (recorded in the history and sent to the subject and the DPO); needed for a
+        /// real restore.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Do not ask for confirmation on a terminal.
+        #[arg(long)]
+        yes: bool,
         #[arg(long)]
         json: bool,
     },

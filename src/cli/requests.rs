@@ -314,7 +314,7 @@ async fn show(
             "  {}  {:<28} {} -> {}{}",
             h.at.format("%Y-%m-%d %H:%M:%S"),
             h.actor,
-            h.from_state.as_deref().unwrap_or("-"),
+            h.from_state.map_or("-", |s| s.as_str()),
             h.to_state,
             h.reason
                 .as_deref()

@@ -65,18 +65,38 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
         Command::Restore {
             id,
             dry_run,
+            reason,
+            yes,
             json: as_json,
         } => {
+            let reason = reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+            let reason = match (dry_run, reason) {
+                (true, r) => r.unwrap_or_default().to_owned(),
+                (false, Some(r)) => r.to_owned(),
+                (false, None) => {
+                    return Err(Error::new(
+                        Code::Usage,
+                        "restore needs a reason (--reason): it is recorded and sent to the subject and the DPO",
+                    ));
+                }
+            };
+            if !dry_run && !yes {
+                confirm_restore(&id)?;
+            }
             let report =
-                jobs::restore::restore(ctx, s, &id, dry_run, actor, crate::clock::now()).await?;
+                jobs::restore::restore(ctx, s, &id, dry_run, actor, &reason, crate::clock::now())
+                    .await?;
             if as_json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({"dry_run": dry_run, "tables": report}))?
+                    serde_json::to_string_pretty(&json!({
+                        "dry_run": dry_run, "tables": report.tables, "lost": report.lost,
+                        "state_changed": report.state_changed,
+                    }))?
                 );
             } else {
                 let verb = if dry_run { "would restore" } else { "restored" };
-                for r in &report {
+                for r in &report.tables {
                     println!(
                         "{:<8} {:<18} {:<10} {verb} {:>5}; already as backed up {:>4}; changed since, left alone {:>3}  (backup {})",
                         r.system,
@@ -88,9 +108,20 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                         r.backup
                     );
                 }
+                for l in &report.lost {
+                    println!(
+                        "cannot come back: backup {} of {} task {} expired and was crypto-shredded on {}",
+                        l.backup, l.kind, l.task, l.shredded
+                    );
+                }
+                if report.state_changed {
+                    println!(
+                        "request {id} is now restored; its pending tasks are cancelled; the subject and the DPO are told"
+                    );
+                }
             }
-            let conflicts: u64 = report.iter().map(|r| r.changed_since).sum();
-            Ok(if conflicts > 0 {
+            let conflicts: u64 = report.tables.iter().map(|r| r.changed_since).sum();
+            Ok(if conflicts > 0 || !report.lost.is_empty() {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -110,7 +141,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
         }
         Command::Confirm { task, note } => {
             let t = ctx.store.task(&task).await?;
-            if t.kind != jobs::MANUAL {
+            if t.kind != jobs::TaskKind::Manual {
                 return Err(Error::new(
                     Code::IllegalTransition,
                     format!(
@@ -128,5 +159,32 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(Error::new(Code::Internal, "not a work command")),
+    }
+}
+
+/// Ask on a terminal before a restore changes the target systems; without a terminal,
+/// `--yes` is needed.
+fn confirm_restore(id: &str) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::new(
+            Code::Usage,
+            "restore changes the target systems and cancels the request's pending tasks: \
+             confirm on a terminal, or pass --yes",
+        ));
+    }
+    eprint!(
+        "Restore request {id}? This puts rows back in the target systems and cancels its pending tasks. [y/N] "
+    );
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if matches!(line.trim(), "y" | "Y" | "yes" | "YES") {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Code::Usage,
+            "restore not confirmed; nothing was changed",
+        ))
     }
 }

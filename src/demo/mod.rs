@@ -192,7 +192,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             backups.push(b.path.clone());
         }
         for t in ctx.store.tasks_of(&id).await? {
-            if t.state != "done" {
+            if t.state != crate::jobs::TaskState::Done {
                 followups.push(json!({"request": id, "task": t.id, "kind": t.kind, "due_at": t.due_at, "state": t.state}));
             }
         }

@@ -18,7 +18,7 @@ pub use identity::{Identities, normalize};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::{Context, State};
 use crate::policy::{ClockStart, IdentityKind, Jurisdiction, RequestKind};
-use crate::store::{IdentityRow, Inserted, NewRequest};
+use crate::store::{IdentityRow, Inserted, NewRequest, Role};
 
 /// The largest ticket accepted by any door, in bytes (the HTTP limit is configurable
 /// below this).
@@ -251,7 +251,7 @@ pub struct Source {
 pub struct Submitted {
     pub id: String,
     pub created: bool,
-    pub state: String,
+    pub state: State,
     /// For an untrusted submission that created a request: the token of its verification
     /// link (shown once; only its hash is stored).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,26 +291,26 @@ pub async fn submit(
         .subject
         .iter()
         .map(|(k, v)| IdentityRow {
-            role: "subject".into(),
-            kind: k.as_str().into(),
+            role: Role::Subject,
+            kind: *k,
             value: v.clone(),
         })
         .collect();
     if let Some(s) = &ticket.successor {
         ids.extend(s.iter().map(|(k, v)| IdentityRow {
-            role: "successor".into(),
-            kind: k.as_str().into(),
+            role: Role::Successor,
+            kind: *k,
             value: v.clone(),
         }));
     }
     let mut new = NewRequest {
         id: crate::store::new_id(),
-        kind: ticket.kind.as_str().into(),
+        kind: ticket.kind,
         external_id: ticket.external_id.clone(),
         ticket_digest: ticket.digest(),
         ticket_body: raw_body.to_owned(),
-        state: state.as_str().into(),
-        jurisdiction: jurisdiction.as_str().into(),
+        state,
+        jurisdiction,
         locale: ticket.locale.clone(),
         source: source.door.into(),
         requested_by: ticket.requested_by.clone(),
@@ -337,7 +337,7 @@ pub async fn submit(
             Ok(Submitted {
                 id,
                 created: true,
-                state: state.as_str().into(),
+                state,
                 verify_token,
             })
         }
@@ -365,7 +365,7 @@ pub async fn verify_token(
         .request_by_verify_token(&hash)
         .await?
         .ok_or_else(|| Error::new(Code::NotFound, "this verification link is not valid"))?;
-    if row.state != State::Unverified.as_str() {
+    if row.state != State::Unverified {
         return ctx.request(&row.id).await;
     }
     ctx.decide(

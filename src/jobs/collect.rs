@@ -38,8 +38,8 @@ pub(super) async fn parts_of(
             .clone();
         let catalog = target.columns(&table.name).await?;
         let key = column(&catalog, &table.name, &table.key)?;
-        let (action, source) = match (e.action, task.kind.as_str()) {
-            (Action::Retain, super::FOLLOWUP) => {
+        let (action, source) = match (e.action, task.kind) {
+            (Action::Retain, super::TaskKind::Followup) => {
                 let keys = body.keys.get(&table.name).cloned().unwrap_or_default();
                 let a = match e.then {
                     Some(FollowUp::Anonymize) => Action::Anonymize,
@@ -54,7 +54,7 @@ pub(super) async fn parts_of(
                 (a, Source::Keys(keys))
             }
             (Action::Reassign, _) => (Action::Reassign, Source::Owned),
-            (a, super::SWEEP) => {
+            (a, super::TaskKind::Sweep) => {
                 let sw = table.sweep.as_ref().ok_or_else(|| {
                     Error::new(
                         Code::Policy,
@@ -370,7 +370,7 @@ pub(super) async fn capture_retained_keys(
         }
         fb.keys.insert(table.clone(), keys);
         ctx.store
-            .set_task_body(followup_id, &serde_json::to_string(&fb)?, now)
+            .set_followup_keys(followup_id, &serde_json::to_string(&fb)?, now)
             .await?;
     }
     Ok(())

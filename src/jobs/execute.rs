@@ -140,7 +140,7 @@ fn apply_order(sys: &System, parts: &mut [Part]) {
 
 /// Run one leased task.
 pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>) -> Result<Step> {
-    if task.kind == super::EXPORT {
+    if task.kind == super::TaskKind::Export {
         return super::export::run(ctx, s, task, now).await;
     }
     let sys = ctx
@@ -196,8 +196,8 @@ async fn run_on(
     let mut parts = super::collect::parts_of(sys, task, body, target, successor).await?;
     apply_order(sys, &mut parts);
 
-    let (backup_id, just_verified) = match (&task.state[..], &task.backup_id) {
-        ("backed_up", Some(b)) => (b.clone(), false),
+    let (backup_id, just_verified) = match (task.state, &task.backup_id) {
+        (super::TaskState::BackedUp, Some(b)) => (b.clone(), false),
         _ => {
             // Keys of retained rows first, while the subject can still be found.
             super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;

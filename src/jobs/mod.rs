@@ -17,6 +17,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Code, Error, Result};
+use crate::lifecycle::State;
 use crate::lifecycle::{Context, Request};
 use crate::plan::{Entry, Plan};
 use crate::policy::{Action, Driver};
@@ -40,13 +41,7 @@ pub struct TaskBody {
     pub before: Option<NaiveDate>,
 }
 
-/// Task kinds.
-pub const DISABLE: &str = "disable";
-pub const APPLY: &str = "apply";
-pub const FOLLOWUP: &str = "followup";
-pub const MANUAL: &str = "manual";
-pub const SWEEP: &str = "sweep";
-pub const EXPORT: &str = "export";
+pub use crate::store::tasks::{TaskKind, TaskState};
 
 /// What a worker needs besides the lifecycle context.
 #[derive(Debug, Clone)]
@@ -102,6 +97,9 @@ pub fn tasks_for(ctx: &Context, req: &Request, plan: &Plan) -> Result<Vec<NewTas
         by_system.entry(e.system.as_str()).or_default().push(e);
     }
     let mut tasks = Vec::new();
+    // Everything but the retention follow-ups is due on one day: the request date, or an
+    // exit's date when that is later. Nothing of a request runs before it.
+    let immediate = req.plan_input(&ctx.policies).immediate();
     let body = |entries: Vec<Entry>| TaskBody {
         entries,
         exit_date: req.exit_date,
@@ -116,29 +114,34 @@ pub fn tasks_for(ctx: &Context, req: &Request, plan: &Plan) -> Result<Vec<NewTas
                 ),
             )
         })?;
-        let new = |kind: &str,
+        let new = |kind: TaskKind,
                    b: &TaskBody,
                    due: NaiveDate,
                    windowed: bool,
-                   state: &str|
+                   state: TaskState|
          -> Result<NewTask> {
             Ok(NewTask {
                 id: crate::store::new_id(),
                 request_id: Some(req.id.clone()),
                 system: system.to_owned(),
-                kind: kind.to_owned(),
+                kind,
                 body: serde_json::to_string(b)?,
                 due_at: start_of_day(ctx, due),
                 windowed,
-                state: state.to_owned(),
+                state,
                 confirm_token_sha256: None,
             })
         };
-        let due_min = |es: &[&Entry]| es.iter().map(|e| e.due).min();
         if sys.driver == Driver::Manual {
             let all: Vec<Entry> = entries.iter().map(|e| (*e).clone()).collect();
-            if let Some(d) = due_min(&entries) {
-                tasks.push(new(MANUAL, &body(all), d, false, "waiting_confirmation")?);
+            if !all.is_empty() {
+                tasks.push(new(
+                    TaskKind::Manual,
+                    &body(all),
+                    immediate,
+                    false,
+                    TaskState::WaitingConfirmation,
+                )?);
             }
             continue;
         }
@@ -148,13 +151,13 @@ pub fn tasks_for(ctx: &Context, req: &Request, plan: &Plan) -> Result<Vec<NewTas
             .copied()
             .filter(|e| e.action == Action::Export)
             .collect();
-        if let Some(d) = due_min(&export) {
+        if !export.is_empty() {
             tasks.push(new(
-                EXPORT,
+                TaskKind::Export,
                 &body(export.iter().map(|e| (*e).clone()).collect()),
-                d,
+                immediate,
                 false,
-                "pending",
+                TaskState::Pending,
             )?);
         }
         let disable: Vec<&Entry> = entries
@@ -177,44 +180,61 @@ pub fn tasks_for(ctx: &Context, req: &Request, plan: &Plan) -> Result<Vec<NewTas
             .copied()
             .filter(|e| e.action == Action::Retain)
             .collect();
-        if let Some(d) = due_min(&disable) {
+        if !disable.is_empty() {
             tasks.push(new(
-                DISABLE,
+                TaskKind::Disable,
                 &body(disable.iter().map(|e| (*e).clone()).collect()),
-                d,
+                immediate,
                 false,
-                "pending",
+                TaskState::Pending,
             )?);
         }
+        // Follow-ups wait until their apply task has captured the keys of the rows they
+        // will act on: none can run first, even when its retention has already ended.
         let mut followups = BTreeMap::new();
         for r in &retain {
-            let t = new(FOLLOWUP, &body(vec![(*r).clone()]), r.due, true, "pending")?;
+            let t = new(
+                TaskKind::Followup,
+                &body(vec![(*r).clone()]),
+                r.due,
+                true,
+                TaskState::WaitingKeys,
+            )?;
             followups.insert(r.table.clone(), t.id.clone());
             tasks.push(t);
         }
         if !apply.is_empty() || !retain.is_empty() {
             let mut b = body(apply.iter().map(|e| (*e).clone()).collect());
             b.followups = followups;
-            // With nothing to change now, the task only captures the retained rows' keys.
-            let due = due_min(&apply)
-                .or(due_min(&disable))
-                .unwrap_or_else(|| ctx.today(plan.made_at));
-            tasks.push(new(APPLY, &b, due, !apply.is_empty(), "pending")?);
+            // With nothing to change, the task only captures the retained rows' keys.
+            tasks.push(new(
+                TaskKind::Apply,
+                &b,
+                immediate,
+                !apply.is_empty(),
+                TaskState::Pending,
+            )?);
         }
     }
     Ok(tasks)
 }
 
-/// Turn every approved request into scheduled tasks (from the plan approved).
-pub async fn schedule_approved(ctx: &Context, actor: &str, now: DateTime<Utc>) -> Result<usize> {
+/// Turn every approved request into scheduled tasks (from the plan approved). Returns how
+/// many were scheduled, and those that completed at once (nothing to change).
+pub async fn schedule_approved(
+    ctx: &Context,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(usize, Vec<String>)> {
     let rows = ctx
         .store
         .list_requests(&crate::store::ListFilter {
-            states: vec!["approved".into()],
+            states: vec![State::Approved],
             limit: Some(1000),
         })
         .await?;
     let mut n = 0;
+    let mut completed = Vec::new();
     for row in rows {
         let req = ctx.request(&row.id).await?;
         let Some(saved) = ctx.store.latest_plan(&req.id).await? else {
@@ -224,32 +244,24 @@ pub async fn schedule_approved(ctx: &Context, actor: &str, now: DateTime<Utc>) -
         let plan: Plan = serde_json::from_str(&saved.body)?;
         let mut tasks = tasks_for(ctx, &req, &plan)?;
         let mails = manual_task_mails(ctx, &req, &mut tasks)?;
+        // A request with nothing to change completes in the same transaction; its
+        // receipt (of no changes) and completion message follow like any other's.
         match ctx
             .store
-            .schedule(&req.id, "approved", "scheduled", &tasks, &mails, actor, now)
+            .schedule(&req.id, &tasks, &mails, actor, now)
             .await
         {
-            Ok(()) => n += 1,
+            Ok(done) => {
+                n += 1;
+                if done {
+                    completed.push(req.id.clone());
+                }
+            }
             Err(e) if e.code == Code::IllegalTransition => {} // another instance did it
             Err(e) => return Err(e),
         }
-        if tasks.is_empty() {
-            // Nothing to do (no rows anywhere, or an access request before exports exist).
-            ctx.store
-                .transition(
-                    &req.id,
-                    "scheduled",
-                    "completed",
-                    actor,
-                    Some("nothing to change"),
-                    now,
-                    &Default::default(),
-                )
-                .await
-                .ok();
-        }
     }
-    Ok(n)
+    Ok((n, completed))
 }
 
 /// Manual tasks ask their system's owner to act (and confirm).
@@ -259,7 +271,7 @@ fn manual_task_mails(
     tasks: &mut [NewTask],
 ) -> Result<Vec<crate::store::outbox::NewMail>> {
     let mut out = Vec::new();
-    for t in tasks.iter_mut().filter(|t| t.kind == MANUAL) {
+    for t in tasks.iter_mut().filter(|t| t.kind == TaskKind::Manual) {
         use sha2::Digest;
         // The owner's confirmation link; only its hash is kept.
         let token = crate::store::new_id() + &crate::store::new_id();
@@ -428,8 +440,11 @@ pub async fn run_due(
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
 ) -> Result<RunSummary> {
+    let (scheduled, completed_requests) =
+        schedule_approved(ctx, "quietus", crate::clock::now()).await?;
     let mut summary = RunSummary {
-        scheduled: schedule_approved(ctx, "quietus", crate::clock::now()).await?,
+        scheduled,
+        completed_requests,
         ..RunSummary::default()
     };
     loop {
@@ -481,7 +496,7 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
         .iter()
         .filter(|s| s.driver != Driver::Manual)
     {
-        if ctx.store.open_tasks(SWEEP, &sys.name).await? > 0 {
+        if ctx.store.open_tasks(TaskKind::Sweep, &sys.name).await? > 0 {
             continue;
         }
         for t in &sys.tables {
@@ -535,11 +550,11 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
                 id: crate::store::new_id(),
                 request_id: None,
                 system: sys.name.clone(),
-                kind: SWEEP.into(),
+                kind: TaskKind::Sweep,
                 body: serde_json::to_string(&body)?,
                 due_at: now,
                 windowed: true,
-                state: "pending".into(),
+                state: TaskState::Pending,
                 confirm_token_sha256: None,
             });
         }

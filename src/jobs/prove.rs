@@ -46,17 +46,35 @@ pub async fn issue_missing(
     p: &Prover,
     now: DateTime<Utc>,
 ) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    // Completion receipts first: one per completed request, covering every task that
+    // answered it (none, when there was nothing to change).
+    for rid in ctx.store.receipts_due().await? {
+        let tasks = ctx.store.unreceipted_tasks_of(&rid).await?;
+        written.push(issue(ctx, s, p, Some(&rid), &tasks, now).await?);
+    }
+    // Then what finished later: retention follow-ups, sweeps, and the work of a request
+    // that a restore undid before it completed.
     let mut groups: BTreeMap<Option<String>, Vec<TaskRow>> = BTreeMap::new();
     for t in ctx.store.unreceipted_tasks().await? {
         groups.entry(t.request_id.clone()).or_default().push(t);
     }
-    let mut written = Vec::new();
     for (rid, tasks) in groups {
         match rid {
             Some(rid) => {
                 let req = ctx.request(&rid).await?;
-                if req.state != State::Completed {
-                    continue;
+                match req.state {
+                    State::Completed | State::Restored => {}
+                    State::Unverified
+                    | State::PendingReview
+                    | State::Approved
+                    | State::Scheduled
+                    | State::Running
+                    | State::Rejected
+                    | State::OnHold
+                    | State::Cancelled
+                    | State::Failed
+                    | State::NeedsAttention => continue,
                 }
                 written.push(issue(ctx, s, p, Some(&rid), &tasks, now).await?);
             }
@@ -91,8 +109,11 @@ async fn issue(
     if let Some(rid) = rid {
         let req = ctx.request(rid).await?;
         let history = ctx.store.history(rid).await?;
-        let approved = history.iter().rev().find(|h| h.to_state == "approved");
-        let completed = history.iter().rev().find(|h| h.to_state == "completed");
+        let approved = history.iter().rev().find(|h| h.to_state == State::Approved);
+        let completed = history
+            .iter()
+            .rev()
+            .find(|h| h.to_state == State::Completed);
         body["request"] = json!({
             "id": req.id,
             "kind": req.kind,
@@ -264,7 +285,7 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<Value> {
         "backup": Value::Null,
         "changes": [],
     });
-    if t.kind == super::MANUAL {
+    if t.kind == super::TaskKind::Manual {
         doc["confirmed_by"] = result.get("confirmed_by").cloned().unwrap_or(Value::Null);
     }
     let Some(bid) = &t.backup_id else {

@@ -29,44 +29,106 @@ pub struct Restored {
     pub changed_since: u64,
 }
 
-/// Restore every live backup of a request, newest first.
+/// A backup that expired before the restore: what it held cannot come back.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lost {
+    pub backup: String,
+    pub task: String,
+    pub kind: String,
+    pub shredded: String,
+}
+
+/// What a restore did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tables: Vec<Restored>,
+    /// Backups already crypto-shredded: their rows stay as the tasks left them.
+    pub lost: Vec<Lost>,
+    /// Whether this run moved the request to `restored` (false on a dry run, or when it
+    /// was restored before and this run only finishes putting rows back).
+    pub state_changed: bool,
+}
+
+/// Restore a request from every backup of it that lives, newest first (each task's own
+/// backup, follow-ups' included), and say plainly what cannot come back. A real restore
+/// first moves the request to `restored` and cancels its pending tasks (so no follow-up
+/// later erases what was put back), telling the subject and the DPO, then puts the rows
+/// back; run again after a crash, it finishes the rows.
 pub async fn restore(
     ctx: &Context,
     s: &Settings,
     request_id: &str,
     dry_run: bool,
     actor: &str,
+    reason: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<Restored>> {
+) -> Result<Report> {
     let req = ctx.request(request_id).await?;
     let mut backups = ctx.store.backups_of(&req.id).await?;
     if backups.is_empty() {
         return Err(Error::new(
             Code::NotFound,
-            format!("request {} has no backups", req.id),
-        ));
-    }
-    backups.reverse();
-    // All or nothing: a restore that silently skipped an expired backup would leave the
-    // request half undone.
-    let gone: Vec<&str> = backups
-        .iter()
-        .filter(|b| b.shredded_at.is_some())
-        .map(|b| b.id.as_str())
-        .collect();
-    if !gone.is_empty() {
-        return Err(Error::new(
-            Code::NotFound,
             format!(
-                "request {}: backup(s) {} expired and were crypto-shredded; what they held can no longer be restored, \
-             so nothing was restored",
-                req.id,
-                gone.join(", ")
+                "request {} has no backups: nothing of it was changed",
+                req.id
             ),
         ));
     }
+    backups.reverse();
+    let tasks = ctx.store.tasks_of(&req.id).await?;
+    let (live, gone): (Vec<_>, Vec<_>) = backups.into_iter().partition(|b| b.shredded_at.is_none());
+    let lost: Vec<Lost> = gone
+        .iter()
+        .map(|b| Lost {
+            backup: b.id.clone(),
+            task: b.task_id.clone(),
+            kind: tasks
+                .iter()
+                .find(|t| t.id == b.task_id)
+                .map(|t| t.kind.to_string())
+                .unwrap_or_default(),
+            shredded: b
+                .shredded_at
+                .map(|t| ctx.today(t).to_string())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if live.is_empty() {
+        return Err(Error::new(
+            Code::NotFound,
+            format!(
+                "request {}: every backup of it expired and was crypto-shredded ({}); nothing can be restored",
+                req.id,
+                lost.iter()
+                    .map(|l| l.backup.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut state_changed = false;
+    if !dry_run {
+        let vars = serde_json::json!({
+            "request_id": req.id, "restored": ctx.today(now).to_string(), "reason": reason,
+            "lost": lost,
+        });
+        let mut mails = ctx.mail.to_subject(
+            &req,
+            crate::mail::MessageKind::Restored,
+            vars.clone(),
+            Vec::new(),
+        )?;
+        mails.extend(
+            ctx.mail
+                .to_dpo(Some(&req.id), crate::mail::MessageKind::Restored, vars)?,
+        );
+        state_changed = ctx
+            .store
+            .restore_request(&req.id, actor, reason, &mails, now)
+            .await?;
+    }
     let mut out = Vec::new();
-    for b in backups {
+    for b in live {
         let (path, key) = backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
         backup::verify(&path, &key, Some(&b.sha256))?;
         let manifest = backup::Reader::open(&path, &key)?.manifest;
@@ -134,7 +196,11 @@ pub async fn restore(
         }
         out.extend(here);
     }
-    Ok(out)
+    Ok(Report {
+        tables: out,
+        lost,
+        state_changed,
+    })
 }
 
 async fn restore_batch(

@@ -20,10 +20,8 @@ pub use state::{Decision, State};
 
 use crate::error::{Code, Error, Result};
 use crate::plan::{Plan, PlanInput};
-use crate::policy::{
-    ClockStart, Identities, IdentityKind, Jurisdiction, Period, Policies, RequestKind,
-};
-use crate::store::{Changes, IdentityRow, RequestRow, Store};
+use crate::policy::{ClockStart, Identities, Jurisdiction, Period, Policies, RequestKind};
+use crate::store::{Changes, IdentityRow, NewPlan, RequestRow, Role, Store};
 
 /// What the lifecycle needs: the store, the validated policies, the calendar, and the
 /// folder relative system paths resolve against.
@@ -61,32 +59,17 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request from its stored row and identities. Every stored value is typed by the
+    /// store (an unknown state, kind, jurisdiction or role fails to load, naming it).
     pub fn from_row(row: RequestRow, identities: &[IdentityRow]) -> Result<Request> {
-        let bad = |what: &str, e: String| {
-            Error::new(
-                Code::Store,
-                format!("request {}: stored {what} is invalid: {e}", row.id),
-            )
-        };
-        let state: State = row.state.parse().map_err(|e| bad("state", e))?;
-        let held_from = row
-            .held_from
-            .as_deref()
-            .map(str::parse::<State>)
-            .transpose()
-            .map_err(|e| bad("held_from", e))?;
-        let kind: RequestKind = row.kind.parse().map_err(|e| bad("kind", e))?;
-        let jurisdiction: Jurisdiction = row
-            .jurisdiction
-            .parse()
-            .map_err(|e| bad("jurisdiction", e))?;
+        let (state, held_from, kind, jurisdiction) =
+            (row.state, row.held_from, row.kind, row.jurisdiction);
         let mut subject = Identities::new();
         let mut successor = Identities::new();
         for i in identities {
-            let k: IdentityKind = i.kind.parse().map_err(|e| bad("identity", e))?;
-            match i.role.as_str() {
-                "successor" => successor.insert(k, i.value.clone()),
-                _ => subject.insert(k, i.value.clone()),
+            match i.role {
+                Role::Subject => subject.insert(i.kind, i.value.clone()),
+                Role::Successor => successor.insert(i.kind, i.value.clone()),
             };
         }
         Ok(Request {
@@ -209,7 +192,7 @@ impl Context {
         };
         let mut changes = Changes::default();
         match d {
-            Decision::Hold => changes.held_from = Some(Some(req.state.as_str().to_owned())),
+            Decision::Hold => changes.held_from = Some(Some(req.state)),
             Decision::Release => changes.held_from = Some(None),
             Decision::Verify => {
                 changes.verified_at = Some(now);
@@ -235,10 +218,11 @@ impl Context {
                         ),
                     ));
                 }
-                let body = serde_json::to_string(&plan)?;
-                self.store
-                    .save_plan(&req.id, now, &plan.policy_digest, &body)
-                    .await?;
+                // Saved in the approval's own transaction: a lost race leaves no plan.
+                changes.plan = Some(NewPlan {
+                    policy_digest: plan.policy_digest.clone(),
+                    body: serde_json::to_string(&plan)?,
+                });
             }
             _ => {}
         }
@@ -261,15 +245,7 @@ impl Context {
             _ => Vec::new(),
         };
         self.store
-            .transition(
-                &req.id,
-                req.state.as_str(),
-                to.as_str(),
-                actor,
-                reason,
-                now,
-                &changes,
-            )
+            .transition(&req.id, req.state, to, actor, reason, now, &changes)
             .await?;
         self.request(&req.id).await
     }
@@ -332,8 +308,8 @@ impl Context {
         self.store
             .transition(
                 &req.id,
-                req.state.as_str(),
-                req.state.as_str(),
+                req.state,
+                req.state,
                 actor,
                 Some(&why),
                 now,
@@ -374,7 +350,7 @@ impl Context {
         today: NaiveDate,
     ) -> Result<Vec<QueueItem>> {
         let filter = crate::store::ListFilter {
-            states: states.iter().map(|s| s.as_str().to_owned()).collect(),
+            states: states.to_vec(),
             limit: None,
         };
         let rows = self.store.list_requests(&filter).await?;

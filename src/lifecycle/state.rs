@@ -1,4 +1,7 @@
-//! Request states and the transitions between them.
+//! Request states and the transitions between them: the decisions people take and the
+//! events the worker reports. This module is a leaf (it imports nothing of the crate), so
+//! that the state store can store [`State`] typed and apply [`Event`]s inside its
+//! transactions while the rules stay here.
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,8 +9,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Where a request is in its life (DESIGN.md section 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum State {
     /// Self-service request waiting for the subject to confirm their identity.
     Unverified,
@@ -26,10 +32,12 @@ pub enum State {
     Failed,
     /// The retry budget ran out; a person must look.
     NeedsAttention,
+    /// A restore put back what the request changed; its pending tasks are cancelled.
+    Restored,
 }
 
 impl State {
-    pub const ALL: [State; 11] = [
+    pub const ALL: [State; 12] = [
         State::Unverified,
         State::PendingReview,
         State::Approved,
@@ -41,6 +49,7 @@ impl State {
         State::Cancelled,
         State::Failed,
         State::NeedsAttention,
+        State::Restored,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,12 +65,16 @@ impl State {
             State::Cancelled => "cancelled",
             State::Failed => "failed",
             State::NeedsAttention => "needs_attention",
+            State::Restored => "restored",
         }
     }
 
     /// No further transitions.
     pub fn is_terminal(self) -> bool {
-        matches!(self, State::Completed | State::Rejected | State::Cancelled)
+        matches!(
+            self,
+            State::Completed | State::Rejected | State::Cancelled | State::Restored
+        )
     }
 
     /// Whether the response deadline still runs (the request is not answered yet).
@@ -134,6 +147,70 @@ impl Decision {
     }
 }
 
+/// What the worker (or a restore) reports about a request's work. The lifecycle's rules
+/// say what each does to a request; the store applies them in the transaction that records
+/// the task outcome, so a task's state and its request's state never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The approved plan became tasks.
+    Schedule,
+    /// The first task of the request started.
+    Start,
+    /// A task failed and will be retried.
+    TaskFailed,
+    /// A task's retry budget is spent.
+    GiveUp,
+    /// A person gave a task that needed attention a fresh budget.
+    Retry,
+    /// Every task that answers the request (all but the retention follow-ups) is done.
+    Complete,
+    /// A restore put back what the request changed.
+    Restore,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Schedule => "schedule",
+            Event::Start => "start",
+            Event::TaskFailed => "task_failed",
+            Event::GiveUp => "give_up",
+            Event::Retry => "retry",
+            Event::Complete => "complete",
+            Event::Restore => "restore",
+        }
+    }
+
+    /// The state an event leads to from `from`; `None` when it changes nothing (a held,
+    /// cancelled or finished request is not moved by its work).
+    pub fn target(self, from: State) -> Option<State> {
+        use State::*;
+        match (self, from) {
+            (Event::Schedule, Approved) => Some(Scheduled),
+            (Event::Start, Scheduled) => Some(Running),
+            (Event::TaskFailed, Scheduled | Running) => Some(Failed),
+            (Event::GiveUp, Scheduled | Running | Failed) => Some(NeedsAttention),
+            (Event::Retry, NeedsAttention) => Some(Failed),
+            (Event::Complete, Scheduled | Running | Failed) => Some(Completed),
+            // A restore undoes the work of a request that ran (or is still due to run).
+            (Event::Restore, Scheduled | Running | Failed | NeedsAttention | Completed) => {
+                Some(Restored)
+            }
+            (
+                Event::Schedule
+                | Event::Start
+                | Event::TaskFailed
+                | Event::GiveUp
+                | Event::Retry
+                | Event::Complete
+                | Event::Restore,
+                Unverified | PendingReview | Approved | Scheduled | Running | Completed | Rejected
+                | OnHold | Cancelled | Failed | NeedsAttention | Restored,
+            ) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +224,12 @@ mod tests {
 
     #[test]
     fn terminal_states_allow_nothing() {
-        for s in [State::Completed, State::Rejected, State::Cancelled] {
+        for s in [
+            State::Completed,
+            State::Rejected,
+            State::Cancelled,
+            State::Restored,
+        ] {
             for d in [
                 Decision::Verify,
                 Decision::Approve,
@@ -160,6 +242,34 @@ mod tests {
                 assert_eq!(d.target(s, None), None, "{} from {s}", d.as_str());
             }
         }
+    }
+
+    #[test]
+    fn work_never_moves_a_held_or_finished_request() {
+        let all = [
+            Event::Schedule,
+            Event::Start,
+            Event::TaskFailed,
+            Event::GiveUp,
+            Event::Retry,
+            Event::Complete,
+        ];
+        for s in [
+            State::OnHold,
+            State::Cancelled,
+            State::Rejected,
+            State::Completed,
+            State::Restored,
+        ] {
+            for e in all {
+                assert_eq!(e.target(s), None, "{} from {s}", e.as_str());
+            }
+        }
+        assert_eq!(
+            Event::Restore.target(State::Completed),
+            Some(State::Restored)
+        );
+        assert_eq!(Event::Restore.target(State::Restored), None);
     }
 
     #[test]

@@ -74,10 +74,12 @@ pub enum MessageKind {
     Reminder,
     FailureAlert,
     ManualTask,
+    /// A restore put back what a request changed (to the subject and the DPO).
+    Restored,
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 10] = [
+    pub const ALL: [MessageKind; 11] = [
         MessageKind::Acknowledgement,
         MessageKind::Verification,
         MessageKind::Approval,
@@ -88,6 +90,7 @@ impl MessageKind {
         MessageKind::Reminder,
         MessageKind::FailureAlert,
         MessageKind::ManualTask,
+        MessageKind::Restored,
     ];
 
     /// The stable name (templates, the outbox's `kind` column).
@@ -103,6 +106,7 @@ impl MessageKind {
             MessageKind::Reminder => "reminder",
             MessageKind::FailureAlert => "failure_alert",
             MessageKind::ManualTask => "manual_task",
+            MessageKind::Restored => "restored",
         }
     }
 }

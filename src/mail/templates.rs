@@ -66,10 +66,12 @@ static EMBEDDED: &[(&str, &str)] = embedded!(
     "en" => [
         "acknowledgement", "verification", "approval", "refusal", "extension",
         "completion", "export_ready", "reminder", "failure_alert", "manual_task",
+        "restored",
     ];
     "zh-CN" => [
         "acknowledgement", "verification", "approval", "refusal", "extension",
         "completion", "export_ready", "reminder", "failure_alert", "manual_task",
+        "restored",
     ];
 );
 

@@ -26,6 +26,19 @@ pub struct PlanInput {
     pub wants_copy: bool,
 }
 
+impl PlanInput {
+    /// The day a request's immediate work is due: the request date, and for an exit the
+    /// exit date or the request date, whichever is later.
+    pub fn immediate(&self) -> NaiveDate {
+        match (self.kind, self.exit_date) {
+            (RequestKind::Exit, Some(exit)) => exit.max(self.request_date),
+            (RequestKind::Exit | RequestKind::Erasure | RequestKind::Access, _) => {
+                self.request_date
+            }
+        }
+    }
+}
+
 /// One line of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -96,12 +109,7 @@ pub fn make(
         blocked: Vec::new(),
         notes: Vec::new(),
     };
-    // Immediate actions are due on the request date, exits' on the exit date (never before
-    // the request itself).
-    let immediate = match (input.kind, input.exit_date) {
-        (RequestKind::Exit, Some(exit)) => exit.max(input.request_date),
-        _ => input.request_date,
-    };
+    let immediate = input.immediate();
     if input.kind == RequestKind::Exit && input.exit_date.is_none() {
         plan.blocked.push("an exit needs an exit date".into());
     }

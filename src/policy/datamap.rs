@@ -33,8 +33,11 @@ impl Driver {
 pub type Identities = BTreeMap<IdentityKind, String>;
 
 /// How a subject is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum IdentityKind {
     Email,
     Phone,

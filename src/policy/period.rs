@@ -130,11 +130,16 @@ impl<'de> Deserialize<'de> for Period {
 }
 
 /// The law a request is handled under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[sqlx(type_name = "text")]
 pub enum Jurisdiction {
     #[serde(rename = "GDPR")]
+    #[sqlx(rename = "GDPR")]
     Gdpr,
     #[serde(rename = "PIPL")]
+    #[sqlx(rename = "PIPL")]
     Pipl,
 }
 

@@ -114,19 +114,41 @@ impl Store {
             for m in mails {
                 super::outbox::enqueue_in(&mut tx, m, now).await?;
             }
+            if let Some(rid) = request_id {
+                sqlx::query("UPDATE requests SET receipt_due = $2 WHERE id = $1").bind(rid).bind(false).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
         });
         Ok(())
     }
 
+    /// Requests whose completion receipt is due.
+    pub async fn receipts_due(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id FROM requests WHERE receipt_due = $1 ORDER BY updated_at, id").bind(true).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// A request's finished tasks that no receipt covers yet.
+    pub async fn unreceipted_tasks_of(&self, request_id: &str) -> Result<Vec<super::TaskRow>> {
+        let sql = format!(
+            "SELECT {} FROM tasks WHERE request_id = $1 AND state = $2 AND receipt_id IS NULL ORDER BY completed_at, id",
+            super::tasks::TASK_COLUMNS
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(request_id).bind(super::tasks::TaskState::Done).fetch_all(pool).await?
+        }))
+    }
+
     /// Finished tasks that no receipt covers yet, oldest first.
     pub async fn unreceipted_tasks(&self) -> Result<Vec<super::TaskRow>> {
         let sql = format!(
-            "SELECT {} FROM tasks WHERE state = 'done' AND receipt_id IS NULL ORDER BY completed_at, id",
+            "SELECT {} FROM tasks WHERE state = $1 AND receipt_id IS NULL ORDER BY completed_at, id",
             super::tasks::TASK_COLUMNS
         );
         Ok(
-            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_all(pool).await?),
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(super::tasks::TaskState::Done).fetch_all(pool).await?),
         )
     }
 

@@ -16,6 +16,8 @@ use sqlx::sqlite::{
 };
 
 use crate::error::{Code, Error, Result};
+use crate::lifecycle::state::State;
+use crate::policy::{IdentityKind, Jurisdiction, RequestKind};
 
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -48,12 +50,12 @@ pub struct Store {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RequestRow {
     pub id: String,
-    pub kind: String,
+    pub kind: RequestKind,
     pub external_id: Option<String>,
     pub ticket_digest: String,
-    pub state: String,
-    pub held_from: Option<String>,
-    pub jurisdiction: String,
+    pub state: State,
+    pub held_from: Option<State>,
+    pub jurisdiction: Jurisdiction,
     pub locale: String,
     pub source: String,
     pub requested_by: Option<String>,
@@ -73,11 +75,24 @@ const REQUEST_COLUMNS: &str = "id, kind, external_id, ticket_digest, state, held
      source, requested_by, exit_date, wants_copy, received_at, verified_at, clock_start, due_date, original_due_date, \
      extended_at, extension_reason, updated_at";
 
+/// Whose identity a stored identity is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Role {
+    /// The person the request is about.
+    Subject,
+    /// An exit's successor, who takes over the leaver's records.
+    Successor,
+}
+
 /// An identity of a request's subject (or of an exit's successor).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct IdentityRow {
-    pub role: String,
-    pub kind: String,
+    pub role: Role,
+    pub kind: IdentityKind,
     pub value: String,
 }
 
@@ -86,8 +101,8 @@ pub struct IdentityRow {
 pub struct HistoryRow {
     pub at: DateTime<Utc>,
     pub actor: String,
-    pub from_state: Option<String>,
-    pub to_state: String,
+    pub from_state: Option<State>,
+    pub to_state: State,
     pub reason: Option<String>,
 }
 
@@ -95,12 +110,12 @@ pub struct HistoryRow {
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     pub id: String,
-    pub kind: String,
+    pub kind: RequestKind,
     pub external_id: Option<String>,
     pub ticket_digest: String,
     pub ticket_body: String,
-    pub state: String,
-    pub jurisdiction: String,
+    pub state: State,
+    pub jurisdiction: Jurisdiction,
     pub locale: String,
     pub source: String,
     pub requested_by: Option<String>,
@@ -128,7 +143,7 @@ pub enum Inserted {
 /// Fields a transition may set alongside the state.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
-    pub held_from: Option<Option<String>>,
+    pub held_from: Option<Option<State>>,
     pub verified_at: Option<DateTime<Utc>>,
     pub clock_start: Option<NaiveDate>,
     pub due_date: Option<NaiveDate>,
@@ -137,12 +152,21 @@ pub struct Changes {
     pub extension_reason: Option<String>,
     /// Messages written in the same transaction as the state change.
     pub mails: Vec<outbox::NewMail>,
+    /// The plan approved, saved in the same transaction as the approval.
+    pub plan: Option<NewPlan>,
+}
+
+/// A plan to save with a decision.
+#[derive(Debug, Clone)]
+pub struct NewPlan {
+    pub policy_digest: String,
+    pub body: String,
 }
 
 /// A filter for listing requests.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    pub states: Vec<String>,
+    pub states: Vec<State>,
     pub limit: Option<i64>,
 }
 
@@ -237,7 +261,7 @@ impl Store {
     /// different ticket it is a conflict.
     pub async fn insert_request(&self, r: &NewRequest) -> Result<Inserted> {
         if let Some(ext) = &r.external_id
-            && let Some(found) = self.find_external(ext, &r.kind, &r.ticket_digest).await?
+            && let Some(found) = self.find_external(ext, r.kind, &r.ticket_digest).await?
         {
             return Ok(found);
         }
@@ -250,8 +274,8 @@ impl Store {
                      verify_token_sha256, updated_at, wants_copy) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11, $16)",
                 )
-                .bind(&r.id).bind(&r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(&r.state)
-                .bind(&r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
+                .bind(&r.id).bind(r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(r.state)
+                .bind(r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
                 .bind(r.received_at).bind(r.verified_at).bind(r.clock_start).bind(r.due_date)
                 .bind(&r.verify_token_sha256).bind(r.wants_copy)
                 .execute(&mut *tx).await?;
@@ -260,11 +284,11 @@ impl Store {
                     .execute(&mut *tx).await?;
                 for i in &r.identities {
                     sqlx::query("INSERT INTO identities (request_id, role, kind, value) VALUES ($1, $2, $3, $4)")
-                        .bind(&r.id).bind(&i.role).bind(&i.kind).bind(&i.value)
+                        .bind(&r.id).bind(i.role).bind(i.kind).bind(&i.value)
                         .execute(&mut *tx).await?;
                 }
                 sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, NULL, $4, 'received')")
-                    .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(&r.state)
+                    .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(r.state)
                     .execute(&mut *tx).await?;
                 for m in &r.mails {
                     outbox::enqueue_in(&mut tx, m, r.received_at).await?;
@@ -277,7 +301,7 @@ impl Store {
             // Another door inserted the same external id at the same moment.
             Err(e) if is_unique_violation(&e) && r.external_id.is_some() => {
                 let ext = r.external_id.as_deref().unwrap_or_default();
-                self.find_external(ext, &r.kind, &r.ticket_digest)
+                self.find_external(ext, r.kind, &r.ticket_digest)
                     .await?
                     .ok_or_else(|| Error::from(e))
             }
@@ -285,8 +309,13 @@ impl Store {
         }
     }
 
-    async fn find_external(&self, ext: &str, kind: &str, digest: &str) -> Result<Option<Inserted>> {
-        let row: Option<(String, String, String)> = on_pool!(self, pool => {
+    async fn find_external(
+        &self,
+        ext: &str,
+        kind: RequestKind,
+        digest: &str,
+    ) -> Result<Option<Inserted>> {
+        let row: Option<(String, RequestKind, String)> = on_pool!(self, pool => {
             sqlx::query_as("SELECT id, kind, ticket_digest FROM requests WHERE external_id = $1")
                 .bind(ext).fetch_optional(pool).await?
         });
@@ -343,7 +372,7 @@ impl Store {
         let rows: Vec<RequestRow> = on_pool!(self, pool => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
             for s in &filter.states {
-                q = q.bind(s);
+                q = q.bind(*s);
             }
             q.fetch_all(pool).await?
         });
@@ -370,7 +399,7 @@ impl Store {
                 "SELECT request_id, role, kind, value FROM identities WHERE request_id IN ({}) ORDER BY id",
                 marks.join(", ")
             );
-            let rows: Vec<(String, String, String, String)> = on_pool!(self, pool => {
+            let rows: Vec<(String, Role, IdentityKind, String)> = on_pool!(self, pool => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
                 for id in chunk {
                     q = q.bind(id);
@@ -406,8 +435,8 @@ impl Store {
     pub async fn transition(
         &self,
         id: &str,
-        from: &str,
-        to: &str,
+        from: State,
+        to: State,
         actor: &str,
         reason: Option<&str>,
         now: DateTime<Utc>,
@@ -428,7 +457,7 @@ impl Store {
                      WHERE id = $1 AND state = $2",
                 )
                 .bind(id).bind(from).bind(to).bind(now)
-                .bind(c.held_from.is_some()).bind(c.held_from.clone().flatten())
+                .bind(c.held_from.is_some()).bind(c.held_from.flatten())
                 .bind(c.verified_at).bind(c.clock_start).bind(c.due_date).bind(c.original_due_date)
                 .bind(c.extended_at).bind(&c.extension_reason)
                 .execute(&mut *tx).await?
@@ -439,6 +468,10 @@ impl Store {
                         .execute(&mut *tx).await?;
                     for m in &c.mails {
                         outbox::enqueue_in(&mut tx, m, now).await?;
+                    }
+                    if let Some(p) = &c.plan {
+                        sqlx::query("INSERT INTO plans (request_id, created_at, policy_digest, body) VALUES ($1, $2, $3, $4)")
+                            .bind(id).bind(now).bind(&p.policy_digest).bind(&p.body).execute(&mut *tx).await?;
                     }
                 }
                 tx.commit().await?;
@@ -461,20 +494,6 @@ impl Store {
         Ok(
             on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(sha256).fetch_optional(pool).await?),
         )
-    }
-
-    pub async fn save_plan(
-        &self,
-        request_id: &str,
-        now: DateTime<Utc>,
-        policy_digest: &str,
-        body: &str,
-    ) -> Result<()> {
-        on_pool!(self, pool => {
-            sqlx::query("INSERT INTO plans (request_id, created_at, policy_digest, body) VALUES ($1, $2, $3, $4)")
-                .bind(request_id).bind(now).bind(policy_digest).bind(body).execute(pool).await?;
-        });
-        Ok(())
     }
 
     pub async fn latest_plan(&self, request_id: &str) -> Result<Option<PlanRow>> {

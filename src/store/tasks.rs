@@ -9,6 +9,103 @@ use chrono::{DateTime, Utc};
 
 use super::{Pool, Store};
 use crate::error::{Code, Error, Result};
+use crate::lifecycle::state::{Event, State};
+
+/// What a task carries out.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Close the accounts of a leaver (on the exit date).
+    Disable,
+    /// Erase, anonymise and hand over; captures the keys of the rows kept for later.
+    Apply,
+    /// Act on rows kept under a retention rule once it ends.
+    Followup,
+    /// A system with no connector: its owner acts and confirms.
+    Manual,
+    /// The retention sweep of one table (no request).
+    Sweep,
+    /// An access request's (or a leaver's) copy of their data.
+    Export,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Disable => "disable",
+            TaskKind::Apply => "apply",
+            TaskKind::Followup => "followup",
+            TaskKind::Manual => "manual",
+            TaskKind::Sweep => "sweep",
+            TaskKind::Export => "export",
+        }
+    }
+
+    /// Whether the task answers its request (a request completes when all of these are
+    /// done); retention follow-ups act later and are proven on their own.
+    pub fn answers_request(self) -> bool {
+        match self {
+            TaskKind::Disable
+            | TaskKind::Apply
+            | TaskKind::Manual
+            | TaskKind::Export
+            | TaskKind::Sweep => true,
+            TaskKind::Followup => false,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a task is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum TaskState {
+    /// A follow-up waiting for its apply task to capture the keys of the rows it will act
+    /// on (not runnable before that).
+    WaitingKeys,
+    /// Runnable; no backup yet.
+    Pending,
+    /// Its backup is written, read back and recorded; runnable.
+    BackedUp,
+    /// A manual task waiting for its system's owner.
+    WaitingConfirmation,
+    Done,
+    /// Cancelled (a restore, a cancelled request): it will not run.
+    Cancelled,
+    /// The retry budget is spent.
+    NeedsAttention,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::WaitingKeys => "waiting_keys",
+            TaskState::Pending => "pending",
+            TaskState::BackedUp => "backed_up",
+            TaskState::WaitingConfirmation => "waiting_confirmation",
+            TaskState::Done => "done",
+            TaskState::Cancelled => "cancelled",
+            TaskState::NeedsAttention => "needs_attention",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A task as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -16,11 +113,11 @@ pub struct TaskRow {
     pub id: String,
     pub request_id: Option<String>,
     pub system: String,
-    pub kind: String,
+    pub kind: TaskKind,
     pub body: String,
     pub due_at: DateTime<Utc>,
     pub windowed: bool,
-    pub state: String,
+    pub state: TaskState,
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
     pub lease_owner: Option<String>,
@@ -41,11 +138,11 @@ pub struct NewTask {
     pub id: String,
     pub request_id: Option<String>,
     pub system: String,
-    pub kind: String,
+    pub kind: TaskKind,
     pub body: String,
     pub due_at: DateTime<Utc>,
     pub windowed: bool,
-    pub state: String,
+    pub state: TaskState,
     /// Manual tasks: SHA-256 of the token of the owner's confirmation link.
     pub confirm_token_sha256: Option<String>,
 }
@@ -65,23 +162,27 @@ pub struct BackupRow {
     pub shredded_at: Option<DateTime<Utc>>,
 }
 
-/// States a task can be leased in.
-pub const RUNNABLE: [&str; 2] = ["pending", "backed_up"];
-
 impl Store {
-    /// Create a request's tasks (and their messages) and move it from `from` to `to`, in
-    /// one transaction.
-    #[allow(clippy::too_many_arguments)]
+    /// Create a request's tasks (and their messages) and move it from `approved` to
+    /// `scheduled`, in one transaction. A request none of whose tasks answers it (nothing
+    /// to change anywhere) completes in the same transaction, with its receipt due; the
+    /// answer says whether it did.
     pub async fn schedule(
         &self,
         request_id: &str,
-        from: &str,
-        to: &str,
         tasks: &[NewTask],
         mails: &[super::outbox::NewMail],
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let from = State::Approved;
+        let Some(to) = Event::Schedule.target(from) else {
+            return Err(Error::new(
+                Code::Internal,
+                "approved requests cannot be scheduled",
+            ));
+        };
+        let nothing_to_do = !tasks.iter().any(|t| t.kind.answers_request());
         let moved: u64 = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
@@ -95,17 +196,18 @@ impl Store {
                     for m in mails {
                         super::outbox::enqueue_in(&mut tx, m, now).await?;
                     }
-                    sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
-                        .bind(request_id).bind(now).bind(actor).bind(from).bind(to)
-                        .bind(format!("{} task(s) scheduled", tasks.len()))
-                        .execute(&mut *tx).await?;
+                    let why = format!("{} task(s) scheduled", tasks.len());
+                    history_in(&mut tx, request_id, now, actor, from, to, Some(&why)).await?;
+                    if nothing_to_do && let Some(done) = Event::Complete.target(to) {
+                        complete_in(&mut tx, request_id, now, to, done, "nothing to change: no mapped system holds data of the subject").await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok::<u64, sqlx::Error>(n)
             }.await?
         });
         if moved == 1 {
-            Ok(())
+            Ok(nothing_to_do)
         } else {
             Err(Error::new(
                 Code::IllegalTransition,
@@ -144,12 +246,16 @@ impl Store {
         let window = if windowed { "" } else { " AND windowed = $5" };
         let sql = format!(
             "UPDATE tasks SET lease_owner = $1, lease_expires_at = $3, updated_at = $2 WHERE id IN ( \
-               SELECT id FROM tasks WHERE state IN ('pending', 'backed_up') AND due_at <= $2 AND next_attempt_at <= $2 \
+               SELECT id FROM tasks WHERE state IN ('{pending}', '{backed_up}') AND due_at <= $2 AND next_attempt_at <= $2 \
                AND (lease_expires_at IS NULL OR lease_expires_at < $2){window} \
-               AND (kind = 'export' OR request_id IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = 'export' AND e.state <> 'done')) \
+               AND (kind = '{export}' OR request_id IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = '{export}' AND e.state <> '{done}')) \
                ORDER BY due_at, id LIMIT $4{lock}) \
-             RETURNING {TASK_COLUMNS}"
+             RETURNING {TASK_COLUMNS}",
+            pending = TaskState::Pending,
+            backed_up = TaskState::BackedUp,
+            export = TaskKind::Export,
+            done = TaskState::Done,
         );
         let rows: Vec<TaskRow> = on_pool!(self, pool => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(worker).bind(now).bind(lease_until).bind(limit);
@@ -190,8 +296,8 @@ impl Store {
         let n: u64 = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
-                let n = sqlx::query("UPDATE tasks SET state = 'backed_up', backup_id = $3, updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'")
-                    .bind(task_id).bind(worker).bind(&b.id).bind(now)
+                let n = sqlx::query("UPDATE tasks SET state = $5, backup_id = $3, updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND state = $6")
+                    .bind(task_id).bind(worker).bind(&b.id).bind(now).bind(TaskState::BackedUp).bind(TaskState::Pending)
                     .execute(&mut *tx).await?.rows_affected();
                 if n == 1 {
                     sqlx::query("INSERT INTO backups (id, request_id, task_id, path, sha256, size, rows, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
@@ -228,9 +334,9 @@ impl Store {
                 .await;
         }
         let n = on_pool!(self, pool => {
-            sqlx::query("UPDATE tasks SET state = 'pending', backup_id = NULL, attempts = attempts + 1, last_error = $3, updated_at = $4, \
+            sqlx::query("UPDATE tasks SET state = $5, backup_id = NULL, attempts = attempts + 1, last_error = $3, updated_at = $4, \
                          lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
-                .bind(task_id).bind(worker).bind(why).bind(now).execute(pool).await?.rows_affected()
+                .bind(task_id).bind(worker).bind(why).bind(now).bind(TaskState::Pending).execute(pool).await?.rows_affected()
         });
         lease_held(n, task_id).map(|()| false)
     }
@@ -238,8 +344,8 @@ impl Store {
     /// Take a task waiting for a person's confirmation, as that person (then `task_done`).
     pub async fn take_for_confirmation(&self, task_id: &str, actor: &str) -> Result<()> {
         let n = on_pool!(self, pool => {
-            sqlx::query("UPDATE tasks SET lease_owner = $2 WHERE id = $1 AND state = 'waiting_confirmation'")
-                .bind(task_id).bind(actor).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE tasks SET lease_owner = $2 WHERE id = $1 AND state = $3")
+                .bind(task_id).bind(actor).bind(TaskState::WaitingConfirmation).execute(pool).await?.rows_affected()
         });
         if n == 1 {
             Ok(())
@@ -252,10 +358,10 @@ impl Store {
     }
 
     /// How many tasks of `kind` on `system` are not finished.
-    pub async fn open_tasks(&self, kind: &str, system: &str) -> Result<i64> {
+    pub async fn open_tasks(&self, kind: TaskKind, system: &str) -> Result<i64> {
         let n: (i64,) = on_pool!(self, pool => {
-            sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE kind = $1 AND system = $2 AND state IN ('pending', 'backed_up')")
-                .bind(kind).bind(system).fetch_one(pool).await?
+            sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE kind = $1 AND system = $2 AND state IN ($3, $4)")
+                .bind(kind).bind(system).bind(TaskState::Pending).bind(TaskState::BackedUp).fetch_one(pool).await?
         });
         Ok(n.0)
     }
@@ -272,23 +378,19 @@ impl Store {
             async {
                 let mut tx = pool.begin().await?;
                 let n = sqlx::query(
-                    "UPDATE tasks SET state = CASE WHEN backup_id IS NULL THEN 'pending' ELSE 'backed_up' END, \
-                     attempts = 0, next_attempt_at = $2, updated_at = $2 WHERE id = $1 AND state = 'needs_attention'",
+                    "UPDATE tasks SET state = CASE WHEN backup_id IS NULL THEN $3 ELSE $4 END, \
+                     attempts = 0, next_attempt_at = $2, updated_at = $2 WHERE id = $1 AND state = $5",
                 )
-                .bind(task_id).bind(now).execute(&mut *tx).await?.rows_affected();
+                .bind(task_id).bind(now).bind(TaskState::Pending).bind(TaskState::BackedUp).bind(TaskState::NeedsAttention)
+                .execute(&mut *tx).await?.rows_affected();
                 if n == 0 {
                     tx.commit().await?;
                     return Ok::<Option<Option<String>>, sqlx::Error>(None);
                 }
                 let (rid,): (Option<String>,) = sqlx::query_as("SELECT request_id FROM tasks WHERE id = $1").bind(task_id).fetch_one(&mut *tx).await?;
                 if let Some(rid) = &rid {
-                    let n = sqlx::query("UPDATE requests SET state = 'failed', updated_at = $2 WHERE id = $1 AND state = 'needs_attention'")
-                        .bind(rid).bind(now).execute(&mut *tx).await?.rows_affected();
-                    if n == 1 {
-                        sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, 'needs_attention', 'failed', $4)")
-                            .bind(rid).bind(now).bind(actor).bind(format!("task {task_id} retried with a fresh budget"))
-                            .execute(&mut *tx).await?;
-                    }
+                    let why = format!("task {task_id} retried with a fresh budget");
+                    apply_event_in(&mut tx, rid, now, actor, Event::Retry, &why).await?;
                 }
                 tx.commit().await?;
                 Ok(Some(rid))
@@ -314,14 +416,15 @@ impl Store {
     /// How many tasks are due and runnable now.
     pub async fn count_due(&self, now: DateTime<Utc>) -> Result<i64> {
         let n: (i64,) = on_pool!(self, pool => {
-            sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE state IN ('pending', 'backed_up') AND due_at <= $1 AND next_attempt_at <= $1")
-                .bind(now).fetch_one(pool).await?
+            sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE state IN ($2, $3) AND due_at <= $1 AND next_attempt_at <= $1")
+                .bind(now).bind(TaskState::Pending).bind(TaskState::BackedUp).fetch_one(pool).await?
         });
         Ok(n.0)
     }
 
-    /// Finish a task with its result; returns whether every task of its request that is
-    /// due by `now` is done (the request is then moved to `completed`).
+    /// Finish a task with its result; returns whether its request completed with it: when
+    /// every task that answers the request, and every follow-up already due, is done. The
+    /// request's completion (with its receipt due) is written in the same transaction.
     pub async fn task_done(
         &self,
         task_id: &str,
@@ -333,8 +436,8 @@ impl Store {
         let (n, completed): (u64, bool) = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
-                let n = sqlx::query("UPDATE tasks SET state = 'done', result = $3, completed_at = $4, updated_at = $4, lease_owner = NULL, lease_expires_at = NULL, last_error = NULL WHERE id = $1 AND lease_owner = $2")
-                    .bind(task_id).bind(worker).bind(result).bind(now)
+                let n = sqlx::query("UPDATE tasks SET state = $5, result = $3, completed_at = $4, updated_at = $4, lease_owner = NULL, lease_expires_at = NULL, last_error = NULL WHERE id = $1 AND lease_owner = $2")
+                    .bind(task_id).bind(worker).bind(result).bind(now).bind(TaskState::Done)
                     .execute(&mut *tx).await?.rows_affected();
                 let mut completed = false;
                 if n == 1 {
@@ -343,14 +446,13 @@ impl Store {
                     }
                     let req: Option<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM tasks WHERE id = $1").bind(task_id).fetch_optional(&mut *tx).await?;
                     if let Some((Some(rid),)) = req {
-                        let open: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE request_id = $1 AND state <> 'done' AND state <> 'cancelled' AND due_at <= $2")
-                            .bind(&rid).bind(now).fetch_one(&mut *tx).await?;
+                        let open: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE request_id = $1 AND state <> $2 AND state <> $3 AND (kind <> $4 OR due_at <= $5)")
+                            .bind(&rid).bind(TaskState::Done).bind(TaskState::Cancelled).bind(TaskKind::Followup).bind(now)
+                            .fetch_one(&mut *tx).await?;
                         if open.0 == 0 {
-                            let state: Option<(String,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_optional(&mut *tx).await?;
-                            if let Some((from,)) = state && (from == "running" || from == "scheduled" || from == "failed") {
-                                sqlx::query("UPDATE requests SET state = 'completed', updated_at = $2 WHERE id = $1").bind(&rid).bind(now).execute(&mut *tx).await?;
-                                sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, 'quietus', $3, 'completed', 'every task due now is done')")
-                                    .bind(&rid).bind(now).bind(&from).execute(&mut *tx).await?;
+                            let state: Option<(State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_optional(&mut *tx).await?;
+                            if let Some((from,)) = state && let Some(to) = Event::Complete.target(from) {
+                                complete_in(&mut tx, &rid, now, from, to, "every task that answers the request is done").await?;
                                 completed = true;
                             }
                         }
@@ -377,29 +479,24 @@ impl Store {
         let gave_up: bool = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
-                let row: Option<(i64, Option<String>)> = sqlx::query_as("SELECT attempts, request_id FROM tasks WHERE id = $1 AND lease_owner = $2")
+                let row: Option<(i64, Option<String>, TaskState)> = sqlx::query_as("SELECT attempts, request_id, state FROM tasks WHERE id = $1 AND lease_owner = $2")
                     .bind(task_id).bind(worker).fetch_optional(&mut *tx).await?;
-                let Some((attempts, rid)) = row else {
+                let Some((attempts, rid, state)) = row else {
                     tx.commit().await?;
                     return Ok::<bool, sqlx::Error>(false);
                 };
                 let attempts = attempts + 1;
                 let give_up = attempts >= max_attempts;
                 let backoff = chrono::Duration::seconds(30 * (1_i64 << attempts.clamp(0, 10)));
-                let state = if give_up { "needs_attention" } else { "" };
+                let state = if give_up { TaskState::NeedsAttention } else { state };
                 sqlx::query("UPDATE tasks SET attempts = $3, last_error = $4, next_attempt_at = $5, updated_at = $6, lease_owner = NULL, lease_expires_at = NULL, \
-                             state = CASE WHEN $7 = '' THEN state ELSE $7 END WHERE id = $1 AND lease_owner = $2")
+                             state = $7 WHERE id = $1 AND lease_owner = $2")
                     .bind(task_id).bind(worker).bind(attempts).bind(error).bind(now + backoff).bind(now).bind(state)
                     .execute(&mut *tx).await?;
                 if let Some(rid) = rid {
-                    let to = if give_up { "needs_attention" } else { "failed" };
-                    let from: Option<(String,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_optional(&mut *tx).await?;
-                    if let Some((from,)) = from && from != to && matches!(from.as_str(), "scheduled" | "running" | "failed") {
-                        sqlx::query("UPDATE requests SET state = $2, updated_at = $3 WHERE id = $1").bind(&rid).bind(to).bind(now).execute(&mut *tx).await?;
-                        sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, 'quietus', $3, $4, $5)")
-                            .bind(&rid).bind(now).bind(&from).bind(to).bind(format!("task {task_id} failed (attempt {attempts}): {error}"))
-                            .execute(&mut *tx).await?;
-                    }
+                    let event = if give_up { Event::GiveUp } else { Event::TaskFailed };
+                    let why = format!("task {task_id} failed (attempt {attempts}): {error}");
+                    apply_event_in(&mut tx, &rid, now, "quietus", event, &why).await?;
                 }
                 tx.commit().await?;
                 Ok(give_up)
@@ -413,15 +510,69 @@ impl Store {
     pub async fn request_running(&self, request_id: &str, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let from: Option<(String,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(request_id).fetch_optional(&mut *tx).await?;
-            if let Some((from,)) = from && from == "scheduled" {
-                sqlx::query("UPDATE requests SET state = 'running', updated_at = $2 WHERE id = $1 AND state = $3").bind(request_id).bind(now).bind(&from).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, 'quietus', $3, 'running', NULL)")
-                    .bind(request_id).bind(now).bind(&from).execute(&mut *tx).await?;
-            }
+            apply_event_in(&mut tx, request_id, now, "quietus", Event::Start, "").await?;
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// A restore undoes a request: move it to `restored` (the lifecycle's rule), cancel
+    /// every task of it that has not run, and queue its messages, in one transaction.
+    /// Refused while a worker holds a live lease on one of its tasks. Returns whether the
+    /// request moved (false when it was restored already: a restore run again).
+    pub async fn restore_request(
+        &self,
+        request_id: &str,
+        actor: &str,
+        reason: &str,
+        mails: &[super::outbox::NewMail],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let outcome: std::result::Result<bool, String> = on_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                let busy: Option<(String,)> = sqlx::query_as(
+                    "SELECT id FROM tasks WHERE request_id = $1 AND state IN ($2, $3) AND lease_expires_at > $4 LIMIT 1",
+                )
+                .bind(request_id).bind(TaskState::Pending).bind(TaskState::BackedUp).bind(now)
+                .fetch_optional(&mut *tx).await?;
+                if let Some((task,)) = busy {
+                    tx.rollback().await?;
+                    return Ok::<_, sqlx::Error>(Err(task));
+                }
+                let (from,): (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
+                    .bind(request_id).fetch_one(&mut *tx).await?;
+                let Some(to) = Event::Restore.target(from) else {
+                    tx.commit().await?;
+                    return Ok(Ok(false));
+                };
+                sqlx::query("UPDATE requests SET state = $2, updated_at = $3 WHERE id = $1")
+                    .bind(request_id).bind(to).bind(now).execute(&mut *tx).await?;
+                let cancelled = sqlx::query(
+                    "UPDATE tasks SET state = $2, updated_at = $3, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE request_id = $1 AND state IN ($4, $5, $6, $7, $8)",
+                )
+                .bind(request_id).bind(TaskState::Cancelled).bind(now)
+                .bind(TaskState::WaitingKeys).bind(TaskState::Pending).bind(TaskState::BackedUp)
+                .bind(TaskState::WaitingConfirmation).bind(TaskState::NeedsAttention)
+                .execute(&mut *tx).await?.rows_affected();
+                let why = format!("{reason} ({cancelled} pending task(s) cancelled)");
+                history_in(&mut tx, request_id, now, actor, from, to, Some(&why)).await?;
+                for m in mails {
+                    super::outbox::enqueue_in(&mut tx, m, now).await?;
+                }
+                tx.commit().await?;
+                Ok(Ok(true))
+            }.await?
+        });
+        outcome.map_err(|task| {
+            Error::new(
+                Code::IllegalTransition,
+                format!(
+                    "request {request_id}: task {task} is running (a worker holds its lease); restore once it stops"
+                ),
+            )
+        })
     }
 
     pub async fn tasks_of(&self, request_id: &str) -> Result<Vec<TaskRow>> {
@@ -438,10 +589,11 @@ impl Store {
         row.ok_or_else(|| Error::new(Code::NotFound, format!("no task {id}")))
     }
 
-    /// Replace a task's body (a follow-up task learns the keys of the rows it will erase).
-    pub async fn set_task_body(&self, id: &str, body: &str, now: DateTime<Utc>) -> Result<()> {
+    /// A follow-up learns the keys of the rows it will act on, and becomes runnable.
+    pub async fn set_followup_keys(&self, id: &str, body: &str, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
-            sqlx::query("UPDATE tasks SET body = $2, updated_at = $3 WHERE id = $1").bind(id).bind(body).bind(now).execute(pool).await?;
+            sqlx::query("UPDATE tasks SET body = $2, updated_at = $3, state = CASE WHEN state = $4 THEN $5 ELSE state END WHERE id = $1")
+                .bind(id).bind(body).bind(now).bind(TaskState::WaitingKeys).bind(TaskState::Pending).execute(pool).await?;
         });
         Ok(())
     }
@@ -450,8 +602,8 @@ impl Store {
     pub async fn set_task_state(
         &self,
         id: &str,
-        from: &str,
-        to: &str,
+        from: TaskState,
+        to: TaskState,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let n = on_pool!(self, pool => {
@@ -489,10 +641,9 @@ impl Store {
             sqlx::query("UPDATE backups SET shredded_at = $2 WHERE id = $1 AND shredded_at IS NULL").bind(id).bind(now).execute(&mut *tx).await?;
             let rid: Option<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM backups WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
             if let Some((Some(rid),)) = rid {
-                let state: (String,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_one(&mut *tx).await?;
-                sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, 'quietus', $3, $3, $4)")
-                    .bind(&rid).bind(now).bind(&state.0).bind(format!("backup {id} expired: its key was destroyed (crypto-shredded) and the archive removed"))
-                    .execute(&mut *tx).await?;
+                let state: (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_one(&mut *tx).await?;
+                let why = format!("backup {id} expired: its key was destroyed (crypto-shredded) and the archive removed");
+                history_in(&mut tx, &rid, now, "quietus", state.0, state.0, Some(&why)).await?;
             }
             tx.commit().await?;
         });
@@ -523,9 +674,8 @@ impl Store {
     ) -> Result<()> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let state: (String,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(request_id).fetch_one(&mut *tx).await?;
-            sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $4, $5)")
-                .bind(request_id).bind(now).bind(actor).bind(&state.0).bind(reason).execute(&mut *tx).await?;
+            let state: (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(request_id).fetch_one(&mut *tx).await?;
+            history_in(&mut tx, request_id, now, actor, state.0, state.0, Some(reason)).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -544,6 +694,8 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> TaskKind: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> TaskState: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
     sqlx::query(
@@ -553,15 +705,127 @@ where
     .bind(t.id.clone())
     .bind(t.request_id.clone())
     .bind(t.system.clone())
-    .bind(t.kind.clone())
+    .bind(t.kind)
     .bind(t.body.clone())
     .bind(t.due_at)
     .bind(t.windowed)
-    .bind(t.state.clone())
+    .bind(t.state)
     .bind(now)
     .bind(t.confirm_token_sha256.clone())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// A history line, in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn history_in<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    request_id: &str,
+    at: DateTime<Utc>,
+    actor: &str,
+    from: State,
+    to: State,
+    reason: Option<&str>,
+) -> std::result::Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(request_id.to_owned())
+        .bind(at)
+        .bind(actor.to_owned())
+        .bind(from)
+        .bind(to)
+        .bind(reason.map(str::to_owned))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Move a request to `completed` with its completion receipt due, in the caller's
+/// transaction.
+async fn complete_in<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    request_id: &str,
+    now: DateTime<Utc>,
+    from: State,
+    to: State,
+    why: &str,
+) -> std::result::Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query("UPDATE requests SET state = $2, updated_at = $3, receipt_due = $4 WHERE id = $1 AND state = $5")
+        .bind(request_id.to_owned())
+        .bind(to)
+        .bind(now)
+        .bind(true)
+        .bind(from)
+        .execute(&mut **tx)
+        .await?;
+    history_in(tx, request_id, now, "quietus", from, to, Some(why)).await
+}
+
+/// Apply a lifecycle event to a request, in the caller's transaction: the lifecycle's
+/// rule ([`Event::target`]) says where it leads; an event that changes nothing records
+/// nothing.
+async fn apply_event_in<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    request_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    event: Event,
+    why: &str,
+) -> std::result::Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB> + sqlx::Decode<'q, DB>,
+    for<'r> (State,): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let from: Option<(State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
+        .bind(request_id.to_owned())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((from,)) = from else { return Ok(()) };
+    let Some(to) = event.target(from) else {
+        return Ok(());
+    };
+    if to == from {
+        return Ok(());
+    }
+    let moved: Option<(String,)> = sqlx::query_as(
+        "UPDATE requests SET state = $2, updated_at = $3 WHERE id = $1 AND state = $4 RETURNING id",
+    )
+    .bind(request_id.to_owned())
+    .bind(to)
+    .bind(now)
+    .bind(from)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if moved.is_some() {
+        let why = (!why.is_empty()).then_some(why);
+        history_in(tx, request_id, now, actor, from, to, why).await?;
+    }
     Ok(())
 }
 

@@ -261,7 +261,7 @@ async fn confirm_page(
 ) -> Response {
     let hash = hex::encode(Sha256::digest(q.token.trim().as_bytes()));
     match state.ctx.store.task_by_confirm_token(&hash).await {
-        Ok(Some(t)) if t.state == "waiting_confirmation" => {
+        Ok(Some(t)) if t.state == crate::jobs::TaskState::WaitingConfirmation => {
             let body: crate::jobs::TaskBody = serde_json::from_str(&t.body).unwrap_or_default();
             let items: String = body
                 .entries

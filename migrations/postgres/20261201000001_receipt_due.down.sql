@@ -1,0 +1,2 @@
+DROP INDEX requests_receipt_due;
+ALTER TABLE requests DROP COLUMN receipt_due;
