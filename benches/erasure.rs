@@ -110,7 +110,7 @@ async fn with_quietus(dir: &Path) -> f64 {
     );
     let t = intake::parse_ticket(body.as_bytes(), "bench", true).unwrap();
     let src = Source {
-        door: "bench",
+        door: quietus::intake::Door::Cli,
         actor: "bench".into(),
         trusted: true,
     };

@@ -23,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub policies: PoliciesConfig,
     pub inbox: InboxConfig,
+    pub intake: IntakeConfig,
     pub server: ServerConfig,
     pub api: ApiConfig,
     pub deadlines: DeadlinesConfig,
@@ -165,6 +166,25 @@ pub struct TokenConfig {
 pub struct DeadlinesConfig {
     /// A holiday calendar file replacing the built-in mainland-China calendar.
     pub calendar: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    /// How long before its receipt an exit's date may lie; an older one is refused as
+    /// implausible (a typo such as 2002 for 2026).
+    pub exit_date_past: crate::policy::Period,
+    /// How long after its receipt an exit's date may lie.
+    pub exit_date_future: crate::policy::Period,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig {
+            exit_date_past: crate::policy::Period::new(10, crate::policy::Unit::Years),
+            exit_date_future: crate::policy::Period::new(1, crate::policy::Unit::Years),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -379,6 +399,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             policies: PoliciesConfig::default(),
             inbox: InboxConfig::default(),
+            intake: IntakeConfig::default(),
             server: ServerConfig::default(),
             api: ApiConfig::default(),
             deadlines: DeadlinesConfig::default(),

@@ -1209,7 +1209,7 @@ async fn two_serve_instances_share_200_requests_each_task_once() {
     let ctx = env.context().await;
     let now = quietus::clock::now();
     let source = quietus::intake::Source {
-        door: "cli",
+        door: quietus::intake::Door::Cli,
         actor: "test".into(),
         trusted: true,
     };

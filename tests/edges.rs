@@ -549,3 +549,36 @@ async fn an_unknown_stored_role_is_an_error_not_the_subject() {
         store.cleanup().await;
     }
 }
+
+/// Defect 17 (its second half): an exit date years off is refused as implausible, with
+/// an error naming the field and the bounds, and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_implausible_exit_date_is_refused_and_nothing_is_stored() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let at = "2026-12-01T03:00:00Z";
+    for (n, date) in ["2002-06-30", "2031-01-01"].iter().enumerate() {
+        let f = env.write(
+            &format!("x{n}.json"),
+            &format!(
+                r#"{{"kind":"exit","external_id":"HR-X{n}","subject":{{"employee_id":"E105"}},"exit_date":"{date}","successor":{{"employee_id":"E200"}}}}"#
+            ),
+        );
+        let out = env.run_at(&["submit", f.to_str().unwrap()], Some(at), None);
+        assert!(!out.status.success(), "{date}");
+        let err = common::stderr(&out);
+        assert!(
+            err.contains("exit_date")
+                && err.contains("not plausible")
+                && err.contains("ticket_invalid"),
+            "{date}: {err}"
+        );
+    }
+    let q = json(&ok(&env.run_at(&["queue", "--json"], Some(at), None)));
+    assert_eq!(q["requests"], json("[]"));
+    // Within the bounds (three and a half years back) is accepted.
+    let f = env.write(
+        "ok.json",
+        r#"{"kind":"exit","external_id":"HR-OK","subject":{"employee_id":"E105"},"exit_date":"2023-06-30","successor":{"employee_id":"E200"}}"#,
+    );
+    ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None));
+}

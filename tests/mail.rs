@@ -326,7 +326,7 @@ async fn a_request(env: &Env, ctx: &quietus::lifecycle::Context, now: DateTime<U
     const TICKET: &str = r#"{"kind":"erasure","external_id":"T-1","subject":{"customer_id":"C-1042"},"jurisdiction":"GDPR"}"#;
     let ticket = intake::parse_ticket(TICKET.as_bytes(), "t", true).unwrap();
     let src = Source {
-        door: "test",
+        door: quietus::intake::Door::Cli,
         actor: "tester".into(),
         trusted: true,
     };
@@ -834,7 +834,7 @@ async fn intake_queues_the_acknowledgement_in_its_own_transaction() {
             .to_utc();
         let ticket = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
         let src = Source {
-            door: "test",
+            door: quietus::intake::Door::Cli,
             actor: "tester".into(),
             trusted: true,
         };

@@ -126,7 +126,7 @@ async fn one_ticket_is_one_request_even_when_sent_at_once() {
         let ctx = env.context().await;
         let t = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
         let src = Source {
-            door: "test",
+            door: quietus::intake::Door::Cli,
             actor: "test".into(),
             trusted: true,
         };
@@ -176,7 +176,7 @@ async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids() {
         let ctx = env.context().await;
         let t = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
         let src = Source {
-            door: "test",
+            door: quietus::intake::Door::Cli,
             actor: "tester".into(),
             trusted: true,
         };

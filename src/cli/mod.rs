@@ -371,6 +371,7 @@ pub async fn context(config: &Config) -> Result<Context> {
         policies,
         calendar,
         base_dir: config.base_dir.clone(),
+        intake: config.intake.clone(),
     })
 }
 

@@ -103,7 +103,7 @@ async fn submit(
     let ticket = intake::parse_ticket(&bytes, &origin, ctx.policies.handover_required())?;
     // The DPO's own entry: trusted, as HR's systems are.
     let source = Source {
-        door: "cli",
+        door: crate::intake::Door::Cli,
         actor: actor.to_owned(),
         trusted: true,
     };

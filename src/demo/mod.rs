@@ -151,7 +151,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             ctx.policies.handover_required(),
         )?;
         let source = Source {
-            door: "cli",
+            door: crate::intake::Door::Cli,
             actor: format!("{actor} (demo: {door})"),
             trusted: true,
         };

@@ -138,7 +138,7 @@ async fn process_file(
     let bytes = std::fs::read(path)?;
     let file_id = hex::encode(&Sha256::digest(&bytes)[..8]);
     let source = Source {
-        door: "inbox",
+        door: crate::intake::Door::Inbox,
         actor: format!("inbox:{name}"),
         trusted: true,
     };

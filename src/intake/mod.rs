@@ -235,11 +235,36 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
     })
 }
 
+/// The door a ticket came through (stored as the request's `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Door {
+    Cli,
+    Api,
+    Inbox,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Cli => "cli",
+            Door::Api => "api",
+            Door::Inbox => "inbox",
+        }
+    }
+}
+
+impl std::fmt::Display for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which door a ticket came through, and whether its identity is trusted.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// "cli", "api", "inbox"
-    pub door: &'static str,
+    pub door: Door,
     /// Who submitted it (recorded in the history).
     pub actor: String,
     /// HR systems and DPO entry are trusted; self-service must verify by email.
@@ -266,6 +291,21 @@ pub async fn submit(
     source: &Source,
     now: DateTime<Utc>,
 ) -> Result<Submitted> {
+    if let Some(exit) = ticket.exit_date {
+        let today = ctx.today(now);
+        let (past, future) = (&ctx.intake.exit_date_past, &ctx.intake.exit_date_future);
+        let earliest = past.sub_calendar(today).unwrap_or(NaiveDate::MIN);
+        let latest = future.add_calendar(today).unwrap_or(NaiveDate::MAX);
+        if exit < earliest || exit > latest {
+            return Err(Error::new(
+                Code::Ticket,
+                format!(
+                    "exit_date {exit} is not plausible: it must lie between {earliest} and {latest} \
+                     (at most {past} before and {future} after the day of receipt; [intake] in the configuration)"
+                ),
+            ));
+        }
+    }
     let jurisdiction = ticket
         .jurisdiction
         .unwrap_or(ctx.policies.deadlines.default);
@@ -312,7 +352,7 @@ pub async fn submit(
         state,
         jurisdiction,
         locale: ticket.locale.clone(),
-        source: source.door.into(),
+        source: source.door.as_str().to_owned(),
         requested_by: ticket.requested_by.clone(),
         exit_date: ticket.exit_date,
         wants_copy: ticket.copy,
@@ -333,7 +373,7 @@ pub async fn submit(
         .received(&new, &ticket.subject, verify_token.as_deref())?;
     match ctx.store.insert_request(&new).await? {
         Inserted::Created(id) => {
-            tracing::info!(request = %id, kind = %ticket.kind, door = source.door, "request received");
+            tracing::info!(request = %id, kind = %ticket.kind, door = %source.door, "request received");
             Ok(Submitted {
                 id,
                 created: true,

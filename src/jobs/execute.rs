@@ -84,8 +84,20 @@ pub enum Step {
     Rebackup(String),
 }
 
-/// What an apply error starts with when a row changed since its backup (a re-backup).
-const CHANGED_SINCE_BACKUP: &str = "changed since backup";
+/// What one batch of changes came to.
+enum Batch {
+    /// Rows changed now, and rows found already changed (a re-run after a crash).
+    Applied { changed: u64, already: u64 },
+    /// A row is neither as backed up nor as the task leaves it: someone changed it since
+    /// the backup. Nothing of the batch was changed; the task backs up again.
+    ChangedSinceBackup(String),
+}
+
+/// What applying a task's changes came to.
+enum Applied {
+    Tables(Vec<TableResult>),
+    ChangedSinceBackup(String),
+}
 
 /// Stop here when `QUIETUS_TEST_STOP_AT` names this point: a test kills the process now.
 pub(super) fn stop_point(name: &str) {
@@ -233,14 +245,11 @@ async fn run_on(
     if !just_verified {
         backup::verify(&path, &key_path, Some(&row.sha256))?;
     }
-    let mut results = match apply(ctx, s, task, sys, &parts, target, &path, &key_path).await {
-        Ok(r) => r,
-        // A row is neither as backed up nor as this task leaves it: someone changed it
-        // since the backup (say, while a crashed worker's task waited). Back up again.
-        Err(e) if e.message.starts_with(CHANGED_SINCE_BACKUP) => {
-            return Ok(Step::Rebackup(e.message));
-        }
-        Err(e) => return Err(e),
+    let mut results = match apply(ctx, s, task, sys, &parts, target, &path, &key_path).await? {
+        Applied::Tables(r) => r,
+        // Someone changed a row since the backup (say, while a crashed worker's task
+        // waited). Back up again.
+        Applied::ChangedSinceBackup(why) => return Ok(Step::Rebackup(why)),
     };
     stop_point("after_apply");
     if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size).await?
@@ -270,7 +279,7 @@ async fn apply(
     target: &Target,
     path: &std::path::Path,
     key_path: &std::path::Path,
-) -> Result<Vec<TableResult>> {
+) -> Result<Applied> {
     let mut reader = backup::Reader::open(path, key_path)?;
     let manifest = reader.manifest.clone();
     let mut results: Vec<TableResult> = manifest
@@ -310,7 +319,10 @@ async fn apply(
                     format!("{}.{t}: in the backup but not in the task", sys.name),
                 )
             })?;
-            let (changed, done) = apply_batch(target, part, tm, &batch, first_batch).await?;
+            let (changed, done) = match apply_batch(target, part, tm, &batch, first_batch).await? {
+                Batch::Applied { changed, already } => (changed, already),
+                Batch::ChangedSinceBackup(why) => return Ok(Applied::ChangedSinceBackup(why)),
+            };
             first_batch = false;
             if let Some(r) = results.iter_mut().find(|r| r.table == t) {
                 r.changed += changed;
@@ -338,7 +350,7 @@ async fn apply(
             None => break,
         }
     }
-    Ok(results)
+    Ok(Applied::Tables(results))
 }
 
 /// One transaction: lock the batch's rows, check them against the backup, change them.
@@ -350,7 +362,7 @@ async fn apply_batch(
     tm: &TableManifest,
     batch: &[Record],
     first: bool,
-) -> Result<(u64, u64)> {
+) -> Result<Batch> {
     let d = target.dialect();
     let keys: Vec<String> = batch.iter().map(|r| r.k.clone()).collect();
     let mut tx = target.begin().await?;
@@ -384,26 +396,18 @@ async fn apply_batch(
         match (current.get(&rec.k), part.action) {
             (None, Action::Erase) => done += 1,
             (None, _) => {
-                return Err(Error::new(
-                    Code::Target,
-                    format!(
-                        "{}: a backed-up row is gone; it changed since its backup",
-                        part.table.name
-                    ),
-                )
-                .context(CHANGED_SINCE_BACKUP));
+                return Ok(Batch::ChangedSinceBackup(format!(
+                    "{}: a backed-up row is gone; it changed since its backup",
+                    part.table.name
+                )));
             }
             (Some(cur), _) if *cur == backed => to_change.push(rec.k.clone()),
             (Some(cur), a) if a != Action::Erase && *cur == after_values(tm, &backed) => done += 1,
             (Some(_), _) => {
-                return Err(Error::new(
-                    Code::Target,
-                    format!(
-                        "{}: a row changed since its backup; it will be backed up again",
-                        part.table.name
-                    ),
-                )
-                .context(CHANGED_SINCE_BACKUP));
+                return Ok(Batch::ChangedSinceBackup(format!(
+                    "{}: a row changed since its backup; it will be backed up again",
+                    part.table.name
+                )));
             }
         }
     }
@@ -428,7 +432,10 @@ async fn apply_batch(
         }
     }
     tx.commit().await?;
-    Ok((to_change.len() as u64, done))
+    Ok(Batch::Applied {
+        changed: to_change.len() as u64,
+        already: done,
+    })
 }
 
 /// The values a row has once an update is applied.

@@ -31,6 +31,8 @@ pub struct Context {
     pub calendar: HolidayCalendar,
     pub base_dir: PathBuf,
     pub mail: notify::MailSettings,
+    /// Plausibility bounds of exit dates (`[intake]`).
+    pub intake: crate::config::IntakeConfig,
 }
 
 /// A request with its meaning.

@@ -376,7 +376,7 @@ async fn create_request(
     let ctx = &state.ctx;
     let ticket = intake::parse_ticket(&bytes, "request body", ctx.policies.handover_required())?;
     let source = Source {
-        door: "api",
+        door: crate::intake::Door::Api,
         actor: format!("api:{}", caller.name),
         trusted: matches!(caller.role, Role::Hr | Role::Dpo | Role::Admin),
     };
