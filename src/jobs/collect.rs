@@ -43,7 +43,16 @@ pub(super) async fn parts_of(
                 let keys = body.keys.get(&table.name).cloned().unwrap_or_default();
                 let a = match e.then {
                     Some(FollowUp::Anonymize) => Action::Anonymize,
-                    _ => {
+                    None => {
+                        return Err(Error::new(
+                            Code::Internal,
+                            format!(
+                                "{}.{}: a retained entry without its follow-up action",
+                                sys.name, e.table
+                            ),
+                        ));
+                    }
+                    Some(FollowUp::Erase) => {
                         if table.on_erase == crate::policy::OnErase::Anonymize {
                             Action::Anonymize
                         } else {

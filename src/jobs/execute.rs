@@ -208,9 +208,19 @@ async fn run_on(
     let mut parts = super::collect::parts_of(sys, task, body, target, successor).await?;
     apply_order(sys, &mut parts);
 
+    use super::TaskState as S;
     let (backup_id, just_verified) = match (task.state, &task.backup_id) {
-        (super::TaskState::BackedUp, Some(b)) => (b.clone(), false),
-        _ => {
+        (S::BackedUp, Some(b)) => (b.clone(), false),
+        (
+            S::WaitingKeys | S::WaitingConfirmation | S::Done | S::Cancelled | S::NeedsAttention,
+            _,
+        ) => {
+            return Err(Error::new(
+                Code::Internal,
+                format!("task {} is {} and cannot run", task.id, task.state),
+            ));
+        }
+        (S::Pending, _) | (S::BackedUp, None) => {
             // Keys of retained rows first, while the subject can still be found.
             super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;
             let b = super::collect::collect(s, task, sys, &parts, subject, target, now).await?;
@@ -414,7 +424,15 @@ async fn apply_batch(
     if !to_change.is_empty() {
         let st = match part.action {
             Action::Erase => sql::delete_rows(d, &part.table, &part.key.sql_type, &to_change)?,
-            _ => sql::update_rows(d, &part.table, &part.key.sql_type, &part.set, &to_change)?,
+            Action::Anonymize | Action::Reassign | Action::Disable => {
+                sql::update_rows(d, &part.table, &part.key.sql_type, &part.set, &to_change)?
+            }
+            Action::Retain | Action::Export => {
+                return Err(Error::new(
+                    Code::Internal,
+                    format!("{}: {} changes no row", part.table.name, part.action),
+                ));
+            }
         };
         let n = tx.execute(&st).await?;
         if n != to_change.len() as u64 {

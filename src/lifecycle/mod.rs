@@ -226,7 +226,7 @@ impl Context {
                     body: serde_json::to_string(&plan)?,
                 });
             }
-            _ => {}
+            Decision::Reject | Decision::Cancel | Decision::Extend => {}
         }
         use crate::mail::MessageKind;
         changes.mails = match d {
@@ -244,7 +244,11 @@ impl Context {
                 }),
                 Vec::new(),
             )?,
-            _ => Vec::new(),
+            Decision::Verify
+            | Decision::Hold
+            | Decision::Release
+            | Decision::Cancel
+            | Decision::Extend => Vec::new(),
         };
         self.store
             .transition(&req.id, req.state, to, actor, reason, now, &changes)

@@ -139,7 +139,7 @@ pub fn make(
                 };
                 match input.kind {
                     RequestKind::Access => ctx.export(0, &mut plan),
-                    _ => ctx.subject_rows(0, &mut plan),
+                    RequestKind::Erasure | RequestKind::Exit => ctx.subject_rows(0, &mut plan),
                 }
             }
             continue;
