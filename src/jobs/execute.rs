@@ -193,7 +193,7 @@ async fn run_on(
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<Step> {
-    let mut parts = super::collect::parts_of(sys, task, body, target, successor).await?;
+    let mut parts = super::collect::parts_of(sys, task, body, target, subject, successor).await?;
     apply_order(sys, &mut parts);
 
     let (backup_id, just_verified) = match (&task.state[..], &task.backup_id) {

@@ -167,6 +167,9 @@ pub fn make(
         if input.kind == RequestKind::Exit && sys.tables.iter().any(|t| t.owner.is_some()) {
             let owned: u64 = s.tables.values().map(|c| c.owned_rows).sum();
             match &s.successor {
+                // The leaver named as their own successor is a mistake in the ticket,
+                // whether or not records are handed over.
+                Some(c) if c.same_as_subject > 0 => plan.blocked.extend(c.problem(&s.system)),
                 _ if owned == 0 => {}
                 None if !input.has_successor => plan.blocked.push(format!(
                     "{owned} records in {} must be handed over, but the ticket names no successor",
@@ -176,19 +179,7 @@ pub fn make(
                     "the successor could not be looked up in {}",
                     s.system
                 )),
-                Some(c) if c.found == 0 => plan.blocked.push(format!(
-                    "the successor was not found in {}.{}: records cannot be handed over",
-                    s.system, c.table
-                )),
-                Some(c) if c.found > 1 => plan.blocked.push(format!(
-                    "the successor's identities match {} rows of {}.{}: name exactly one person",
-                    c.found, s.system, c.table
-                )),
-                Some(c) if c.disabled > 0 => plan.blocked.push(format!(
-                    "the successor's account in {}.{} is disabled: choose an active successor",
-                    s.system, c.table
-                )),
-                Some(_) => {}
+                Some(c) => plan.blocked.extend(c.problem(&s.system)),
             }
         }
     }
