@@ -133,3 +133,230 @@ async fn a_successor_who_is_the_leaver_under_another_identity_blocks_the_plan() 
         crm.cleanup().await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 2: mapped columns exist before approval; execution is the approved plan.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_naming_a_column_the_database_lacks_is_blocked_and_cannot_be_approved() {
+    for (store, crm) in setups().await {
+        let label = format!("store {}, crm {}", store.label(), crm.label());
+        let env = env_for(&store, &crm).await;
+        edit(
+            &env,
+            "systems/crm.toml",
+            EMPLOYEE_COLUMNS,
+            r#"mobile = "user.contact.phone_number", nickname = "user.name" }"#,
+        );
+        let id = submit(&env, "exit.json", EXIT_TICKET);
+        let out = env.run_at(&["plan", &id], Some(SUBMIT_AT), None);
+        assert!(!out.status.success(), "{label}: plan exits 1 when blocked");
+        let text = stdout(&out);
+        assert!(
+            text.contains("BLOCKED") && text.contains("employees.nickname"),
+            "{label}: {text}"
+        );
+        let err = fails(&env.run_at(&["approve", &id], Some(SUBMIT_AT), None));
+        assert!(
+            err.contains("plan_blocked") && err.contains("employees.nickname"),
+            "{label}: {err}"
+        );
+        // `doctor` says the same.
+        let doctor = env.run_at(&["doctor"], Some(SUBMIT_AT), None);
+        assert!(
+            stdout(&doctor).contains("employees.nickname"),
+            "{label}: {}",
+            stdout(&doctor)
+        );
+        let shown = show(&env, &id, SUBMIT_AT);
+        assert_eq!(shown["request"]["state"], "pending_review", "{label}");
+        assert!(shown["tasks"].as_array().unwrap().is_empty(), "{label}");
+        // With the data map fixed, the plan can be approved.
+        edit(
+            &env,
+            "systems/crm.toml",
+            r#", nickname = "user.name" }"#,
+            " }",
+        );
+        ok(&env.run_at(&["approve", &id], Some(SUBMIT_AT), None));
+        store.cleanup().await;
+        crm.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_the_policies_changed_after_approval_goes_back_to_the_dpo_and_nothing_runs() {
+    for (store, crm) in setups().await {
+        let label = format!("store {}, crm {}", store.label(), crm.label());
+        let env = env_for(&store, &crm).await;
+        let id = submit(&env, "exit.json", EXIT_TICKET);
+        ok(&env.run_at(&["approve", &id], Some(SUBMIT_AT), None));
+        let approved = show(&env, &id, SUBMIT_AT)["plan"].clone();
+        let employees = approved["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["table"] == "employees" && e["action"] == "anonymize")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            employees["columns"],
+            serde_json::json!(["email", "mobile", "name"]),
+            "{label}"
+        );
+        // After approval, the data map stops listing the mobile number: carried out now,
+        // the erasure would be quieter than the one approved.
+        edit(
+            &env,
+            "systems/crm.toml",
+            r#", mobile = "user.contact.phone_number" }"#,
+            " }",
+        );
+        let run = env.run_at(&["run", "--json"], Some(RUN_AT), None);
+        let summary = json(&stdout(&run));
+        assert_eq!(summary["done"], 0, "{label}: {summary:#}");
+        assert!(
+            summary["completed_requests"].as_array().unwrap().is_empty(),
+            "{label}: {summary:#}"
+        );
+        let shown = show(&env, &id, RUN_AT);
+        assert_eq!(
+            shown["request"]["state"], "pending_review",
+            "{label}: {:#}",
+            shown["history"]
+        );
+        let last = shown["history"].as_array().unwrap().last().unwrap().clone();
+        let why = last["reason"].as_str().unwrap();
+        assert!(
+            why.contains("crm.employees") && why.contains("mobile"),
+            "{label}: the difference is in the history: {why}"
+        );
+        // Nothing changed in the CRM, and nothing is left to run.
+        assert_eq!(
+            env.crm_count(
+                &crm,
+                "FROM employees WHERE id = 5 AND status = 'active' AND mobile IS NOT NULL AND email IS NOT NULL"
+            )
+            .await,
+            1,
+            "{label}"
+        );
+        assert_eq!(
+            env.crm_count(&crm, "FROM employee_roles WHERE employee_id = 5")
+                .await,
+            3,
+            "{label}"
+        );
+        for t in shown["tasks"].as_array().unwrap() {
+            assert_eq!(t["state"], "cancelled", "{label}: {t:#}");
+        }
+        let text = ok(&env.run_at(&["show", &id], Some(RUN_AT), None));
+        assert!(
+            text.contains("mobile") && text.contains("pending_review"),
+            "{label}: {text}"
+        );
+        // The DPO is told.
+        let ctx = env.context().await;
+        let mails = ctx.store.outbox_of(&id).await.unwrap();
+        assert!(
+            mails
+                .iter()
+                .any(|m| m.recipient == "dpo@corp.example" && m.kind == "failure_alert"),
+            "{label}: {:?}",
+            mails
+                .iter()
+                .map(|m| (&m.recipient, &m.kind))
+                .collect::<Vec<_>>()
+        );
+        ctx.store.close().await;
+        // The DPO approves the plan as it is now; it is carried out as approved.
+        ok(&env.run_at(&["approve", &id], Some(RUN_AT), None));
+        let run = env.run_at(&["run", "--json"], Some(RUN_AT), None);
+        let summary = json(&stdout(&run));
+        assert!(run.status.success(), "{label}: {summary:#}");
+        let shown = show(&env, &id, RUN_AT);
+        assert_eq!(shown["request"]["state"], "completed", "{label}");
+        assert_eq!(
+            env.crm_count(
+                &crm,
+                "FROM employees WHERE id = 5 AND status = 'disabled' AND email IS NULL AND mobile IS NOT NULL"
+            )
+            .await,
+            1,
+            "{label}: exactly the plan approved the second time"
+        );
+        store.cleanup().await;
+        crm.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_up_whose_rule_changed_after_completion_needs_attention_and_erases_nothing() {
+    for store in StoreKind::all().await {
+        let label = format!("store {}", store.label());
+        let crm = CrmKind::Sqlite;
+        let env = env_for(&store, &crm).await;
+        let id = submit(&env, "exit.json", EXIT_TICKET);
+        ok(&env.run_at(&["approve", &id], Some(SUBMIT_AT), None));
+        // A change to the policy files that changes no plan is no reason to stop.
+        edit(
+            &env,
+            "retention.toml",
+            "[[rule]]",
+            "# reviewed 2026-12\n[[rule]]",
+        );
+        let summary = json(&ok(&env.run_at(&["run", "--json"], Some(RUN_AT), None)));
+        assert_eq!(
+            summary["completed_requests"][0],
+            id.as_str(),
+            "{label}: {summary:#}"
+        );
+        // Then the labour-contract retention is lengthened; two years on, the contract's
+        // follow-up must not erase it under the old rule.
+        edit(
+            &env,
+            "retention.toml",
+            "for = \"2 years\"\nfrom = \"exit_date\"",
+            "for = \"3 years\"\nfrom = \"exit_date\"",
+        );
+        let later = "2029-01-02T03:00:00Z";
+        let out = env.run_at(&["run", "--json"], Some(later), None);
+        assert!(
+            !out.status.success(),
+            "{label}: run exits 1 when a task needs attention"
+        );
+        assert_eq!(
+            env.crm_count(&crm, "FROM labour_contracts WHERE employee_id = 5")
+                .await,
+            1,
+            "{label}: the contract is kept"
+        );
+        let shown = show(&env, &id, later);
+        assert_eq!(shown["request"]["state"], "completed", "{label}");
+        let task = shown["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| {
+                t["kind"] == "followup" && t["body"].as_str().unwrap().contains("labour_contracts")
+            })
+            .unwrap()
+            .clone();
+        assert_eq!(task["state"], "needs_attention", "{label}: {task:#}");
+        let err = task["last_error"].as_str().unwrap();
+        assert!(
+            err.contains("crm.labour_contracts") && err.contains("2029-12-31"),
+            "{label}: {err}"
+        );
+        let ctx = env.context().await;
+        let mails = ctx.store.outbox_of(&id).await.unwrap();
+        assert!(
+            mails
+                .iter()
+                .any(|m| m.recipient == "dpo@corp.example" && m.kind == "failure_alert"),
+            "{label}"
+        );
+        ctx.store.close().await;
+        store.cleanup().await;
+    }
+}

@@ -97,7 +97,18 @@ pub(super) async fn parts_of(
                     .collect();
             }
             Action::Anonymize => {
-                for col in e.columns.iter().filter(|c| table.columns.contains_key(*c)) {
+                for col in &e.columns {
+                    // Every column the approved plan names, or nothing: never a quieter
+                    // erasure than approved.
+                    if !table.columns.contains_key(col) {
+                        return Err(Error::new(
+                            Code::PlanBlocked,
+                            format!(
+                                "{}.{}.{col}: the approved plan anonymises this column, but the data map no longer maps it",
+                                sys.name, table.name
+                            ),
+                        ));
+                    }
                     let c = column(&catalog, &table.name, col)?;
                     part.set
                         .push((c.clone(), table.anonymize.get(col).cloned()));

@@ -82,6 +82,9 @@ pub enum Step {
     Done(TaskResult),
     /// Rows changed since their backup, or new ones appeared: back up again.
     Rebackup(String),
+    /// The plan changed since approval: nothing ran, and the request went back to the
+    /// DPO (or the task needs attention); recorded already. Why.
+    Stopped(String),
 }
 
 /// What an apply error starts with when a row changed since its backup (a re-backup).
@@ -140,6 +143,14 @@ fn apply_order(sys: &System, parts: &mut [Part]) {
 
 /// Run one leased task.
 pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>) -> Result<Step> {
+    // Exactly the approved plan, or nothing.
+    if let Some(rid) = &task.request_id {
+        let req = ctx.request(rid).await?;
+        let diff = super::approved::differences(ctx, &req).await?;
+        if !diff.is_empty() {
+            return super::approved::stop(ctx, s, task, &req, &diff, now).await;
+        }
+    }
     if task.kind == super::EXPORT {
         return super::export::run(ctx, s, task, now).await;
     }

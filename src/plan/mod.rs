@@ -4,7 +4,7 @@
 //! [`make`] is a pure function of (request, policies, what the survey found, now): no
 //! I/O, no clock, so every case is a test with time passed in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,10 @@ pub struct Plan {
     /// Why the plan cannot be carried out; empty when it can.
     pub blocked: Vec<String>,
     pub notes: Vec<String>,
+    /// The data map the plan was made with: system -> its tables. How rows are found and
+    /// changed depends on it, so execution checks that it still holds for the work left.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_map: BTreeMap<String, Vec<Table>>,
 }
 
 impl Plan {
@@ -95,6 +99,7 @@ pub fn make(
         entries: Vec::new(),
         blocked: Vec::new(),
         notes: Vec::new(),
+        data_map: BTreeMap::new(),
     };
     // Immediate actions are due on the request date, exits' on the exit date (never before
     // the request itself).
@@ -109,9 +114,15 @@ pub fn make(
         let Some(sys) = policies.system(&s.system) else {
             continue;
         };
+        plan.data_map.insert(sys.name.clone(), sys.tables.clone());
         if let Some(e) = &s.error {
             plan.blocked
                 .push(format!("system {} could not be searched: {e}", s.system));
+            continue;
+        }
+        if !s.lacking.is_empty() {
+            // A plan is only as good as the data map: every mapped column must exist.
+            plan.blocked.extend(s.lacking.iter().cloned());
             continue;
         }
         if s.manual {

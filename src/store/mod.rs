@@ -137,6 +137,9 @@ pub struct Changes {
     pub extension_reason: Option<String>,
     /// Messages written in the same transaction as the state change.
     pub mails: Vec<outbox::NewMail>,
+    /// Cancel the request's tasks that are not finished (and drop their leases), in the
+    /// same transaction: the plan they carry out is no longer the one to carry out.
+    pub cancel_open_tasks: bool,
 }
 
 /// A filter for listing requests.
@@ -439,6 +442,11 @@ impl Store {
                         .execute(&mut *tx).await?;
                     for m in &c.mails {
                         outbox::enqueue_in(&mut tx, m, now).await?;
+                    }
+                    if c.cancel_open_tasks {
+                        sqlx::query("UPDATE tasks SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, updated_at = $2 \
+                                     WHERE request_id = $1 AND state IN ('pending', 'backed_up', 'needs_attention', 'waiting_confirmation')")
+                            .bind(id).bind(now).execute(&mut *tx).await?;
                     }
                 }
                 tx.commit().await?;

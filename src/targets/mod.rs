@@ -231,6 +231,10 @@ pub struct SystemSurvey {
     /// Why the system could not be surveyed, if it could not.
     pub error: Option<String>,
     pub manual: bool,
+    /// What the database lacks of the data map (tables, columns), as `doctor` says it;
+    /// nothing is counted then, and a plan made from the survey is blocked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lacking: Vec<String>,
     pub tables: BTreeMap<String, TableCounts>,
     pub successor: Option<SuccessorCheck>,
 }
@@ -254,10 +258,11 @@ pub async fn survey(
             continue;
         }
         match survey_one(sys, base_dir, subject, successor).await {
-            Ok((tables, succ)) => {
+            Ok(Surveyed::Counted(tables, succ)) => {
                 s.tables = tables;
                 s.successor = succ;
             }
+            Ok(Surveyed::Lacking(lacks)) => s.lacking = lacks,
             Err(e) => s.error = Some(e.message),
         }
         out.push(s);
@@ -265,13 +270,27 @@ pub async fn survey(
     out
 }
 
+/// What surveying one system came to.
+enum Surveyed {
+    Counted(BTreeMap<String, TableCounts>, Option<SuccessorCheck>),
+    /// The database lacks mapped tables or columns: nothing was counted.
+    Lacking(Vec<String>),
+}
+
 async fn survey_one(
     sys: &System,
     base_dir: &Path,
     subject: &Identities,
     successor: Option<&Identities>,
-) -> Result<(BTreeMap<String, TableCounts>, Option<SuccessorCheck>)> {
+) -> Result<Surveyed> {
     let target = Target::connect(sys, base_dir).await?;
+    let lacks = doctor::lacking(&target, sys).await;
+    if !lacks.is_empty() {
+        target.close().await;
+        return Ok(Surveyed::Lacking(
+            lacks.iter().map(|l| l.message_in(&sys.name)).collect(),
+        ));
+    }
     let d = target.dialect();
     let mut tables = BTreeMap::new();
     let result = async {
@@ -316,7 +335,7 @@ async fn survey_one(
     }
     .await;
     target.close().await;
-    Ok((tables, result?))
+    Ok(Surveyed::Counted(tables, result?))
 }
 
 fn first(v: &[i64]) -> u64 {
