@@ -8,6 +8,7 @@ mod collect;
 pub mod execute;
 pub mod export;
 pub mod prove;
+pub mod recheck;
 pub mod restore;
 pub mod schedule;
 
