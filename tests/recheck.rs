@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{CrmKind, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok, stdout};
 
@@ -52,7 +52,7 @@ fn receipt_of(env: &Env, id: &str) -> PathBuf {
 }
 
 /// `verify --recheck`: (holds, output).
-fn recheck(env: &Env, receipt: &PathBuf) -> (bool, String) {
+fn recheck(env: &Env, receipt: &Path) -> (bool, String) {
     let out = env.run_at(
         &["verify", receipt.to_str().unwrap(), "--recheck"],
         Some(RUN_AT),

@@ -42,17 +42,24 @@ pub(super) async fn differences(ctx: &Context, req: &Request) -> Result<Vec<Stri
     if approved.policy_digest == ctx.policies.digest {
         return Ok(Vec::new()); // the very policy files it was approved with
     }
+    // The tables of the open work; and those whose data map it depends on: a follow-up
+    // finds its rows by the keys captured before anything changed, the other tasks
+    // through identities, references and owners.
     let mut open: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut watched: BTreeSet<(String, String)> = BTreeSet::new();
     for t in ctx.store.tasks_of(&req.id).await? {
         if t.kind == super::MANUAL || !OPEN.contains(&t.state.as_str()) {
             continue; // done, cancelled, or carried out by a person from instructions sent
         }
         let body: TaskBody = serde_json::from_str(&t.body)?;
-        open.extend(
-            body.entries
-                .into_iter()
-                .map(|e| (e.system.clone(), e.table.clone())),
-        );
+        for e in body.entries {
+            let tables = match (t.kind.as_str(), approved.data_map.get(&e.system)) {
+                (super::FOLLOWUP, _) | (_, None) => BTreeSet::from([e.table.clone()]),
+                (_, Some(map)) => found_through(map, &e.table),
+            };
+            watched.extend(tables.into_iter().map(|n| (e.system.clone(), n)));
+            open.insert((e.system, e.table));
+        }
     }
     let now = crate::plan::make(
         &req.plan_input(&ctx.policies),
@@ -66,7 +73,7 @@ pub(super) async fn differences(ctx: &Context, req: &Request) -> Result<Vec<Stri
         .map(|b| format!("the plan would now be blocked: {b}"))
         .collect();
     out.extend(entry_differences(&approved, &now, &open));
-    out.extend(data_map_differences(ctx, &approved, &open));
+    out.extend(data_map_differences(ctx, &approved, &watched));
     Ok(out)
 }
 
@@ -178,10 +185,10 @@ fn entry_differences(
     out
 }
 
-/// The tables whose data map the open work depends on: its own, and those their rows are
-/// found through (references and owners, up the chain).
-fn depended_on(tables: &[Table], open: &BTreeSet<&str>) -> BTreeSet<String> {
-    let mut todo: Vec<String> = open.iter().map(|t| (*t).to_owned()).collect();
+/// `table` and the tables its rows are found through (references and owners, up the
+/// chain).
+fn found_through(tables: &[Table], table: &str) -> BTreeSet<String> {
+    let mut todo: Vec<String> = vec![table.to_owned()];
     let mut seen = BTreeSet::new();
     while let Some(name) = todo.pop() {
         if !seen.insert(name.clone()) {
@@ -204,53 +211,47 @@ fn depended_on(tables: &[Table], open: &BTreeSet<&str>) -> BTreeSet<String> {
     seen
 }
 
-/// The tables of the open work (and those they depend on) whose data map changed since
-/// approval, naming what changed.
+/// The `watched` tables whose data map changed since approval, naming what changed.
 fn data_map_differences(
     ctx: &Context,
     approved: &Plan,
-    open: &BTreeSet<(String, String)>,
+    watched: &BTreeSet<(String, String)>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    for (system, then) in &approved.data_map {
-        let tables: BTreeSet<&str> = open
-            .iter()
-            .filter(|(s, _)| s == system)
-            .map(|(_, t)| t.as_str())
-            .collect();
-        if tables.is_empty() {
+    for (system, name) in watched {
+        let Some(was) = approved
+            .data_map
+            .get(system)
+            .and_then(|tables| tables.iter().find(|t| t.name == *name))
+        else {
+            continue; // a plan saved before plans recorded their data map
+        };
+        let Some(is) = ctx.policies.system(system).and_then(|s| s.table(name)) else {
+            out.push(format!("{system}.{name}: no longer in the data map"));
+            continue;
+        };
+        if was == is {
             continue;
         }
-        let current = ctx.policies.system(system);
-        for name in depended_on(then, &tables) {
-            let was = then.iter().find(|t| t.name == name);
-            let is = current.and_then(|s| s.table(&name));
-            match (was, is) {
-                (Some(_), None) => out.push(format!("{system}.{name}: no longer in the data map")),
-                (Some(w), Some(i)) if w != i => {
-                    let (w, i) = (
-                        serde_json::to_value(w).unwrap_or_default(),
-                        serde_json::to_value(i).unwrap_or_default(),
-                    );
-                    let keys: BTreeSet<&String> = w
-                        .as_object()
-                        .into_iter()
-                        .chain(i.as_object())
-                        .flat_map(|o| o.keys())
-                        .collect();
-                    let changed: Vec<&str> = keys
-                        .into_iter()
-                        .filter(|k| w.get(k.as_str()) != i.get(k.as_str()))
-                        .map(String::as_str)
-                        .collect();
-                    out.push(format!(
-                        "{system}.{name}: its data map changed ({})",
-                        changed.join(", ")
-                    ));
-                }
-                (Some(_), Some(_)) | (None, _) => {}
-            }
-        }
+        let (w, i) = (
+            serde_json::to_value(was).unwrap_or_default(),
+            serde_json::to_value(is).unwrap_or_default(),
+        );
+        let keys: BTreeSet<&String> = w
+            .as_object()
+            .into_iter()
+            .chain(i.as_object())
+            .flat_map(|o| o.keys())
+            .collect();
+        let changed: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| w.get(k.as_str()) != i.get(k.as_str()))
+            .map(String::as_str)
+            .collect();
+        out.push(format!(
+            "{system}.{name}: its data map changed ({})",
+            changed.join(", ")
+        ));
     }
     out
 }
@@ -326,4 +327,72 @@ pub(super) async fn stop(
     }
     tracing::warn!(request = %req.id, task = %task.id, "the plan changed since approval; nothing was carried out");
     Ok(Step::Stopped(why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policies;
+
+    fn crm() -> Vec<Table> {
+        let p = Policies::examples().unwrap();
+        p.system("crm").unwrap().tables.clone()
+    }
+
+    #[test]
+    fn rows_are_found_through_references_and_owners() {
+        let t = crm();
+        let names = |table: &str| -> Vec<String> { found_through(&t, table).into_iter().collect() };
+        assert_eq!(
+            names("follow_ups"),
+            ["customers", "employees", "follow_ups"]
+        );
+        assert_eq!(names("deals"), ["deals", "employees"]);
+        assert_eq!(names("employees"), ["employees"]);
+    }
+
+    #[test]
+    fn differences_name_the_table_and_each_field() {
+        let entry = |columns: &[&str], due: (i32, u32, u32)| Entry {
+            system: "crm".into(),
+            table: "employees".into(),
+            action: Action::Anonymize,
+            rows: 1,
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            categories: vec!["user.name".into()],
+            rule: "contact-data".into(),
+            basis: "GDPR Art. 17(1)".into(),
+            due: chrono::NaiveDate::from_ymd_opt(due.0, due.1, due.2).unwrap(),
+            then: None,
+        };
+        let plan = |entries: Vec<Entry>| Plan {
+            request_id: "r".into(),
+            kind: crate::policy::RequestKind::Exit,
+            jurisdiction: crate::policy::Jurisdiction::Pipl,
+            made_at: chrono::DateTime::UNIX_EPOCH,
+            policy_digest: String::new(),
+            entries,
+            blocked: Vec::new(),
+            notes: Vec::new(),
+            data_map: BTreeMap::new(),
+        };
+        let open = BTreeSet::from([("crm".to_owned(), "employees".to_owned())]);
+        let approved = plan(vec![entry(&["email", "mobile", "name"], (2026, 12, 31))]);
+        assert!(entry_differences(&approved, &approved, &open).is_empty());
+        let now = plan(vec![entry(&["email", "name"], (2027, 1, 4))]);
+        assert_eq!(
+            entry_differences(&approved, &now, &open),
+            [
+                "crm.employees anonymize: columns email, mobile, name -> email, name; due 2026-12-31 -> 2027-01-04"
+            ]
+        );
+        assert_eq!(
+            entry_differences(&approved, &plan(Vec::new()), &open),
+            [
+                "crm.employees anonymize (email, mobile, name) was approved; the policies now plan none"
+            ]
+        );
+        // Work that is done is not compared.
+        assert!(entry_differences(&approved, &now, &BTreeSet::new()).is_empty());
+    }
 }
