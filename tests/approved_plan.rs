@@ -360,3 +360,44 @@ async fn a_follow_up_whose_rule_changed_after_completion_needs_attention_and_era
         store.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_dropped_from_the_database_after_approval_stops_the_exit_before_anything_changes()
+{
+    for store in StoreKind::all().await {
+        let label = format!("store {}", store.label());
+        let crm = CrmKind::Sqlite;
+        let env = env_for(&store, &crm).await;
+        let id = submit(&env, "exit.json", EXIT_TICKET);
+        ok(&env.run_at(&["approve", &id], Some(SUBMIT_AT), None));
+        // The CRM drops a mapped column after approval.
+        env.crm_query(&crm, "DROP INDEX idx_employees_mobile").await;
+        env.crm_query(&crm, "ALTER TABLE employees DROP COLUMN mobile")
+            .await;
+        let run = env.run_at(&["run", "--json"], Some(RUN_AT), None);
+        let summary = json(&stdout(&run));
+        assert_eq!(summary["done"], 0, "{label}: {summary:#}");
+        // Not even the account was disabled: an exit that cannot be finished is not begun.
+        assert_eq!(
+            env.crm_count(
+                &crm,
+                "FROM employees WHERE id = 5 AND status = 'active' AND left_at IS NULL"
+            )
+            .await,
+            1,
+            "{label}"
+        );
+        let shown = show(&env, &id, RUN_AT);
+        let errors: Vec<&str> = shown["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["last_error"].as_str())
+            .collect();
+        assert!(
+            !errors.is_empty() && errors.iter().all(|e| e.contains("employees.mobile")),
+            "{label}: {errors:?}"
+        );
+        store.cleanup().await;
+    }
+}

@@ -204,6 +204,14 @@ async fn run_on(
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<Step> {
+    // The database still has every table and column the data map names (as planning
+    // checked): a request that could not be finished is not begun — no account is
+    // disabled before an apply that would fail on a missing column.
+    let lacks = crate::targets::doctor::lacking(target, sys).await;
+    if !lacks.is_empty() {
+        let what: Vec<String> = lacks.iter().map(|l| l.message_in(&sys.name)).collect();
+        return Err(Error::new(Code::Target, what.join("; ")));
+    }
     let mut parts = super::collect::parts_of(sys, task, body, target, subject, successor).await?;
     apply_order(sys, &mut parts);
 
