@@ -582,3 +582,78 @@ async fn an_implausible_exit_date_is_refused_and_nothing_is_stored() {
     );
     ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None));
 }
+
+/// A legal hold overrides erasure (GDPR Art. 17(3)(e)): the tasks of a held request do
+/// not run until it is released; a cancelled request's tasks never run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_request_runs_nothing_until_released_and_a_cancelled_one_never() {
+    for store in StoreKind::all().await {
+        let env = Env::new(&store).await;
+        let label = store.label();
+        let f = env.write("exit.json", common::EXIT_TICKET);
+        let at = "2026-12-01T03:00:00Z";
+        let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None))
+            .trim()
+            .to_owned();
+        ok(&env.run_at(&["approve", &id], Some(at), None));
+        ok(&env.run_at(&["run"], Some(at), None));
+        ok(&env.run_at(
+            &["hold", &id, "--reason", "litigation hold, case 12"],
+            Some("2026-12-02T03:00:00Z"),
+            None,
+        ));
+        let exit = "2026-12-31T02:00:00Z";
+        let run = json(&ok(&env.run_at(&["run", "--json"], Some(exit), None)));
+        assert_eq!(run["done"], 0, "{label}: {run}");
+        assert_eq!(state_of(&env, &id, exit), "on_hold", "{label}");
+        assert_eq!(
+            env.crm_value(
+                &CrmKind::Sqlite,
+                "status",
+                "FROM employees WHERE emp_no = 'E100'"
+            )
+            .await
+            .as_deref(),
+            Some("active"),
+            "{label}: nothing of a held request runs"
+        );
+        ok(&env.run_at(&["release", &id], Some(exit), None));
+        ok(&env.run_at(&["run"], Some(exit), None));
+        assert_eq!(state_of(&env, &id, exit), "completed", "{label}");
+
+        // Cancelled after its tasks were made: they are cancelled with it.
+        let f = env.write(
+            "exit2.json",
+            r#"{"kind":"exit","external_id":"HR-10","subject":{"employee_id":"E105"},"exit_date":"2026-12-31","successor":{"employee_id":"E200"},"jurisdiction":"PIPL"}"#,
+        );
+        let id2 = ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None))
+            .trim()
+            .to_owned();
+        ok(&env.run_at(&["approve", &id2], Some(at), None));
+        ok(&env.run_at(&["run"], Some(at), None));
+        ok(&env.run_at(&["cancel", &id2], Some(at), None));
+        let run = json(&ok(&env.run_at(&["run", "--json"], Some(exit), None)));
+        assert_eq!(run["done"], 0, "{label}: {run}");
+        let shown = json(&ok(&env.run_at(
+            &["show", &id2, "--json"],
+            Some(exit),
+            None,
+        )));
+        for t in shown["tasks"].as_array().unwrap() {
+            assert_eq!(t["state"], "cancelled", "{label}: {t}");
+        }
+        assert_eq!(
+            env.crm_value(
+                &CrmKind::Sqlite,
+                "status",
+                "FROM employees WHERE emp_no = 'E105'"
+            )
+            .await
+            .as_deref(),
+            Some("active"),
+            "{label}: nothing of a cancelled request runs"
+        );
+        drop(env);
+        store.cleanup().await;
+    }
+}

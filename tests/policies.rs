@@ -286,6 +286,16 @@ async fn the_demo_exit_plan_disables_hands_over_retains_and_erases() {
     assert!(plan.blocked.is_empty(), "{:?}", plan.blocked);
     let mut plan_json = serde_json::to_value(&plan).unwrap();
     plan_json["policy_digest"] = "(digest)".into();
+    // The plan keeps the data map it was made with (execution checks it still holds).
+    let data_map = plan_json
+        .as_object_mut()
+        .unwrap()
+        .remove("data_map")
+        .unwrap();
+    assert_eq!(
+        data_map["crm"],
+        serde_json::to_value(&p.system("crm").unwrap().tables).unwrap()
+    );
     insta::assert_json_snapshot!("demo_exit_plan", plan_json);
     // Time travel: a request made after the exit acts at once, and the contract is kept
     // two years from the exit date regardless.

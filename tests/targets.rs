@@ -259,7 +259,8 @@ async fn the_demo_crm_surveys_the_same_in_every_dialect() {
             Some(SuccessorCheck {
                 table: "employees".into(),
                 found: 1,
-                disabled: 0
+                disabled: 0,
+                same_as_subject: 0
             }),
             "[{label}] successor E200"
         );
@@ -269,7 +270,8 @@ async fn the_demo_crm_surveys_the_same_in_every_dialect() {
             Some(SuccessorCheck {
                 table: "employees".into(),
                 found: 1,
-                disabled: 1
+                disabled: 1,
+                same_as_subject: 0
             }),
             "[{label}] successor E150 (disabled)"
         );

@@ -160,7 +160,7 @@ pub enum Command {
     },
     /// Verify a receipt offline: signature, inclusion in the log, its checkpoint; with
     /// --checkpoint a later checkpoint's consistency; with --backup/--key every Merkle root;
-    /// with --recheck that the live systems hold none of the erased rows. Exit 0 when all
+    /// with --recheck the live systems again, for every changed table. Exit 0 when all
     /// holds, 1 with the reason otherwise.
     Verify {
         receipt: PathBuf,

@@ -155,42 +155,19 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
     }
 }
 
-/// Ask the live systems whether any of the subject's rows remain where the receipt says
-/// rows were erased (the subject's identities come from the state store).
+/// Ask the live systems again about every table the receipt says was changed
+/// (`jobs::recheck`).
 async fn recheck_live(config: &Config, r: &Receipt) -> Result<Vec<Check>> {
-    let Some(rid) = r.body["request"]["id"].as_str() else {
-        return Ok(vec![Check {
-            ok: false,
-            what: "--recheck: the receipt names no request".into(),
-        }]);
-    };
     let ctx = super::context(config).await?;
-    let req = ctx.request(rid).await?;
-    let survey =
-        crate::targets::survey(&ctx.policies.systems, &ctx.base_dir, &req.subject, None).await;
+    let (backup_dir, keys_dir) = config.backup_dirs();
+    let checks = crate::jobs::recheck::receipt(
+        &ctx,
+        &backup_dir,
+        &keys_dir,
+        config.jobs.batch_size,
+        &r.body,
+    )
+    .await;
     ctx.store.close().await;
-    let mut out = Vec::new();
-    for t in r.body["tasks"].as_array().cloned().unwrap_or_default() {
-        let system = t["system"].as_str().unwrap_or_default();
-        for ch in t["changes"].as_array().cloned().unwrap_or_default() {
-            if ch["action"] != "erase" {
-                continue;
-            }
-            let table = ch["table"].as_str().unwrap_or_default();
-            let left = survey
-                .iter()
-                .find(|s| s.system == system)
-                .and_then(|s| s.tables.get(table))
-                .map(|c| c.subject_rows);
-            out.push(Check {
-                ok: left == Some(0),
-                what: format!(
-                    "{system}.{table}: the live system holds {} of the subject's rows",
-                    left.map(|n| n.to_string())
-                        .unwrap_or_else(|| "(unknown)".into())
-                ),
-            });
-        }
-    }
-    Ok(out)
+    checks
 }

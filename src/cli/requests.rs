@@ -214,7 +214,8 @@ async fn show(
         let v = json!({
             "request": req, "days_left": req.days_left(today), "overdue": req.is_overdue(today),
             "deadline_warnings": warnings, "ticket": ticket_json,
-            "plan": plan, "plan_approved": saved.is_some(), "history": history,
+            "plan": plan, "plan_approved": saved.is_some() && req.state != crate::lifecycle::State::PendingReview,
+            "history": history,
             "tasks": tasks, "backups": backups,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -267,8 +268,13 @@ async fn show(
     }
     println!("  ticket:      {}", ticket.trim());
     println!();
-    if saved.is_some() {
-        println!("approved plan:");
+    match (&saved, req.state) {
+        (Some(_), crate::lifecycle::State::PendingReview) => println!(
+            "plan approved before (the policies changed it since, see the history; `quietus plan {}` shows it as it is now):",
+            req.id
+        ),
+        (Some(_), _) => println!("approved plan:"),
+        (None, _) => {}
     }
     print!("{}", plan.render_text());
     if !tasks.is_empty() {

@@ -14,15 +14,16 @@ use crate::lifecycle::Context;
 use crate::policy::datamap::split_target;
 use crate::policy::{Action, FollowUp, Identities, System};
 use crate::store::{BackupRow, TaskRow};
-use crate::targets::Target;
 use crate::targets::exec::TextRow;
 use crate::targets::sql::{self, Which};
+use crate::targets::{SuccessorCheck, Target};
 
 pub(super) async fn parts_of(
     sys: &System,
     task: &TaskRow,
     body: &TaskBody,
     target: &Target,
+    subject: &Identities,
     successor: Option<&Identities>,
 ) -> Result<Vec<Part>> {
     let mut parts = Vec::new();
@@ -105,7 +106,18 @@ pub(super) async fn parts_of(
                     .collect();
             }
             Action::Anonymize => {
-                for col in e.columns.iter().filter(|c| table.columns.contains_key(*c)) {
+                for col in &e.columns {
+                    // Every column the approved plan names, or nothing: never a quieter
+                    // erasure than approved.
+                    if !table.columns.contains_key(col) {
+                        return Err(Error::new(
+                            Code::PlanBlocked,
+                            format!(
+                                "{}.{}.{col}: the approved plan anonymises this column, but the data map no longer maps it",
+                                sys.name, table.name
+                            ),
+                        ));
+                    }
                     let c = column(&catalog, &table.name, col)?;
                     part.set
                         .push((c.clone(), table.anonymize.get(col).cloned()));
@@ -133,7 +145,7 @@ pub(super) async fn parts_of(
                     Error::new(Code::Policy, format!("{}: no owner mapping", table.name))
                 })?;
                 let c = column(&catalog, &table.name, &owner.column)?;
-                let to = successor_key(sys, &owner.references, successor, target).await?;
+                let to = successor_key(sys, &owner.references, successor, subject, target).await?;
                 part.set.push((c.clone(), Some(to)));
                 part.columns.push(c);
             }
@@ -144,11 +156,13 @@ pub(super) async fn parts_of(
     Ok(parts)
 }
 
-/// The key of the exit's successor where the owner column points; exactly one, active.
+/// The key of the exit's successor where the owner column points: exactly one, active,
+/// not the leaver.
 async fn successor_key(
     sys: &System,
     references: &str,
     successor: Option<&Identities>,
+    subject: &Identities,
     target: &Target,
 ) -> Result<String> {
     let ids = successor.ok_or_else(|| {
@@ -162,39 +176,16 @@ async fn successor_key(
     let t = sys
         .table(tn)
         .ok_or_else(|| Error::new(Code::Policy, format!("owner target {tn} is not mapped")))?;
-    let st = sql::count_identity_rows(target.dialect(), t, ids)?.ok_or_else(|| {
-        Error::new(
-            Code::PlanBlocked,
-            format!("the successor's identities cannot be looked up in {tn}"),
-        )
-    })?;
-    let counts = target.query_counts(&st).await?;
-    match (
-        counts.first().copied().unwrap_or(0),
-        counts.get(1).copied().unwrap_or(0),
-    ) {
-        (1, 0) => {}
-        (0, _) => {
-            return Err(Error::new(
+    let st =
+        sql::count_successor_rows(target.dialect(), sys, t, ids, subject)?.ok_or_else(|| {
+            Error::new(
                 Code::PlanBlocked,
-                format!("the successor is not in {}.{tn}", sys.name),
-            ));
-        }
-        (1, _) => {
-            return Err(Error::new(
-                Code::PlanBlocked,
-                format!("the successor's account in {}.{tn} is disabled", sys.name),
-            ));
-        }
-        (n, _) => {
-            return Err(Error::new(
-                Code::PlanBlocked,
-                format!(
-                    "the successor's identities match {n} rows of {}.{tn}",
-                    sys.name
-                ),
-            ));
-        }
+                format!("the successor's identities cannot be looked up in {tn}"),
+            )
+        })?;
+    let check = SuccessorCheck::from_counts(tn, &target.query_counts(&st).await?);
+    if let Some(why) = check.problem(&sys.name) {
+        return Err(Error::new(Code::PlanBlocked, why));
     }
     let catalog = target.columns(tn).await?;
     let key_col = column(&catalog, tn, &t.key)?;

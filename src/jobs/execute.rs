@@ -82,6 +82,9 @@ pub enum Step {
     Done(TaskResult),
     /// Rows changed since their backup, or new ones appeared: back up again.
     Rebackup(String),
+    /// The plan changed since approval: nothing ran, and the request went back to the
+    /// DPO (or the task needs attention); recorded already. Why.
+    Stopped(String),
 }
 
 /// What one batch of changes came to.
@@ -152,6 +155,14 @@ fn apply_order(sys: &System, parts: &mut [Part]) {
 
 /// Run one leased task.
 pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>) -> Result<Step> {
+    // Exactly the approved plan, or nothing.
+    if let Some(rid) = &task.request_id {
+        let req = ctx.request(rid).await?;
+        let diff = super::approved::differences(ctx, &req).await?;
+        if !diff.is_empty() {
+            return super::approved::stop(ctx, s, task, &req, &diff, now).await;
+        }
+    }
     if task.kind == super::TaskKind::Export {
         return super::export::run(ctx, s, task, now).await;
     }
@@ -205,7 +216,15 @@ async fn run_on(
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<Step> {
-    let mut parts = super::collect::parts_of(sys, task, body, target, successor).await?;
+    // The database still has every table and column the data map names (as planning
+    // checked): a request that could not be finished is not begun — no account is
+    // disabled before an apply that would fail on a missing column.
+    let lacks = crate::targets::doctor::lacking(target, sys).await;
+    if !lacks.is_empty() {
+        let what: Vec<String> = lacks.iter().map(|l| l.message_in(&sys.name)).collect();
+        return Err(Error::new(Code::Target, what.join("; ")));
+    }
+    let mut parts = super::collect::parts_of(sys, task, body, target, subject, successor).await?;
     apply_order(sys, &mut parts);
 
     use super::TaskState as S;
@@ -505,79 +524,23 @@ async fn recheck(
             )));
         }
     }
-    let covered: Vec<String> = parts
+    let covered: BTreeSet<String> = parts
         .iter()
         .filter(|p| p.action == Action::Erase && !matches!(p.source, Source::Keys(_)))
         .map(|p| p.table.name.clone())
         .collect();
     // Every other backed-up row is gone (erase) or holds its new values (updates).
-    let mut reader = backup::Reader::open(path, key_path)?;
-    let manifest = reader.manifest.clone();
-    let mut batch: Vec<Record> = Vec::new();
-    loop {
-        let next = reader.next_row()?;
-        let flush = match (&next, batch.first()) {
-            (None, Some(_)) => true,
-            (Some(r), Some(b)) => r.t != b.t || batch.len() >= batch_size,
-            _ => false,
-        };
-        if flush {
-            let t = batch[0].t.clone();
-            let (Some(tm), Some(p)) = (
-                manifest.tables.iter().find(|m| m.table == t),
-                parts.iter().find(|p| p.table.name == t),
-            ) else {
-                return Ok(Some(format!("{t}: in the backup but not in the task")));
-            };
-            let keys: Vec<String> = batch.iter().map(|r| r.k.clone()).collect();
-            let rows = target
-                .fetch_text(&sql::lock_rows(
-                    d,
-                    &p.table,
-                    &p.key.sql_type,
-                    &tm.columns,
-                    &keys,
-                )?)
-                .await?;
-            for mut r in rows {
-                if r.is_empty() {
-                    continue;
-                }
-                let k = r.remove(0).unwrap_or_default();
-                if p.action == Action::Erase {
-                    return Ok(Some(format!(
-                        "{}.{t}: an erased row is still there",
-                        sys.name
-                    )));
-                }
-                let want: Vec<Option<String>> = tm
-                    .columns
-                    .iter()
-                    .map(|c| tm.set.get(&c.name).cloned().flatten())
-                    .collect();
-                let Some(rec) = batch.iter().find(|b| b.k == k) else {
-                    continue;
-                };
-                let backed: Vec<Option<String>> = tm
-                    .columns
-                    .iter()
-                    .map(|c| rec.v.get(&c.name).cloned().flatten())
-                    .collect();
-                if r != after_values(tm, &backed) && r != want {
-                    return Ok(Some(format!(
-                        "{}.{t}: a changed row does not hold its new values",
-                        sys.name
-                    )));
-                }
-            }
-            batch.clear();
-        }
-        match next {
-            // Erased rows found by a predicate were re-checked by the query above.
-            Some(r) if covered.contains(&r.t) => {}
-            Some(r) => batch.push(r),
-            None => break,
-        }
+    // (Erased rows found by a predicate were re-checked by the query above.)
+    let (_, tables) =
+        super::recheck::archive(sys, target, path, key_path, batch_size, &covered).await?;
+    if let Some(t) = tables.iter().find(|t| t.wrong > 0) {
+        return Ok(Some(match t.action {
+            Action::Erase => format!("{}.{}: an erased row is still there", sys.name, t.table),
+            _ => format!(
+                "{}.{}: a changed row does not hold its new values",
+                sys.name, t.table
+            ),
+        }));
     }
     Ok(None)
 }

@@ -3,10 +3,12 @@
 //! budget is spent. Schedules (cron) fire the retention sweep, backup expiry and
 //! reminders once across all instances.
 
+mod approved;
 mod collect;
 pub mod execute;
 pub mod export;
 pub mod prove;
+pub mod recheck;
 pub mod restore;
 pub mod schedule;
 
@@ -402,6 +404,7 @@ pub async fn run_one(
                 summary.retried += 1;
             }
         }
+        Ok(execute::Step::Stopped(_)) => summary.failed += 1,
         Err(e) => {
             tracing::warn!(task = %task.id, code = %e.code, "task failed: {}", e.message);
             let gave_up = ctx

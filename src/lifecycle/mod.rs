@@ -226,7 +226,9 @@ impl Context {
                     body: serde_json::to_string(&plan)?,
                 });
             }
-            Decision::Reject | Decision::Cancel | Decision::Extend => {}
+            // A cancelled request's work never runs.
+            Decision::Cancel => changes.cancel_open_tasks = true,
+            Decision::Reject | Decision::Extend => {}
         }
         use crate::mail::MessageKind;
         changes.mails = match d {

@@ -166,6 +166,9 @@ pub enum Event {
     Complete,
     /// A restore put back what the request changed.
     Restore,
+    /// The policies changed the approved plan before it was carried out: the DPO decides
+    /// again.
+    PlanChanged,
 }
 
 impl Event {
@@ -178,6 +181,7 @@ impl Event {
             Event::Retry => "retry",
             Event::Complete => "complete",
             Event::Restore => "restore",
+            Event::PlanChanged => "plan_changed",
         }
     }
 
@@ -196,6 +200,9 @@ impl Event {
             (Event::Restore, Scheduled | Running | Failed | NeedsAttention | Completed) => {
                 Some(Restored)
             }
+            (Event::PlanChanged, Scheduled | Running | Failed | NeedsAttention) => {
+                Some(PendingReview)
+            }
             (
                 Event::Schedule
                 | Event::Start
@@ -203,7 +210,8 @@ impl Event {
                 | Event::GiveUp
                 | Event::Retry
                 | Event::Complete
-                | Event::Restore,
+                | Event::Restore
+                | Event::PlanChanged,
                 Unverified | PendingReview | Approved | Scheduled | Running | Completed | Rejected
                 | OnHold | Cancelled | Failed | NeedsAttention | Restored,
             ) => None,

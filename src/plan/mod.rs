@@ -4,7 +4,7 @@
 //! [`make`] is a pure function of (request, policies, what the survey found, now): no
 //! I/O, no clock, so every case is a test with time passed in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,10 @@ pub struct Plan {
     /// Why the plan cannot be carried out; empty when it can.
     pub blocked: Vec<String>,
     pub notes: Vec<String>,
+    /// The data map the plan was made with: system -> its tables. How rows are found and
+    /// changed depends on it, so execution checks that it still holds for the work left.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_map: BTreeMap<String, Vec<Table>>,
 }
 
 impl Plan {
@@ -108,6 +112,7 @@ pub fn make(
         entries: Vec::new(),
         blocked: Vec::new(),
         notes: Vec::new(),
+        data_map: BTreeMap::new(),
     };
     let immediate = input.immediate();
     if input.kind == RequestKind::Exit && input.exit_date.is_none() {
@@ -117,9 +122,15 @@ pub fn make(
         let Some(sys) = policies.system(&s.system) else {
             continue;
         };
+        plan.data_map.insert(sys.name.clone(), sys.tables.clone());
         if let Some(e) = &s.error {
             plan.blocked
                 .push(format!("system {} could not be searched: {e}", s.system));
+            continue;
+        }
+        if !s.lacking.is_empty() {
+            // A plan is only as good as the data map: every mapped column must exist.
+            plan.blocked.extend(s.lacking.iter().cloned());
             continue;
         }
         if s.manual {
@@ -175,6 +186,9 @@ pub fn make(
         if input.kind == RequestKind::Exit && sys.tables.iter().any(|t| t.owner.is_some()) {
             let owned: u64 = s.tables.values().map(|c| c.owned_rows).sum();
             match &s.successor {
+                // The leaver named as their own successor is a mistake in the ticket,
+                // whether or not records are handed over.
+                Some(c) if c.same_as_subject > 0 => plan.blocked.extend(c.problem(&s.system)),
                 _ if owned == 0 => {}
                 None if !input.has_successor => plan.blocked.push(format!(
                     "{owned} records in {} must be handed over, but the ticket names no successor",
@@ -184,19 +198,7 @@ pub fn make(
                     "the successor could not be looked up in {}",
                     s.system
                 )),
-                Some(c) if c.found == 0 => plan.blocked.push(format!(
-                    "the successor was not found in {}.{}: records cannot be handed over",
-                    s.system, c.table
-                )),
-                Some(c) if c.found > 1 => plan.blocked.push(format!(
-                    "the successor's identities match {} rows of {}.{}: name exactly one person",
-                    c.found, s.system, c.table
-                )),
-                Some(c) if c.disabled > 0 => plan.blocked.push(format!(
-                    "the successor's account in {}.{} is disabled: choose an active successor",
-                    s.system, c.table
-                )),
-                Some(_) => {}
+                Some(c) => plan.blocked.extend(c.problem(&s.system)),
             }
         }
     }

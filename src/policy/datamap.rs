@@ -115,7 +115,7 @@ pub enum OnErase {
 }
 
 /// `[[table]]` of a data map.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Table {
     pub name: String,
@@ -143,7 +143,7 @@ pub struct Table {
 }
 
 /// `sweep = { date = "happened_at", rule = "business-communication" }`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
     /// A date or timestamp column: the retention period counts from it.
@@ -153,7 +153,7 @@ pub struct Sweep {
 }
 
 /// `account = { ... }`: what disabling a login means.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
     /// column -> value written when disabling
@@ -170,7 +170,7 @@ fn default_account_category() -> String {
 }
 
 /// `owner = { ... }`: records an exit hands over to the successor.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Owner {
     pub column: String,
@@ -188,7 +188,7 @@ fn default_owner_category() -> String {
 }
 
 /// `references = [{ column, to }]`: rows pointing at a subject's row are the subject's.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
     pub column: String,

@@ -154,6 +154,9 @@ pub struct Changes {
     pub mails: Vec<outbox::NewMail>,
     /// The plan approved, saved in the same transaction as the approval.
     pub plan: Option<NewPlan>,
+    /// Cancel the request's tasks that are not finished (and drop their leases), in the
+    /// same transaction: the plan they carry out is no longer the one to carry out.
+    pub cancel_open_tasks: bool,
 }
 
 /// A plan to save with a decision.
@@ -472,6 +475,14 @@ impl Store {
                     if let Some(p) = &c.plan {
                         sqlx::query("INSERT INTO plans (request_id, created_at, policy_digest, body) VALUES ($1, $2, $3, $4)")
                             .bind(id).bind(now).bind(&p.policy_digest).bind(&p.body).execute(&mut *tx).await?;
+                    }
+                    if c.cancel_open_tasks {
+                        use tasks::TaskState as S;
+                        sqlx::query("UPDATE tasks SET state = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2 \
+                                     WHERE request_id = $1 AND state IN ($4, $5, $6, $7, $8)")
+                            .bind(id).bind(now).bind(S::Cancelled)
+                            .bind(S::WaitingKeys).bind(S::Pending).bind(S::BackedUp).bind(S::NeedsAttention).bind(S::WaitingConfirmation)
+                            .execute(&mut *tx).await?;
                     }
                 }
                 tx.commit().await?;

@@ -250,12 +250,22 @@ impl Store {
                AND (lease_expires_at IS NULL OR lease_expires_at < $2){window} \
                AND (kind = '{export}' OR request_id IS NULL OR NOT EXISTS ( \
                    SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = '{export}' AND e.state <> '{done}')) \
+               AND (request_id IS NULL OR EXISTS (SELECT 1 FROM requests r WHERE r.id = tasks.request_id \
+                   AND r.state IN ('{scheduled}', '{running}', '{failed}', '{needs_attention}', '{completed}'))) \
                ORDER BY due_at, id LIMIT $4{lock}) \
              RETURNING {TASK_COLUMNS}",
             pending = TaskState::Pending,
             backed_up = TaskState::BackedUp,
             export = TaskKind::Export,
             done = TaskState::Done,
+            // A request's work runs only while the request is being carried out (or, for
+            // follow-ups, once it completed): never on hold, cancelled, back in review,
+            // restored or refused.
+            scheduled = State::Scheduled,
+            running = State::Running,
+            failed = State::Failed,
+            needs_attention = State::NeedsAttention,
+            completed = State::Completed,
         );
         let rows: Vec<TaskRow> = on_pool!(self, pool => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(worker).bind(now).bind(lease_until).bind(limit);

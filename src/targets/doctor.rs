@@ -51,6 +51,65 @@ fn lookup_columns(sys: &System) -> Vec<(String, String)> {
     out
 }
 
+/// A part of a data map that the database does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lack {
+    /// The table cannot be read (it does not exist, or its catalog query failed).
+    Table { table: String, why: String },
+    /// The table has no column of this name.
+    Column { table: String, column: String },
+}
+
+impl Lack {
+    pub fn table(&self) -> &str {
+        match self {
+            Lack::Table { table, .. } | Lack::Column { table, .. } => table,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Lack::Table { why, .. } => why.clone(),
+            Lack::Column { table, column } => {
+                format!("{table}.{column}: the data map names a column the database does not have")
+            }
+        }
+    }
+
+    /// The message, naming the system too.
+    pub fn message_in(&self, system: &str) -> String {
+        match self {
+            Lack::Table { .. } => format!("{system}: {}", self.message()),
+            Lack::Column { .. } => format!("{system}.{}", self.message()),
+        }
+    }
+}
+
+/// Every mapped table and column (keys, identities, categories, accounts, owners,
+/// references, anonymised columns, sweep dates) that the database lacks. `doctor` reports
+/// these; a plan that meets one is blocked, so it cannot be approved.
+pub async fn lacking(target: &Target, sys: &System) -> Vec<Lack> {
+    let mut out = Vec::new();
+    for t in &sys.tables {
+        match target.columns(&t.name).await {
+            Ok(cols) => out.extend(
+                t.known_columns()
+                    .into_iter()
+                    .filter(|c| !cols.iter().any(|x| x.name == *c))
+                    .map(|c| Lack::Column {
+                        table: t.name.clone(),
+                        column: c.to_owned(),
+                    }),
+            ),
+            Err(e) => out.push(Lack::Table {
+                table: t.name.clone(),
+                why: e.message,
+            }),
+        }
+    }
+    out
+}
+
 /// Examine every system.
 pub async fn check(systems: &[System], base_dir: &std::path::Path) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -75,24 +134,15 @@ pub async fn check(systems: &[System], base_dir: &std::path::Path) -> Vec<Findin
             }
         };
         out.push(f("ok", format!("connected ({})", sys.driver.as_str())));
-        let mut missing_tables = Vec::new();
-        for t in &sys.tables {
-            match target.columns(&t.name).await {
-                Ok(cols) => {
-                    for c in t.known_columns() {
-                        if !cols.iter().any(|x| x.name == c) {
-                            out.push(f("error", format!("{}.{c}: the data map names a column the database does not have", t.name)));
-                        }
-                    }
-                }
-                Err(e) => {
-                    missing_tables.push(t.name.clone());
-                    out.push(f("error", e.message));
-                }
-            }
-        }
+        let lacks = lacking(&target, sys).await;
+        let missing_tables: Vec<&str> = lacks
+            .iter()
+            .filter(|l| matches!(l, Lack::Table { .. }))
+            .map(Lack::table)
+            .collect();
+        out.extend(lacks.iter().map(|l| f("error", l.message())));
         for (table, column) in lookup_columns(sys) {
-            if missing_tables.contains(&table) {
+            if missing_tables.contains(&table.as_str()) {
                 continue;
             }
             match target

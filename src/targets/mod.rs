@@ -190,6 +190,38 @@ pub struct SuccessorCheck {
     pub table: String,
     pub found: u64,
     pub disabled: u64,
+    /// Rows found that belong to the leaver: the successor is the leaver under another
+    /// identity.
+    pub same_as_subject: u64,
+}
+
+impl SuccessorCheck {
+    /// Why records of `system` cannot be handed over to this successor; `None` when they
+    /// can (found once, someone other than the leaver, active). Planning and execution
+    /// both ask this.
+    pub fn problem(&self, system: &str) -> Option<String> {
+        let place = format!("{system}.{}", self.table);
+        if self.found == 0 {
+            Some(format!(
+                "the successor was not found in {place}: records cannot be handed over"
+            ))
+        } else if self.same_as_subject > 0 {
+            Some(format!(
+                "the successor is the leaver: the successor's identities name the leaver's own row of {place}; name someone else"
+            ))
+        } else if self.found > 1 {
+            Some(format!(
+                "the successor's identities match {} rows of {place}: name exactly one person",
+                self.found
+            ))
+        } else if self.disabled > 0 {
+            Some(format!(
+                "the successor's account in {place} is disabled: choose an active successor"
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// What a survey found in one system.
@@ -199,6 +231,10 @@ pub struct SystemSurvey {
     /// Why the system could not be surveyed, if it could not.
     pub error: Option<String>,
     pub manual: bool,
+    /// What the database lacks of the data map (tables, columns), as `doctor` says it;
+    /// nothing is counted then, and a plan made from the survey is blocked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lacking: Vec<String>,
     pub tables: BTreeMap<String, TableCounts>,
     pub successor: Option<SuccessorCheck>,
 }
@@ -222,10 +258,11 @@ pub async fn survey(
             continue;
         }
         match survey_one(sys, base_dir, subject, successor).await {
-            Ok((tables, succ)) => {
+            Ok(Surveyed::Counted(tables, succ)) => {
                 s.tables = tables;
                 s.successor = succ;
             }
+            Ok(Surveyed::Lacking(lacks)) => s.lacking = lacks,
             Err(e) => s.error = Some(e.message),
         }
         out.push(s);
@@ -233,13 +270,27 @@ pub async fn survey(
     out
 }
 
+/// What surveying one system came to.
+enum Surveyed {
+    Counted(BTreeMap<String, TableCounts>, Option<SuccessorCheck>),
+    /// The database lacks mapped tables or columns: nothing was counted.
+    Lacking(Vec<String>),
+}
+
 async fn survey_one(
     sys: &System,
     base_dir: &Path,
     subject: &Identities,
     successor: Option<&Identities>,
-) -> Result<(BTreeMap<String, TableCounts>, Option<SuccessorCheck>)> {
+) -> Result<Surveyed> {
     let target = Target::connect(sys, base_dir).await?;
+    let lacks = doctor::lacking(&target, sys).await;
+    if !lacks.is_empty() {
+        target.close().await;
+        return Ok(Surveyed::Lacking(
+            lacks.iter().map(|l| l.message_in(&sys.name)).collect(),
+        ));
+    }
     let d = target.dialect();
     let mut tables = BTreeMap::new();
     let result = async {
@@ -274,25 +325,34 @@ async fn survey_one(
                 .next();
             if let Some(tn) = owner_table
                 && let Some(t) = sys.table(tn)
-                && let Some(st) = sql::count_identity_rows(d, t, ids)?
+                && let Some(st) = sql::count_successor_rows(d, sys, t, ids, subject)?
             {
                 let counts = target.query_counts(&st).await?;
-                succ = Some(SuccessorCheck {
-                    table: tn.to_owned(),
-                    found: counts.first().copied().unwrap_or(0).max(0) as u64,
-                    disabled: counts.get(1).copied().unwrap_or(0).max(0) as u64,
-                });
+                succ = Some(SuccessorCheck::from_counts(tn, &counts));
             }
         }
         Ok::<_, Error>(succ)
     }
     .await;
     target.close().await;
-    Ok((tables, result?))
+    Ok(Surveyed::Counted(tables, result?))
 }
 
 fn first(v: &[i64]) -> u64 {
     v.first().copied().unwrap_or(0).max(0) as u64
+}
+
+impl SuccessorCheck {
+    /// From the counts of [`sql::count_successor_rows`].
+    pub fn from_counts(table: &str, counts: &[i64]) -> SuccessorCheck {
+        let n = |i: usize| counts.get(i).copied().unwrap_or(0).max(0) as u64;
+        SuccessorCheck {
+            table: table.to_owned(),
+            found: n(0),
+            disabled: n(1),
+            same_as_subject: n(2),
+        }
+    }
 }
 
 #[cfg(test)]

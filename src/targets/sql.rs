@@ -211,18 +211,22 @@ pub fn count_owned_rows(
     }))
 }
 
-/// Count the rows of `table` matching `ids` directly by identity columns, and among them
-/// those that are disabled accounts (every `account.set` column holds its disabled value).
-/// Used to check an exit's successor: found once, and active.
-pub fn count_identity_rows(
+/// Count the rows of `table` matching the `successor`'s identities directly by identity
+/// columns; among them, those that are disabled accounts (every `account.set` column holds
+/// its disabled value), and those that belong to the `subject` (the leaver under another
+/// identity). Used to check an exit's successor: found once, active, someone else.
+pub fn count_successor_rows(
     d: Dialect,
+    sys: &System,
     table: &Table,
-    ids: &Identities,
+    successor: &Identities,
+    subject: &Identities,
 ) -> Result<Option<Statement>> {
     let mut b = Builder {
         dialect: d,
         binds: Vec::new(),
     };
+    // Bound in the order the placeholders appear (MySQL's are positional).
     let mut disabled = Vec::new();
     if let Some(acc) = &table.account {
         for (col, val) in &acc.set {
@@ -236,12 +240,16 @@ pub fn count_identity_rows(
     } else {
         disabled.join(" AND ")
     };
-    let parts = b.identity_parts(table, ids)?;
+    let leaver_expr = b
+        .subject_predicate(sys, table, subject, 0)?
+        .unwrap_or_else(|| "1 = 0".to_owned());
+    let parts = b.identity_parts(table, successor)?;
     if parts.is_empty() {
         return Ok(None);
     }
     let sql = format!(
-        "SELECT COUNT(*), COUNT(CASE WHEN {disabled_expr} THEN 1 END) FROM {} WHERE ({})",
+        "SELECT COUNT(*), COUNT(CASE WHEN {disabled_expr} THEN 1 END), COUNT(CASE WHEN {leaver_expr} THEN 1 END) \
+         FROM {} WHERE ({})",
         b.q(&table.name)?,
         parts.join(" OR ")
     );
@@ -650,6 +658,27 @@ mod tests {
             "SELECT COUNT(*) FROM `deals` WHERE (`owner_id` IN (SELECT `id` FROM `employees` WHERE ((`email` = ? AND `email` = ? COLLATE utf8mb4_bin))) AND `stage` IN (?, ?))"
         );
         assert_eq!(st.binds.len(), 4);
+    }
+
+    #[test]
+    fn the_successor_count_binds_in_placeholder_order() {
+        let sys = crm();
+        let successor: Identities = [(IdentityKind::EmployeeId, "E2".to_owned())]
+            .into_iter()
+            .collect();
+        let leaver: Identities = [(IdentityKind::Email, "a@b.c".to_owned())]
+            .into_iter()
+            .collect();
+        let t = sys.table("employees").unwrap();
+        let st = count_successor_rows(Dialect::Mysql, &sys, t, &successor, &leaver)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            st.sql,
+            "SELECT COUNT(*), COUNT(CASE WHEN 1 = 0 THEN 1 END), COUNT(CASE WHEN ((`email` = ? AND `email` = ? COLLATE utf8mb4_bin)) THEN 1 END) \
+             FROM `employees` WHERE ((`emp_no` = ? AND `emp_no` = ? COLLATE utf8mb4_bin))"
+        );
+        assert_eq!(st.binds, ["a@b.c", "a@b.c", "E2", "E2"]);
     }
 
     #[test]
