@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, fails, ok};
+use common::{BIN, Db, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, fails, ok};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -337,4 +337,148 @@ async fn config_rejects_unknown_keys_takes_env_overrides_and_works_from_anywhere
         .unwrap();
     let err = fails(&out);
     assert!(err.contains("no-such-folder"), "{err}");
+}
+
+/// The binary with this env's config and `QUIETUS_STORE__URL` set to `store`.
+fn run_on_store(env: &Env, store: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env_remove("QUIETUS_CONFIG")
+        .env("QUIETUS_LOG", "warn")
+        .env("QUIETUS_STORE__URL", store)
+        .output()
+        .unwrap()
+}
+
+async fn pg_tables(url: &str) -> i64 {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    n
+}
+
+/// A mistyped state-store URL must not look like an empty queue. Only `serve`, `demo` and
+/// `store init` create a store; every other command refuses a store that does not exist
+/// (a SQLite file that is not there, a database that holds no quietus store, such as the
+/// CRM's), names it, and creates nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose() {
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let ticket = env.write("t.json", ERASURE_TICKET);
+        let ticket = ticket.to_str().unwrap();
+        // (URL, how the error names it, a second one for `serve`)
+        let (missing, named, for_serve, extra) = match &kind {
+            StoreKind::Sqlite => (
+                "sqlite://var/quietus-typo.db".to_owned(),
+                env.path().join("var/quietus-typo.db").display().to_string(),
+                "sqlite://var/served.db".to_owned(),
+                Vec::new(),
+            ),
+            StoreKind::Postgres(_) => {
+                let a = Db::postgres().await.unwrap();
+                let b = Db::postgres().await.unwrap();
+                let (ua, na, ub) = (a.url.clone(), a.name.clone(), b.url.clone());
+                (ua, na, ub, vec![a, b])
+            }
+        };
+        let mut foreign = vec![missing.clone()];
+        if matches!(kind, StoreKind::Sqlite) {
+            // Another application's database: the demo CRM.
+            foreign.push("sqlite://crm.db".to_owned());
+        }
+        let crm_file = env.path().join("crm.db");
+        let crm_before = std::fs::read(&crm_file).unwrap();
+        for url in &foreign {
+            for args in [
+                vec!["queue"],
+                vec!["queue", "--json"],
+                vec!["submit", ticket],
+                vec!["show", "abcd"],
+                vec!["approve", "abcd"],
+                vec!["run"],
+                vec!["restore", "abcd"],
+                vec!["retry", "abcd"],
+            ] {
+                let err = fails(&run_on_store(&env, url, &args));
+                assert!(
+                    err.contains("no quietus state store") && err.contains("quietus store init"),
+                    "{label}: {args:?} on {url}: {err}"
+                );
+                if url == &missing {
+                    assert!(
+                        err.contains(&named),
+                        "{label}: {args:?}: the error names the store: {err}"
+                    );
+                }
+            }
+        }
+        match &kind {
+            StoreKind::Sqlite => {
+                assert!(
+                    !env.path().join("var/quietus-typo.db").exists(),
+                    "{label}: nothing created"
+                );
+                let crm = env
+                    .crm_count(
+                        &common::CrmKind::Sqlite,
+                        "FROM sqlite_master WHERE name IN ('requests', '_sqlx_migrations')",
+                    )
+                    .await;
+                assert_eq!(
+                    crm, 0,
+                    "{label}: the CRM database was not turned into a store"
+                );
+                assert!(
+                    std::fs::read(&crm_file).unwrap() == crm_before,
+                    "{label}: the CRM database file is untouched"
+                );
+            }
+            StoreKind::Postgres(_) => {
+                assert_eq!(pg_tables(&missing).await, 0, "{label}: nothing created");
+            }
+        }
+
+        // `store init` creates it (once; again is fine), and then it is an empty queue.
+        let out = ok(&run_on_store(&env, &missing, &["store", "init"]));
+        assert!(out.contains("created"), "{label}: {out}");
+        let out = ok(&run_on_store(&env, &missing, &["store", "init"]));
+        assert!(out.contains("already"), "{label}: {out}");
+        let out = ok(&run_on_store(&env, &missing, &["queue"]));
+        assert_eq!(out.trim(), "no requests", "{label}");
+
+        // `serve` creates its store, and says so.
+        let mut child = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("QUIETUS_LOG", "warn")
+            .env("QUIETUS_STORE__URL", &for_serve)
+            .env("QUIETUS_JOBS__POLL_SECONDS", "3600")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.starts_with("listening on"), "{label}: {line}");
+        common::stop(child);
+        ok(&run_on_store(&env, &for_serve, &["queue"]));
+
+        for db in extra {
+            db.drop_now().await;
+        }
+        kind.cleanup().await;
+    }
 }

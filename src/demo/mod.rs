@@ -116,7 +116,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     )?;
 
     let config = Config::load(Some(&config_path))?;
-    let ctx = crate::cli::context(&config).await?;
+    let (ctx, _) = crate::cli::open_context(&config, crate::store::Open::CreateIfMissing).await?;
     let now = crate::clock::now();
     let today = ctx.today(now);
     // The leaver leaves today, so that the tour can carry the exit out now.

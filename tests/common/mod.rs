@@ -179,6 +179,17 @@ impl Env {
             ),
         )
         .unwrap();
+        // The store, as `quietus store init` makes it (commands other than serve and demo
+        // refuse a store that does not exist).
+        let cfg = Config::load(Some(&config)).expect("config");
+        let (store, _) = quietus::store::Store::open(
+            &cfg.store_url().unwrap(),
+            1,
+            quietus::store::Open::CreateIfMissing,
+        )
+        .await
+        .expect("state store");
+        store.close().await;
         Env {
             dir,
             config,
