@@ -131,7 +131,10 @@ async fn the_exit_plan_lists_disable_reassign_retain_and_erase_with_real_counts(
         assert_eq!(find("personal_notes", "erase")["rows"], 3);
         assert_eq!(find("follow_ups", "retain")["rows"], 12);
         let text = ok(&env.run(&["plan", &id]));
-        assert!(text.contains("2028-12-31 then erase"), "{text}");
+        assert!(
+            text.contains("2028-12-31 (Asia/Shanghai) then erase"),
+            "{text}"
+        );
         kind.cleanup().await;
     }
 }
@@ -478,6 +481,141 @@ async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose() {
 
         for db in extra {
             db.drop_now().await;
+        }
+        kind.cleanup().await;
+    }
+}
+
+/// Every date or time in `text` is followed by the policy's zone, `(Asia/Shanghai)`.
+#[track_caller]
+fn assert_dates_labelled(what: &str, text: &str) {
+    let re = regex::Regex::new(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?").unwrap();
+    for m in re.find_iter(text) {
+        assert!(
+            text[m.end()..].starts_with(" (Asia/Shanghai)"),
+            "{what}: {:?} is not labelled with the policy's zone:\n{text}",
+            &text[m.start()..(m.end() + 20).min(text.len())]
+        );
+    }
+}
+
+/// Text parts of every message in the outbox folder, by kind (the `X-Quietus-Kind` is not
+/// a header, so: by subject).
+fn outbox_texts(env: &Env) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(env.path().join("var/outbox")).unwrap() {
+        let raw = std::fs::read(e.unwrap().path()).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let subject = msg.subject().unwrap_or_default().to_owned();
+        let text = msg.body_text(0).unwrap_or_default().to_string();
+        // minijinja escapes `/` in HTML; the reader sees `/`.
+        let html = msg.body_html(0).unwrap_or_default().replace("&#x2f;", "/");
+        out.push((subject.clone(), text));
+        out.push((format!("{subject} (HTML)"), html));
+    }
+    out
+}
+
+/// Dates agree across outputs: plans, tasks, the queue, `show` and every email show each
+/// date in the policy's time zone (Asia/Shanghai), labelled. Received at 17:00 UTC on 1
+/// December is 2 December there: that is the day of receipt everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_date_a_person_reads_is_in_the_policy_zone_and_labelled() {
+    const RECEIVED: &str = "2026-12-01T17:00:00Z";
+    const RUN: &str = "2027-01-01T03:00:00Z";
+    for kind in StoreKind::all().await {
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        // A system with no connector: its owner is emailed the task, with its due date.
+        std::fs::write(
+            env.path().join("policies/systems/legacy.toml"),
+            "name = \"legacy_erp\"\ndriver = \"manual\"\nowner_email = \"erp-admins@corp.example\"\n\n\
+             [[table]]\nname = \"staff\"\nkey = \"id\"\nidentity = { email = \"email\" }\n\
+             columns = { email = \"user.contact.email\" }\n",
+        )
+        .unwrap();
+        let exit = env.write("exit.json", EXIT_TICKET);
+        let exit = ok(&env.run_at(&["submit", exit.to_str().unwrap()], Some(RECEIVED), None))
+            .trim()
+            .to_owned();
+        let erasure = env.write("erasure.json", ERASURE_TICKET);
+        let erasure = ok(&env.run_at(&["submit", erasure.to_str().unwrap()], Some(RECEIVED), None))
+            .trim()
+            .to_owned();
+        let plan = ok(&env.run_at(&["plan", &exit], Some(RECEIVED), None));
+        assert_dates_labelled(&format!("{label}: plan"), &plan);
+        assert!(
+            plan.contains("2026-12-31 (Asia/Shanghai)"),
+            "{label}: the exit date:\n{plan}"
+        );
+        ok(&env.run_at(&["approve", &exit], Some(RECEIVED), None));
+        ok(&env.run_at(
+            &["extend", &erasure, "--reason", "many systems"],
+            Some(RECEIVED),
+            None,
+        ));
+        let q = ok(&env.run_at(&["queue"], Some(RECEIVED), None));
+        assert_dates_labelled(&format!("{label}: queue"), &q);
+        env.run_at(&["run"], Some(RUN), None);
+        // The owner of the system with no connector confirms; the exit completes.
+        let shown = json(&ok(&env.run_at(
+            &["show", &exit, "--json"],
+            Some(RUN),
+            None,
+        )));
+        let manual = shown["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["kind"] == "manual")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ok(&env.run_at(&["confirm", &manual], Some(RUN), None));
+        ok(&env.run_at(&["run"], Some(RUN), None));
+        for id in [&exit, &erasure] {
+            let shown = ok(&env.run_at(&["show", id], Some(RUN), None));
+            // The ticket is shown as it came in.
+            let shown: String = shown
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("ticket:"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_dates_labelled(&format!("{label}: show"), &shown);
+            assert!(
+                shown.contains("received:    2026-12-02 01:00 (Asia/Shanghai)"),
+                "{label}: {shown}"
+            );
+        }
+        let mails = outbox_texts(&env);
+        for (subject, text) in &mails {
+            assert_dates_labelled(&format!("{label}: mail {subject:?}"), text);
+        }
+        let ack = mails
+            .iter()
+            .find(|(s, t)| s.starts_with("We received") && t.contains(&erasure))
+            .unwrap();
+        assert!(
+            ack.1.contains("request on 2026-12-02 (Asia/Shanghai)"),
+            "{label}: {}",
+            ack.1
+        );
+        let manual = mails
+            .iter()
+            .find(|(s, _)| s.contains("legacy_erp"))
+            .unwrap();
+        assert!(
+            manual.1.contains("by 2026-12-31 (Asia/Shanghai)"),
+            "{label}: {}",
+            manual.1
+        );
+        for kind in ["is complete", "need more time", "is approved"] {
+            assert!(
+                mails.iter().any(|(s, _)| s.contains(kind)),
+                "{label}: a message {kind:?}: {:?}",
+                mails.iter().map(|(s, _)| s).collect::<Vec<_>>()
+            );
         }
         kind.cleanup().await;
     }
