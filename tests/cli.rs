@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{BIN, Db, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, fails, ok};
+use common::{BIN, Backend, Db, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, fails, ok};
+use rstest::rstest;
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -29,9 +30,17 @@ fn help_lists_every_command() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_ticket_submitted_twice_is_one_request() {
-    for kind in StoreKind::all().await {
+async fn a_ticket_submitted_twice_is_one_request(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         let f = env.write("exit.json", EXIT_TICKET);
         let f = f.to_str().unwrap();
@@ -100,9 +109,19 @@ async fn bad_tickets_are_refused_and_change_nothing() {
     assert!(q["requests"].as_array().unwrap().is_empty());
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_exit_plan_lists_disable_reassign_retain_and_erase_with_real_counts() {
-    for kind in StoreKind::all().await {
+async fn the_exit_plan_lists_disable_reassign_retain_and_erase_with_real_counts(
+    #[case] backend: Backend,
+) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         let f = env.write("exit.json", EXIT_TICKET);
         let id = ok(&env.run(&["submit", f.to_str().unwrap()]))
@@ -139,9 +158,17 @@ async fn the_exit_plan_lists_disable_reassign_retain_and_erase_with_real_counts(
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_dpo_decides_and_illegal_steps_are_clear_errors() {
-    for kind in StoreKind::all().await {
+async fn the_dpo_decides_and_illegal_steps_are_clear_errors(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         let now = Some("2026-03-02T09:00:00Z");
         let f = env.write("erasure.json", ERASURE_TICKET);
@@ -231,9 +258,17 @@ async fn the_dpo_decides_and_illegal_steps_are_clear_errors() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_queue_puts_overdue_requests_first_when_time_passes() {
-    for kind in StoreKind::all().await {
+async fn the_queue_puts_overdue_requests_first_when_time_passes(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         // GDPR, received 31 January 2026 (Asia/Shanghai): due 28 February.
         let gdpr = env.write("g.json", r#"{"kind":"erasure","external_id":"G","subject":{"email":"a@example.com"},"jurisdiction":"GDPR"}"#);
@@ -370,9 +405,19 @@ async fn pg_tables(url: &str) -> i64 {
 /// `store init` create a store; every other command refuses a store that does not exist
 /// (a SQLite file that is not there, a database that holds no quietus store, such as the
 /// CRM's), names it, and creates nothing.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose() {
-    for kind in StoreKind::all().await {
+async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose(
+    #[case] backend: Backend,
+) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let ticket = env.write("t.json", ERASURE_TICKET);
@@ -386,8 +431,8 @@ async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose() {
                 Vec::new(),
             ),
             StoreKind::Postgres(_) => {
-                let a = Db::postgres().await.unwrap();
-                let b = Db::postgres().await.unwrap();
+                let a = Db::postgres().await;
+                let b = Db::postgres().await;
                 let (ua, na, ub) = (a.url.clone(), a.name.clone(), b.url.clone());
                 (ua, na, ub, vec![a, b])
             }
@@ -519,11 +564,19 @@ fn outbox_texts(env: &Env) -> Vec<(String, String)> {
 /// Dates agree across outputs: plans, tasks, the queue, `show` and every email show each
 /// date in the policy's time zone (Asia/Shanghai), labelled. Received at 17:00 UTC on 1
 /// December is 2 December there: that is the day of receipt everywhere.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn every_date_a_person_reads_is_in_the_policy_zone_and_labelled() {
+async fn every_date_a_person_reads_is_in_the_policy_zone_and_labelled(#[case] backend: Backend) {
     const RECEIVED: &str = "2026-12-01T17:00:00Z";
     const RUN: &str = "2027-01-01T03:00:00Z";
-    for kind in StoreKind::all().await {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         // A system with no connector: its owner is emailed the task, with its due date.
