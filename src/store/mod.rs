@@ -169,10 +169,16 @@ pub fn new_id() -> String {
 /// What a database's tables and first applied migration (version, checksum) say it is.
 fn found(tables: &[String], first: Option<(i64, Vec<u8>)>, ours: &Migrator) -> Found {
     let our_first = ours.iter().find(|m| m.migration_type.is_up_migration());
-    match (first, our_first) {
-        (Some((v, sum)), Some(m)) if v == m.version && sum == *m.checksum => Found::Store,
-        _ if tables.iter().all(|t| t == MIGRATIONS_TABLE) => Found::Empty,
-        _ => Found::Foreign,
+    let ours = matches!(
+        (first, our_first),
+        (Some((v, sum)), Some(m)) if v == m.version && sum == *m.checksum
+    );
+    if ours {
+        Found::Store
+    } else if tables.iter().all(|t| t == MIGRATIONS_TABLE) {
+        Found::Empty
+    } else {
+        Found::Foreign
     }
 }
 
