@@ -102,7 +102,9 @@ async fn with_quietus(dir: &Path) -> f64 {
     )
     .unwrap();
     let config = Config::load(Some(&dir.join("quietus.toml"))).unwrap();
-    let ctx = quietus::cli::context(&config).await.unwrap();
+    let (ctx, _) = quietus::cli::open_context(&config, quietus::store::Open::CreateIfMissing)
+        .await
+        .unwrap();
     let now = quietus::clock::now();
     let today = ctx.today(now);
     let body = format!(

@@ -1,5 +1,7 @@
 //! The one place that reads the wall clock. Everything else takes `now` as an argument,
-//! so tests can travel in time (clippy's `disallowed-methods` enforces this).
+//! so tests can travel in time (clippy's `disallowed-methods` enforces this). Also the one
+//! place that turns moments into what people read ([`Zone`]): clippy bans
+//! `DateTime::format` elsewhere.
 
 use chrono::{DateTime, Utc};
 
@@ -13,4 +15,99 @@ pub fn now() -> DateTime<Utc> {
         return t.with_timezone(&Utc);
     }
     Utc::now()
+}
+
+/// The time zone in which people read dates: the policy's (`deadlines.timezone`), the one
+/// in which deadlines count days. Every date or time shown to a person (CLI text, emails,
+/// web pages) is made here, as a [`Day`] or a [`Time`], so that none is shown in UTC (or
+/// unlabelled) by mistake; machine formats (JSON, receipts) keep RFC 3339 UTC times and
+/// `YYYY-MM-DD` days of this zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zone(pub chrono_tz::Tz);
+
+/// A day in the policy's zone, shown labelled: `2026-12-02 (Asia/Shanghai)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Day {
+    pub date: chrono::NaiveDate,
+    pub zone: Zone,
+}
+
+/// A moment in the policy's zone, shown labelled to the minute: `2026-12-02 01:00 (Asia/Shanghai)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub at: DateTime<chrono_tz::Tz>,
+}
+
+impl Zone {
+    /// The day a moment falls on in this zone.
+    pub fn day_of(self, t: DateTime<Utc>) -> Day {
+        Day {
+            date: t.with_timezone(&self.0).date_naive(),
+            zone: self,
+        }
+    }
+
+    /// A date that is already a day of this zone (a due date, an exit date, a retention end).
+    pub fn day(self, date: chrono::NaiveDate) -> Day {
+        Day { date, zone: self }
+    }
+
+    pub fn time(self, t: DateTime<Utc>) -> Time {
+        Time {
+            at: t.with_timezone(&self.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+impl std::fmt::Display for Day {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.date.format("%Y-%m-%d"), self.zone)
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[allow(clippy::disallowed_methods)] // the one place that formats moments for people
+        let shown = self.at.format("%Y-%m-%d %H:%M");
+        write!(f, "{shown} ({})", self.at.timezone().name())
+    }
+}
+
+/// Shown as people read it, also inside email template variables.
+impl serde::Serialize for Day {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl serde::Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_times_are_shown_in_the_zone_labelled() {
+        let z = Zone(chrono_tz::Asia::Shanghai);
+        let t = DateTime::parse_from_rfc3339("2026-12-01T17:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(z.day_of(t).to_string(), "2026-12-02 (Asia/Shanghai)");
+        assert_eq!(z.time(t).to_string(), "2026-12-02 01:00 (Asia/Shanghai)");
+        let d = chrono::NaiveDate::from_ymd_opt(2028, 12, 1).unwrap();
+        assert_eq!(
+            serde_json::to_value(z.day(d)).unwrap(),
+            "2028-12-01 (Asia/Shanghai)"
+        );
+    }
 }

@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{CrmKind, EXIT_TICKET, Env, StoreKind, fails, ok, stdout};
+use rstest::rstest;
+
+use common::{Backend, CrmKind, EXIT_TICKET, Env, StoreKind, fails, ok, stdout};
 use serde_json::Value;
 
 /// When tickets are submitted and approved (before the exit date).
@@ -19,20 +21,6 @@ const RUN_AT: &str = "2027-01-01T03:00:00Z";
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-/// SQLite state store on every CRM database, and the PostgreSQL state store on the
-/// SQLite CRM.
-async fn setups() -> Vec<(StoreKind, CrmKind)> {
-    let mut v: Vec<(StoreKind, CrmKind)> = CrmKind::all()
-        .await
-        .into_iter()
-        .map(|c| (StoreKind::Sqlite, c))
-        .collect();
-    if let Some(db) = common::Db::postgres().await {
-        v.push((StoreKind::Postgres(db), CrmKind::Sqlite));
-    }
-    v
 }
 
 async fn env_for(store: &StoreKind, crm: &CrmKind) -> Env {
@@ -71,9 +59,30 @@ const EMPLOYEE_COLUMNS: &str = r#"mobile = "user.contact.phone_number" }"#;
 // ---------------------------------------------------------------------------------------
 // Item 18: the successor is the leaver, known by another identity.
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite, Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::crm_postgres(Backend::Sqlite, Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::crm_mysql(Backend::Sqlite, Backend::Mysql)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::store_postgres(Backend::Postgres, Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_successor_who_is_the_leaver_under_another_identity_blocks_the_plan() {
-    for (store, crm) in setups().await {
+async fn a_successor_who_is_the_leaver_under_another_identity_blocks_the_plan(
+    #[case] store: Backend,
+    #[case] crm: Backend,
+) {
+    {
+        let (store, crm) = (StoreKind::of(store).await, CrmKind::of(crm).await);
         let label = format!("store {}, crm {}", store.label(), crm.label());
         let env = env_for(&store, &crm).await;
         // The leaver by employee id, the successor by the same person's work email.
@@ -137,9 +146,30 @@ async fn a_successor_who_is_the_leaver_under_another_identity_blocks_the_plan() 
 // ---------------------------------------------------------------------------------------
 // Item 2: mapped columns exist before approval; execution is the approved plan.
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite, Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::crm_postgres(Backend::Sqlite, Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::crm_mysql(Backend::Sqlite, Backend::Mysql)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::store_postgres(Backend::Postgres, Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_plan_naming_a_column_the_database_lacks_is_blocked_and_cannot_be_approved() {
-    for (store, crm) in setups().await {
+async fn a_plan_naming_a_column_the_database_lacks_is_blocked_and_cannot_be_approved(
+    #[case] store: Backend,
+    #[case] crm: Backend,
+) {
+    {
+        let (store, crm) = (StoreKind::of(store).await, CrmKind::of(crm).await);
         let label = format!("store {}, crm {}", store.label(), crm.label());
         let env = env_for(&store, &crm).await;
         edit(
@@ -184,9 +214,30 @@ async fn a_plan_naming_a_column_the_database_lacks_is_blocked_and_cannot_be_appr
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite, Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::crm_postgres(Backend::Sqlite, Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::crm_mysql(Backend::Sqlite, Backend::Mysql)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::store_postgres(Backend::Postgres, Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_plan_the_policies_changed_after_approval_goes_back_to_the_dpo_and_nothing_runs() {
-    for (store, crm) in setups().await {
+async fn a_plan_the_policies_changed_after_approval_goes_back_to_the_dpo_and_nothing_runs(
+    #[case] store: Backend,
+    #[case] crm: Backend,
+) {
+    {
+        let (store, crm) = (StoreKind::of(store).await, CrmKind::of(crm).await);
         let label = format!("store {}, crm {}", store.label(), crm.label());
         let env = env_for(&store, &crm).await;
         let id = submit(&env, "exit.json", EXIT_TICKET);
@@ -290,9 +341,19 @@ async fn a_plan_the_policies_changed_after_approval_goes_back_to_the_dpo_and_not
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_follow_up_whose_rule_changed_after_completion_needs_attention_and_erases_nothing() {
-    for store in StoreKind::all().await {
+async fn a_follow_up_whose_rule_changed_after_completion_needs_attention_and_erases_nothing(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let label = format!("store {}", store.label());
         let crm = CrmKind::Sqlite;
         let env = env_for(&store, &crm).await;
@@ -361,10 +422,19 @@ async fn a_follow_up_whose_rule_changed_after_completion_needs_attention_and_era
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_column_dropped_from_the_database_after_approval_stops_the_exit_before_anything_changes()
-{
-    for store in StoreKind::all().await {
+async fn a_column_dropped_from_the_database_after_approval_stops_the_exit_before_anything_changes(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let label = format!("store {}", store.label());
         let crm = CrmKind::Sqlite;
         let env = env_for(&store, &crm).await;

@@ -27,8 +27,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, CrmKind, Db, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok, stderr};
+use common::{BIN, Backend, CrmKind, Db, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok, stderr};
 use quietus::config::Config;
+use rstest::rstest;
 use serde_json::Value;
 
 /// When the exit is submitted and approved.
@@ -750,31 +751,51 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     );
 }
 
-async fn kill_at(point: &str) {
+async fn kill_at(point: &str, backend: Backend) {
     let started = Instant::now();
     let r = reference().await;
     for victim in [Victim::Apply, Victim::Disable] {
-        for kind in StoreKind::all().await {
-            crash_and_recover(point, victim, &kind, &r).await;
-            kind.cleanup().await;
-        }
+        let kind = StoreKind::of(backend).await;
+        crash_and_recover(point, victim, &kind, &r).await;
+        kind.cleanup().await;
     }
     eprintln!("kill at {point}: {:?}", started.elapsed());
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_after_backup_before_change() {
-    kill_at("after_backup").await;
+async fn sigkill_after_backup_before_change(#[case] backend: Backend) {
+    kill_at("after_backup", backend).await;
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_inside_a_batch_transaction() {
-    kill_at("in_batch").await;
+async fn sigkill_inside_a_batch_transaction(#[case] backend: Backend) {
+    kill_at("in_batch", backend).await;
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_after_change_before_done() {
-    kill_at("after_apply").await;
+async fn sigkill_after_change_before_done(#[case] backend: Backend) {
+    kill_at("after_apply", backend).await;
 }
 
 /// The worker dies after the backup; while it is dead, someone edits a row the backup
@@ -782,10 +803,18 @@ async fn sigkill_after_change_before_done() {
 /// (the row is neither as backed up nor as the task leaves it): it backs up again and
 /// completes; the new backup holds the edited value, and restore brings back the state
 /// just before the erasure (with the edit).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again() {
+async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again(#[case] backend: Backend) {
     let r = reference().await;
-    for kind in StoreKind::all().await {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = format!("edited after the kill, {} state store", kind.label());
         let env = Env::new(&kind).await;
         let crm = CrmKind::Sqlite;
@@ -895,11 +924,13 @@ fn stdout_of(o: &Output) -> String {
 /// the rows to back up) past its lease: a second worker takes the task over and finishes
 /// it. The first one's backup, written after it lost the lease, is not recorded; it must
 /// not stay on disk either (an archive nobody knows of is never crypto-shredded).
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
-    let Some(crm_db) = Db::postgres().await else {
-        return;
-    };
+    let crm_db = Db::postgres().await;
     let crm_url = crm_db.url.clone();
     let crm = CrmKind::Postgres(crm_db);
     let kind = StoreKind::Sqlite;
@@ -1021,10 +1052,18 @@ async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
 
 /// The same on the wall clock, with a short lease: a restart while the dead worker's lease
 /// lives leaves its task alone; once the lease expired (10 s), the task is taken over.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dead_workers_lease_is_taken_over_once_it_expires() {
+async fn a_dead_workers_lease_is_taken_over_once_it_expires(#[case] backend: Backend) {
     let lease = [("QUIETUS_JOBS__LEASE_SECONDS", "10")];
-    for kind in StoreKind::all().await {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = format!("{} state store", kind.label());
         let env = Env::new(&kind).await;
         let crm = CrmKind::Sqlite;
@@ -1152,15 +1191,15 @@ fn serve(env: &Env) -> Server {
     }
 }
 
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn two_serve_instances_share_200_requests_each_task_once() {
     let started = Instant::now();
-    let Some(store_db) = Db::postgres().await else {
-        return;
-    };
-    let Some(crm_db) = Db::postgres().await else {
-        return;
-    };
+    let store_db = Db::postgres().await;
+    let crm_db = Db::postgres().await;
     let store_url = store_db.url.clone();
     let kind = StoreKind::Postgres(store_db);
     let crm = CrmKind::Postgres(crm_db);

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{CrmKind, Env, StoreKind, ok};
+use common::{Backend, CrmKind, Env, StoreKind, ok};
+use rstest::rstest;
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -69,9 +70,19 @@ const FUTURE_EXIT: &str = r#"{"kind":"exit","external_id":"HR-9","subject":{"emp
 /// Defect 1: an exit with a future exit date completed on the day it was approved (a
 /// system with only retained rows had its apply task due at once), with a receipt for an
 /// empty task and the completion email, while the account was still active.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_future_exit_stays_open_until_its_exit_date_then_completes_once() {
-    for store in StoreKind::all().await {
+async fn a_future_exit_stays_open_until_its_exit_date_then_completes_once(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         add_hr_system(&env).await;
         let label = store.label();
@@ -153,9 +164,19 @@ async fn a_future_exit_stays_open_until_its_exit_date_then_completes_once() {
 }
 
 /// Defect 7: a request with nothing to change got no receipt and no completion email.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_with_nothing_to_change_gets_a_receipt_and_one_completion_email() {
-    for store in StoreKind::all().await {
+async fn a_request_with_nothing_to_change_gets_a_receipt_and_one_completion_email(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         let label = store.label();
         let f = env.write(
@@ -202,9 +223,19 @@ async fn a_request_with_nothing_to_change_gets_a_receipt_and_one_completion_emai
 /// Defect 17: an exit for someone who left long ago: the follow-up whose retention had
 /// already ended ran before its keys were captured, recorded "changed 0" and was done for
 /// ever; the contract (national id included) stayed with no open task.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_followup_whose_retention_ended_waits_for_its_keys_then_erases_now() {
-    for store in StoreKind::all().await {
+async fn a_followup_whose_retention_ended_waits_for_its_keys_then_erases_now(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         let label = store.label();
         let f = env.write(
@@ -287,9 +318,19 @@ fn completed_exit(env: &Env) -> String {
 
 /// Defect 3: `restore` left the follow-ups armed; two years on they deleted the restored
 /// (active again) employee's contract.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn restore_records_its_state_cancels_pending_tasks_and_tells_people() {
-    for store in StoreKind::all().await {
+async fn restore_records_its_state_cancels_pending_tasks_and_tells_people(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         add_dpo(&env);
         let label = store.label();
@@ -400,9 +441,17 @@ async fn restore_records_its_state_cancels_pending_tasks_and_tells_people() {
 
 /// Defect 4: restore refused to undo a retention follow-up whose own backup lived,
 /// because the request's first backups had been shredded.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn restore_puts_back_what_lives_and_says_what_cannot_come_back() {
-    for store in StoreKind::all().await {
+async fn restore_puts_back_what_lives_and_says_what_cannot_come_back(#[case] backend: Backend) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         let label = store.label();
         let id = completed_exit(&env);
@@ -468,10 +517,18 @@ async fn restore_puts_back_what_lives_and_says_what_cannot_come_back() {
 
 /// Defect 11: approval saved the plan outside the state change, so a lost race left an
 /// orphan plan behind.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn two_approvals_at_once_save_one_plan() {
+async fn two_approvals_at_once_save_one_plan(#[case] backend: Backend) {
     use quietus::lifecycle::Decision;
-    for store in StoreKind::all().await {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         let label = store.label();
         let f = env.write("t.json", common::ERASURE_TICKET);
@@ -514,9 +571,17 @@ async fn two_approvals_at_once_save_one_plan() {
 }
 
 /// Defect 12: an unknown identity role was read as the subject's (`_ => subject`).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unknown_stored_role_is_an_error_not_the_subject() {
-    for store in StoreKind::all().await {
+async fn an_unknown_stored_role_is_an_error_not_the_subject(#[case] backend: Backend) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         let label = store.label();
         let f = env.write("exit.json", common::EXIT_TICKET);
@@ -585,9 +650,19 @@ async fn an_implausible_exit_date_is_refused_and_nothing_is_stored() {
 
 /// A legal hold overrides erasure (GDPR Art. 17(3)(e)): the tasks of a held request do
 /// not run until it is released; a cancelled request's tasks never run.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_held_request_runs_nothing_until_released_and_a_cancelled_one_never() {
-    for store in StoreKind::all().await {
+async fn a_held_request_runs_nothing_until_released_and_a_cancelled_one_never(
+    #[case] backend: Backend,
+) {
+    {
+        let store = StoreKind::of(backend).await;
         let env = Env::new(&store).await;
         let label = store.label();
         let f = env.write("exit.json", common::EXIT_TICKET);

@@ -11,8 +11,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{BIN, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok};
+use common::{BIN, Backend, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok};
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::Value;
 
 const HR: &str = "hr-token";
@@ -229,9 +230,17 @@ fn external_ids(reqs: &[Value]) -> Vec<String> {
     v
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn one_ticket_by_every_door_is_one_request() {
-    for kind in StoreKind::all().await {
+async fn one_ticket_by_every_door_is_one_request(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let server = Server::start(&env);
@@ -279,9 +288,17 @@ async fn one_ticket_by_every_door_is_one_request() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_same_external_id_with_another_ticket_is_a_conflict() {
-    for kind in StoreKind::all().await {
+async fn the_same_external_id_with_another_ticket_is_a_conflict(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let server = Server::start(&env);
@@ -323,9 +340,17 @@ async fn the_same_external_id_with_another_ticket_is_a_conflict() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn tokens_and_roles() {
-    for kind in StoreKind::all().await {
+async fn tokens_and_roles(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let server = Server::start(&env);
@@ -413,9 +438,17 @@ async fn crm_customers(crm: &Path) -> i64 {
     n
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_input_changes_nothing() {
-    for kind in StoreKind::all().await {
+async fn bad_input_changes_nothing(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let server = Server::start(&env);
@@ -495,9 +528,17 @@ async fn bad_input_changes_nothing() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn healthz_and_security_headers() {
-    for kind in StoreKind::all().await {
+async fn healthz_and_security_headers(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let server = Server::start(&env);
@@ -582,9 +623,17 @@ fn one_ending_with(files: &[String], suffix: &str, label: &str) -> String {
     found[0].clone()
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn inbox_files_are_taken_whole_or_rejected_with_a_reason() {
-    for kind in StoreKind::all().await {
+async fn inbox_files_are_taken_whole_or_rejected_with_a_reason(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let inbox: PathBuf = env.path().join("var/inbox");
@@ -669,9 +718,17 @@ async fn inbox_files_are_taken_whole_or_rejected_with_a_reason() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_shuts_down_gracefully() {
-    for kind in StoreKind::all().await {
+async fn sigterm_shuts_down_gracefully(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let label = kind.label();
         let env = Env::new(&kind).await;
         let mut server = Server::start(&env);

@@ -7,24 +7,14 @@
 
 mod common;
 
+use rstest::rstest;
+
 use std::path::{Path, PathBuf};
 
-use common::{CrmKind, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok, stdout};
+use common::{Backend, CrmKind, ERASURE_TICKET, EXIT_TICKET, Env, StoreKind, ok, stdout};
 
 const SUBMIT_AT: &str = "2026-12-01T03:00:00Z";
 const RUN_AT: &str = "2027-01-01T03:00:00Z";
-
-async fn setups() -> Vec<(StoreKind, CrmKind)> {
-    let mut v: Vec<(StoreKind, CrmKind)> = CrmKind::all()
-        .await
-        .into_iter()
-        .map(|c| (StoreKind::Sqlite, c))
-        .collect();
-    if let Some(db) = common::Db::postgres().await {
-        v.push((StoreKind::Postgres(db), CrmKind::Sqlite));
-    }
-    v
-}
 
 fn carry_out(env: &Env, name: &str, ticket: &str) -> String {
     let f = env.write(name, ticket);
@@ -83,9 +73,30 @@ fn caught(label: &str, r: (bool, String), table: &str) {
     );
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite, Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::crm_postgres(Backend::Sqlite, Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::crm_mysql(Backend::Sqlite, Backend::Mysql)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::store_postgres(Backend::Postgres, Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread")]
-async fn recheck_checks_anonymised_disabled_and_reassigned_tables_of_an_exit() {
-    for (store, crm) in setups().await {
+async fn recheck_checks_anonymised_disabled_and_reassigned_tables_of_an_exit(
+    #[case] store: Backend,
+    #[case] crm: Backend,
+) {
+    {
+        let (store, crm) = (StoreKind::of(store).await, CrmKind::of(crm).await);
         let label = format!("store {}, crm {}", store.label(), crm.label());
         let env = Env::new(&store).await;
         env.use_crm(&crm).await;
@@ -165,9 +176,30 @@ async fn recheck_checks_anonymised_disabled_and_reassigned_tables_of_an_exit() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite, Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::crm_postgres(Backend::Sqlite, Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::crm_mysql(Backend::Sqlite, Backend::Mysql)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::store_postgres(Backend::Postgres, Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread")]
-async fn recheck_checks_the_anonymised_customer_of_an_erasure() {
-    for (store, crm) in setups().await {
+async fn recheck_checks_the_anonymised_customer_of_an_erasure(
+    #[case] store: Backend,
+    #[case] crm: Backend,
+) {
+    {
+        let (store, crm) = (StoreKind::of(store).await, CrmKind::of(crm).await);
         let label = format!("store {}, crm {}", store.label(), crm.label());
         let env = Env::new(&store).await;
         env.use_crm(&crm).await;

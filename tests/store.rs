@@ -5,10 +5,11 @@
 
 mod common;
 
-use common::{Env, StoreKind};
+use common::{Backend, Env, StoreKind};
 use quietus::intake::{self, Source};
 use quietus::lifecycle::{Decision, State};
 use quietus::store::{POSTGRES_MIGRATIONS, Pool, SQLITE_MIGRATIONS};
+use rstest::rstest;
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339("2026-11-24T09:00:00Z")
@@ -87,9 +88,17 @@ async fn unindexed_foreign_keys(pool: &Pool) -> Vec<String> {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn migrations_go_up_and_down_and_every_foreign_key_is_indexed() {
-    for kind in StoreKind::all().await {
+async fn migrations_go_up_and_down_and_every_foreign_key_is_indexed(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         let ctx = env.context().await;
         let mut want: Vec<String> = TABLES.iter().map(|s| (*s).to_owned()).collect();
@@ -119,9 +128,17 @@ async fn migrations_go_up_and_down_and_every_foreign_key_is_indexed() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn one_ticket_is_one_request_even_when_sent_at_once() {
-    for kind in StoreKind::all().await {
+async fn one_ticket_is_one_request_even_when_sent_at_once(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         let ctx = env.context().await;
         let t = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();
@@ -169,9 +186,19 @@ async fn one_ticket_is_one_request_even_when_sent_at_once() {
     }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids() {
-    for kind in StoreKind::all().await {
+async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids(
+    #[case] backend: Backend,
+) {
+    {
+        let kind = StoreKind::of(backend).await;
         let env = Env::new(&kind).await;
         let ctx = env.context().await;
         let t = intake::parse_ticket(common::ERASURE_TICKET.as_bytes(), "t", true).unwrap();

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::{Context, HolidayCalendar};
 use crate::policy::Policies;
-use crate::store::Store;
+use crate::store::{Open, Opened, Store};
 
 /// quietus carries out GDPR and PIPL data-subject requests and employee exits, backs up
 /// before it deletes, and proves what it erased.
@@ -192,6 +192,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The state store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -226,6 +231,14 @@ pub enum KeysCommand {
     Init,
     /// Replace the signing key; the old one is kept so old receipts stay verifiable.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create the state store that store.url names (a new SQLite file, or the tables in an
+    /// empty PostgreSQL database); an existing store is left as it is. Only this, `serve`
+    /// and `demo` create a store: every other command refuses one that does not exist.
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,10 +335,31 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Serve { listen } => {
             let config = Config::load(cli.config.as_deref())?;
-            let ctx = context(&config).await?;
+            let (ctx, opened) = open_context(&config, Open::CreateIfMissing).await?;
+            if opened == Opened::Created {
+                tracing::warn!(
+                    store = %crate::config::redact_url(&config.store_url()?),
+                    "created a new, empty state store"
+                );
+            }
             serve::run(config, ctx, listen)
                 .await
                 .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Store {
+            command: StoreCommand::Init,
+        } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let shown = crate::config::redact_url(&config.store_url()?);
+            let (store, opened) = open_store(&config, Open::CreateIfMissing).await?;
+            store.close().await;
+            match opened {
+                Opened::Created => println!("created the state store {shown}"),
+                Opened::Existing => {
+                    println!("the state store {shown} already exists (its migrations are applied)")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         cmd @ (Command::Verify { .. } | Command::Log { .. } | Command::Keys { .. }) => {
             let config = Config::load(cli.config.as_deref())?;
@@ -352,8 +386,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Everything a request command needs: validated policies, the calendar, the store.
+/// Everything a request command needs: validated policies, the calendar, the store (which
+/// must exist: see [`Open`]).
 pub async fn context(config: &Config) -> Result<Context> {
+    Ok(open_context(config, Open::Existing).await?.0)
+}
+
+/// The state store the configuration names, opened as `open` allows.
+async fn open_store(config: &Config, open: Open) -> Result<(Store, Opened)> {
+    let url = config.store_url()?;
+    Store::open(&url, config.store.max_connections, open)
+        .await
+        .map_err(|e| e.context(format!("state store {}", crate::config::redact_url(&url))))
+}
+
+/// [`context`], creating the store when `open` allows (`serve`, `demo`); says whether it
+/// was created.
+pub async fn open_context(config: &Config, open: Open) -> Result<(Context, Opened)> {
     let dir = config.policies_dir();
     let policies = Policies::load(&dir)
         .map_err(|p| Error::from(p).context(format!("policy folder {}", dir.display())))?;
@@ -361,18 +410,18 @@ pub async fn context(config: &Config) -> Result<Context> {
         Some(p) => HolidayCalendar::load(&config.path(p))?,
         None => HolidayCalendar::builtin()?,
     };
-    let url = config.store_url()?;
-    let store = Store::connect(&url, config.store.max_connections)
-        .await
-        .map_err(|e| e.context(format!("state store {}", crate::config::redact_url(&url))))?;
-    Ok(Context {
-        mail: crate::lifecycle::notify::MailSettings::from_config(config),
-        store,
-        policies,
-        calendar,
-        base_dir: config.base_dir.clone(),
-        intake: config.intake.clone(),
-    })
+    let (store, opened) = open_store(config, open).await?;
+    Ok((
+        Context {
+            mail: crate::lifecycle::notify::MailSettings::from_config(config),
+            store,
+            policies,
+            calendar,
+            base_dir: config.base_dir.clone(),
+            intake: config.intake.clone(),
+        },
+        opened,
+    ))
 }
 
 pub(crate) fn usage(msg: impl Into<String>) -> Error {

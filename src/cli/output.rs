@@ -31,10 +31,12 @@ pub fn masked_subject(req: &Request) -> String {
     "-".into()
 }
 
+/// `o…@example.ie`: the first character of the local part (inside quotes, for a quoted
+/// one) and the domain, which follows the last `@` (a quoted local part may hold `@`).
 pub fn mask_email(e: &str) -> String {
-    match e.split_once('@') {
+    match e.rsplit_once('@') {
         Some((local, domain)) => {
-            let first: String = local.chars().take(1).collect();
+            let first: String = local.trim_start_matches('"').chars().take(1).collect();
             format!("{first}…@{domain}")
         }
         None => "…".into(),
@@ -48,5 +50,17 @@ pub fn days_left_text(req: &Request, today: NaiveDate) -> String {
         Some(d) if d < 0 => format!("OVERDUE by {}d", -d),
         Some(0) => "due today".into(),
         Some(d) => format!("{d}d"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_email;
+
+    #[test]
+    fn masked_addresses_keep_only_the_first_character_and_the_domain() {
+        assert_eq!(mask_email("o'brien@example.ie"), "o…@example.ie");
+        assert_eq!(mask_email("\"john@home\"@example.com"), "j…@example.com");
+        assert_eq!(mask_email("\"a b\"@[192.0.2.1]"), "a…@[192.0.2.1]");
     }
 }

@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                print!("{}", plan.render_text());
+                print!("{}", plan.render_text(ctx.zone()));
             }
             Ok(if plan.is_blocked() {
                 ExitCode::FAILURE
@@ -60,7 +60,9 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
             println!(
                 "request {} deadline extended to {} (reason recorded; the subject is told)",
                 req.id,
-                req.due_date.map(|d| d.to_string()).unwrap_or_default()
+                req.due_date
+                    .map(|d| ctx.zone().day(d).to_string())
+                    .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -156,21 +158,30 @@ async fn queue(
         println!("no requests");
         return Ok(ExitCode::SUCCESS);
     }
+    let zone = ctx.zone();
+    let dues: Vec<String> = items
+        .iter()
+        .map(|i| {
+            i.request
+                .due_date
+                .map(|d| zone.day(d).to_string())
+                .unwrap_or_else(|| "-".into())
+        })
+        .collect();
+    let w = dues.iter().map(|d| d.chars().count()).max().unwrap_or(3);
     println!(
-        "{:<16}  {:<7} {:<15} {:<4}  {:<10}  {:<18} SUBJECT",
+        "{:<16}  {:<7} {:<15} {:<4}  {:<w$}  {:<18} SUBJECT",
         "ID", "KIND", "STATE", "LAW", "DUE", "LEFT"
     );
-    for i in &items {
+    for (i, due) in items.iter().zip(&dues) {
         let r = &i.request;
         println!(
-            "{:<16}  {:<7} {:<15} {:<4}  {:<10}  {:<18} {}",
+            "{:<16}  {:<7} {:<15} {:<4}  {:<w$}  {:<18} {}",
             r.id,
             r.kind.as_str(),
             r.state.as_str(),
             r.jurisdiction.as_str(),
-            r.due_date
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "-".into()),
+            due,
             days_left_text(r, today),
             masked_subject(r)
         );
@@ -189,6 +200,7 @@ async fn show(
 ) -> Result<ExitCode> {
     let req = ctx.request(id).await?;
     let today = ctx.today(now);
+    let zone = ctx.zone();
     let ticket = ctx.store.ticket(&req.id).await?;
     let history = ctx.store.history(&req.id).await?;
     let saved = ctx.store.latest_plan(&req.id).await?;
@@ -200,9 +212,8 @@ async fn show(
     };
     let mut warnings = Vec::new();
     if let (Some(start), Some(due)) = (req.clock_start, req.due_date) {
-        for y in start.format("%Y").to_string().parse::<i32>().unwrap_or(0)
-            ..=due.format("%Y").to_string().parse::<i32>().unwrap_or(0)
-        {
+        use chrono::Datelike;
+        for y in start.year()..=due.year() {
             if req.jurisdiction == crate::policy::Jurisdiction::Pipl && !ctx.calendar.covers(y) {
                 warnings.push(format!("the holiday calendar has no data for {y}: working days in {y} were counted as weekends only"));
             }
@@ -237,15 +248,16 @@ async fn show(
     }
     println!(
         "  received:    {} via {}",
-        req.received_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        zone.time(req.received_at),
         req.source
     );
     if let Some(x) = req.exit_date {
-        println!("  exit date:   {x}");
+        println!("  exit date:   {}", zone.day(x));
     }
     match req.due_date {
         Some(d) => println!(
-            "  due:         {d} ({}){}",
+            "  due:         {} ({}){}",
+            zone.day(d),
             days_left_text(&req, today),
             if req.extended_at.is_some() {
                 " — extended"
@@ -259,7 +271,7 @@ async fn show(
         println!(
             "  extension:   from {} — {r}",
             req.original_due_date
-                .map(|d| d.to_string())
+                .map(|d| zone.day(d).to_string())
                 .unwrap_or_default()
         );
     }
@@ -276,7 +288,7 @@ async fn show(
         (Some(_), _) => println!("approved plan:"),
         (None, _) => {}
     }
-    print!("{}", plan.render_text());
+    print!("{}", plan.render_text(zone));
     if !tasks.is_empty() {
         println!();
         println!("tasks:");
@@ -287,7 +299,7 @@ async fn show(
                 t.kind,
                 t.system,
                 t.state,
-                t.due_at.format("%Y-%m-%d %H:%M UTC"),
+                zone.time(t.due_at),
                 t.attempts,
                 t.last_error
                     .as_deref()
@@ -301,8 +313,8 @@ async fn show(
         println!("backups:");
         for b in &backups {
             let status = match b.shredded_at {
-                Some(t) => format!("crypto-shredded {}", t.format("%Y-%m-%d")),
-                None => format!("expires {}", b.expires_at.format("%Y-%m-%d")),
+                Some(t) => format!("crypto-shredded {}", zone.day_of(t)),
+                None => format!("expires {}", zone.day_of(b.expires_at)),
             };
             println!(
                 "  {}  {} rows, {} bytes, sha256 {}…, {status}",
@@ -318,7 +330,7 @@ async fn show(
     for h in &history {
         println!(
             "  {}  {:<28} {} -> {}{}",
-            h.at.format("%Y-%m-%d %H:%M:%S"),
+            zone.time(h.at),
             h.actor,
             h.from_state.map_or("-", |s| s.as_str()),
             h.to_state,

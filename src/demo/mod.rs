@@ -116,9 +116,10 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     )?;
 
     let config = Config::load(Some(&config_path))?;
-    let ctx = crate::cli::context(&config).await?;
+    let (ctx, _) = crate::cli::open_context(&config, crate::store::Open::CreateIfMissing).await?;
     let now = crate::clock::now();
     let today = ctx.today(now);
+    let zone = ctx.zone();
     // The leaver leaves today, so that the tour can carry the exit out now.
     let exit_date = today;
 
@@ -158,7 +159,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
         let sub = intake::submit(&ctx, &t, &body, &source, now).await?;
         let req = ctx.request(&sub.id).await?;
         let plan = ctx.plan(&req, now).await;
-        texts.push(plan.render_text());
+        texts.push(plan.render_text(ctx.zone()));
         summary.push(json!({
             "id": req.id, "kind": req.kind, "state": req.state, "jurisdiction": req.jurisdiction,
             "due_date": req.due_date, "subject": req.subject, "successor": req.successor,
@@ -184,6 +185,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     let after = crm_facts(&crm).await?;
     let mut backups = Vec::new();
     let mut followups = Vec::new();
+    let mut followup_lines = Vec::new();
     for r in summary.iter_mut() {
         let id = r["id"].as_str().unwrap_or_default().to_owned();
         let req = ctx.request(&id).await?;
@@ -193,6 +195,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
         }
         for t in ctx.store.tasks_of(&id).await? {
             if t.state != crate::jobs::TaskState::Done {
+                followup_lines.push(format!("{} {} due {}", t.kind, t.id, zone.time(t.due_at)));
                 followups.push(json!({"request": id, "task": t.id, "kind": t.kind, "due_at": t.due_at, "state": t.state}));
             }
         }
@@ -235,7 +238,8 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     );
     println!("  API tokens {}/tokens.txt\n", dir.display());
     println!(
-        "HR filed an exit ticket: 王芳 Wang Fang (E100) leaves on {exit_date}; 李明 Li Ming (E200) takes over."
+        "HR filed an exit ticket: 王芳 Wang Fang (E100) leaves on {}; 李明 Li Ming (E200) takes over.",
+        zone.day(exit_date)
     );
     println!("A customer asked for erasure under GDPR: Olivia Chen.\n");
     for t in &texts {
@@ -265,13 +269,8 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
         config.outbox_dir().display()
     );
     println!("Kept for later (retention), with tasks that will act when it ends:");
-    for f in &followups {
-        println!(
-            "  {} {} due {}",
-            f["kind"].as_str().unwrap_or(""),
-            f["task"].as_str().unwrap_or(""),
-            f["due_at"].as_str().unwrap_or("")
-        );
+    for f in &followup_lines {
+        println!("  {f}");
     }
     println!();
     println!("Try next:");

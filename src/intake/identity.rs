@@ -15,22 +15,7 @@ pub fn normalize(kind: IdentityKind, raw: &str) -> Result<String, String> {
         return Err("contains control characters".into());
     }
     match kind {
-        IdentityKind::Email => {
-            let lower = v.to_lowercase();
-            if lower.len() > 254 {
-                return Err("is longer than 254 characters".into());
-            }
-            // One @, a dotted domain, no spaces or quotes: the forms a CRM holds.
-            if !email_address::EmailAddress::is_valid(&lower)
-                || lower.contains(['"', ' ', '\'', ';', '(', ')', '<', '>', ',', '\\'])
-                || !lower.rsplit_once('@').is_some_and(|(_, d)| {
-                    d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
-                })
-            {
-                return Err("is not a valid email address".into());
-            }
-            Ok(lower)
-        }
+        IdentityKind::Email => email(v),
         IdentityKind::Phone => {
             let plus = v.starts_with('+') || v.starts_with("00");
             let body = v
@@ -59,6 +44,74 @@ pub fn normalize(kind: IdentityKind, raw: &str) -> Result<String, String> {
     }
 }
 
+/// An email address as a mail server takes it: an RFC 5322 `addr-spec` (a dot-atom or a
+/// quoted-string local part; a domain with a dot, or an address literal), parsed by the
+/// `email_address` crate, that the mailer (lettre) can also send to. Normalised so that
+/// one mailbox is one value: lower case, and quotes and escapes that change nothing
+/// dropped (`"o'brien"@x.ie` is `o'brien@x.ie`, RFC 5321 §4.1.2).
+fn email(v: &str) -> Result<String, String> {
+    use email_address::{EmailAddress, Options};
+    let opts = Options::default()
+        .without_display_text()
+        .with_domain_literal()
+        .with_required_tld();
+    let parse = |s: &str| {
+        EmailAddress::parse_with_options(s, opts).map_err(|e| {
+            let why = match e {
+                email_address::Error::DomainTooFew => "the domain needs a dot".to_owned(),
+                e => e.to_string().trim_end_matches('.').to_lowercase(),
+            };
+            format!("is not a valid email address ({why})")
+        })
+    };
+    let addr = parse(v)?;
+    let out = format!(
+        "{}@{}",
+        local_part(addr.local_part()),
+        addr.domain().to_lowercase()
+    );
+    // The normal form is itself an address, and one the mailer accepts.
+    parse(&out)?;
+    if out.parse::<lettre::Address>().is_err() {
+        return Err("is not an email address that mail can be sent to".into());
+    }
+    if out.len() > 254 {
+        return Err("is longer than 254 characters".into());
+    }
+    Ok(out)
+}
+
+/// A local part in its normal form: lower case; a quoted string unquoted when its content
+/// is a dot-atom, else quoted again with only `"` and `\` escaped.
+fn local_part(raw: &str) -> String {
+    let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return raw.to_lowercase();
+    };
+    let mut content = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => content.extend(chars.next()),
+            c => content.push(c),
+        }
+    }
+    let content = content.to_lowercase();
+    if !content.contains(['"', '\\']) && email_address::EmailAddress::is_valid_local_part(&content)
+    {
+        return content;
+    }
+    let mut quoted = String::with_capacity(content.len() + 2);
+    quoted.push('"');
+    for c in content.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +127,34 @@ mod tests {
     #[case(IdentityKind::Phone, "0044 (20) 7946.0018", "+442079460018")]
     #[case(IdentityKind::Phone, "138 0013 8000", "13800138000")]
     #[case(IdentityKind::EmployeeId, " E100 ", "E100")]
+    // RFC 5322 local parts: every atext character, quoted strings (unneeded quotes and
+    // escapes dropped, the rest kept), address literals.
+    #[case(IdentityKind::Email, "O'Brien@Example.IE", "o'brien@example.ie")]
+    #[case(IdentityKind::Email, "a=b+tag@example.com", "a=b+tag@example.com")]
+    #[case(
+        IdentityKind::Email,
+        "!#$%&'*+-/=?^_`{|}~@example.com",
+        "!#$%&'*+-/=?^_`{|}~@example.com"
+    )]
+    #[case(
+        IdentityKind::Email,
+        "\"John Doe\"@Example.com",
+        "\"john doe\"@example.com"
+    )]
+    #[case(IdentityKind::Email, "\"o'brien\"@example.ie", "o'brien@example.ie")]
+    #[case(IdentityKind::Email, "\"a\\b\"@example.ie", "ab@example.ie")]
+    #[case(
+        IdentityKind::Email,
+        "\"a\\\"b@c\"@example.ie",
+        "\"a\\\"b@c\"@example.ie"
+    )]
+    #[case(
+        IdentityKind::Email,
+        "\"john..doe\"@example.org",
+        "\"john..doe\"@example.org"
+    )]
+    #[case(IdentityKind::Email, "user@[192.0.2.1]", "user@[192.0.2.1]")]
+    #[case(IdentityKind::Email, "fang@例子.中国", "fang@例子.中国")]
     fn normalises(#[case] kind: IdentityKind, #[case] raw: &str, #[case] want: &str) {
         assert_eq!(normalize(kind, raw).unwrap(), want);
     }
@@ -83,6 +164,12 @@ mod tests {
     #[case(IdentityKind::Email, "' OR 1=1 --")]
     #[case(IdentityKind::Email, "x@y.z'); DROP TABLE customers; --")]
     #[case(IdentityKind::Email, "a@localhost")]
+    #[case(IdentityKind::Email, "Fang Wang <fang@corp.example>")]
+    #[case(IdentityKind::Email, "fang wang@corp.example")]
+    #[case(IdentityKind::Email, "a..b@corp.example")]
+    #[case(IdentityKind::Email, "\"unbalanced@corp.example")]
+    #[case(IdentityKind::Email, "a@b@corp.example")]
+    #[case(IdentityKind::Email, "user@[not an ip]")]
     #[case(IdentityKind::Phone, "12")]
     #[case(IdentityKind::Phone, "+86 138 0013 8000; --")]
     #[case(IdentityKind::EmployeeId, "   ")]

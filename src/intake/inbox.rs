@@ -67,6 +67,7 @@ pub async fn process_once(ctx: &Context, dir: &Path, now: DateTime<Utc>) -> Resu
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let result = process_file(ctx, &path, &name, now).await;
+        #[allow(clippy::disallowed_methods)] // part of a file name, in UTC: not a date people read
         let stamp = now.format("%Y%m%dT%H%M%SZ");
         match result {
             Ok(accepted) => {

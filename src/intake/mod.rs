@@ -370,7 +370,7 @@ pub async fn submit(
     // The acknowledgement (and verification link) are written with the request itself.
     new.mails = ctx
         .mail
-        .received(&new, &ticket.subject, verify_token.as_deref())?;
+        .received(&new, &ticket.subject, verify_token.as_deref(), ctx.zone())?;
     match ctx.store.insert_request(&new).await? {
         Inserted::Created(id) => {
             tracing::info!(request = %id, kind = %ticket.kind, door = %source.door, "request received");

@@ -111,7 +111,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         json!({
             "request_id": req.id,
             "download_url": format!("{}/export/{token}", ctx.mail.public_url),
-            "expires": expires.format("%Y-%m-%d").to_string(),
+            "expires": ctx.zone().time(expires),
             "note": format!(
                 "The file is encrypted with age (https://age-encryption.org). Open it with `age -d FILE > export.html` \
                  and this passphrase: {passphrase}"
@@ -166,7 +166,7 @@ async fn write_page(
         if zh { "请求" } else { "Request" },
         esc(&req.id),
         if zh { "导出时间" } else { "exported" },
-        now.format("%Y-%m-%d %H:%M UTC")
+        ctx.zone().time(now)
     ));
     page.push_str(&art15(ctx, sys, req.jurisdiction));
     w.write_all(page.as_bytes()).map_err(|e| io(tmp, e))?;

@@ -308,7 +308,7 @@ fn manual_task_mails(
                 "task_id": t.id,
                 "action": action.join("; "),
                 "request_id": req.id,
-                "due": t.due_at.format("%Y-%m-%d").to_string(),
+                "due": ctx.zone().day_of(t.due_at),
                 "confirm_command": format!("quietus confirm {}", t.id),
             "confirm_url": format!("{}/confirm?token={token}", ctx.mail.public_url),
             }),
@@ -667,7 +667,7 @@ async fn reminders(ctx: &Context, now: DateTime<Utc>) -> Result<String> {
     for i in &near {
         tracing::warn!(request = %i.id, days_left = i.days_left.unwrap_or_default(), "deadline near or passed");
         let m = ctx.mail.to_dpo(Some(&i.id), crate::mail::MessageKind::Reminder, serde_json::json!({
-            "request_id": i.id, "deadline": i.due_date.map(|d| d.to_string()), "days_left": i.days_left,
+            "request_id": i.id, "deadline": i.due_date.map(|d| ctx.zone().day(d)), "days_left": i.days_left,
             "state": i.state, "request_kind": i.kind, "jurisdiction": i.jurisdiction,
         }))?;
         for m in &m {

@@ -152,15 +152,24 @@ async fn issue(
     seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref(), now).await
 }
 
-/// The completion message's words: what was erased and what was kept, by category.
-fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Value {
+/// The completion message's words: what was erased and what was kept, by category; dates
+/// in `zone` (the policy's), labelled.
+fn completion_vars(
+    body: &Value,
+    receipt_file: &str,
+    zone: crate::clock::Zone,
+    now: DateTime<Utc>,
+) -> Value {
     let mut erased = Vec::new();
-    let mut backups_until: Option<String> = None;
+    let mut backups_until: Option<DateTime<Utc>> = None;
     for t in body["tasks"].as_array().into_iter().flatten() {
-        if let Some(exp) = t["backup"]["expires_at"].as_str() {
-            let day = exp.get(..10).unwrap_or(exp).to_owned();
-            if backups_until.as_ref().is_none_or(|b| *b < day) {
-                backups_until = Some(day);
+        if let Some(exp) = t["backup"]["expires_at"]
+            .as_str()
+            .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+        {
+            let exp = exp.with_timezone(&Utc);
+            if backups_until.is_none_or(|b| b < exp) {
+                backups_until = Some(exp);
             }
         }
         for c in t["changes"].as_array().into_iter().flatten() {
@@ -183,15 +192,20 @@ fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Valu
         .flatten()
         .map(|r| {
             let cats: Vec<&str> = r["categories"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            json!({"category": cats.join(", "), "until": r["until"], "basis": r["basis"], "system": r["system"], "rule": r["rule"]})
+            // A retention ends on a day of the policy's zone (the plan's due date).
+            let until = r["until"]
+                .as_str()
+                .and_then(|d| d.parse::<chrono::NaiveDate>().ok())
+                .map(|d| zone.day(d));
+            json!({"category": cats.join(", "), "until": until, "basis": r["basis"], "system": r["system"], "rule": r["rule"]})
         })
         .collect();
     json!({
         "request_id": body["request"]["id"],
-        "completed": now.format("%Y-%m-%d").to_string(),
+        "completed": zone.day_of(now),
         "erased": erased,
         "kept": kept,
-        "backups_until": backups_until,
+        "backups_until": backups_until.map(|b| zone.day_of(b)),
         "receipt_filename": receipt_file,
     })
 }
@@ -237,7 +251,8 @@ async fn seal_and_store(
     };
     let proof = log::append(&ctx.store, signing, "receipt", rid, &canonical, now).await?;
     let idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
-    let vars = completion_to.map(|_| completion_vars(&body, &format!("receipt-{id}.json"), now));
+    let vars = completion_to
+        .map(|_| completion_vars(&body, &format!("receipt-{id}.json"), ctx.zone(), now));
     let sealed = receipt::seal(body, &p.key, proof)?;
     let doc = serde_json::to_string_pretty(&sealed)?;
     std::fs::create_dir_all(&p.receipts_dir)?;

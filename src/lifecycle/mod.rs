@@ -130,6 +130,11 @@ impl Context {
         deadline::local_date(now, self.policies.deadlines.timezone)
     }
 
+    /// The zone every date shown to a person is in: the policy's.
+    pub fn zone(&self) -> crate::clock::Zone {
+        crate::clock::Zone(self.policies.deadlines.timezone)
+    }
+
     pub async fn request(&self, id: &str) -> Result<Request> {
         let row = self.store.request(id).await?;
         let ids = self.store.identities(&row.id).await?;
@@ -235,7 +240,7 @@ impl Context {
             Decision::Approve => self.mail.to_subject(
                 &req,
                 MessageKind::Approval,
-                serde_json::json!({"request_id": req.id, "deadline": req.due_date.map(|d| d.to_string())}),
+                serde_json::json!({"request_id": req.id, "deadline": req.due_date.map(|d| self.zone().day(d))}),
                 Vec::new(),
             )?,
             Decision::Reject => self.mail.to_subject(
@@ -300,8 +305,8 @@ impl Context {
             &req,
             crate::mail::MessageKind::Extension,
             serde_json::json!({
-                "request_id": req.id, "deadline": dl.due.to_string(), "reason": reason,
-                "original_deadline": original.to_string(), "jurisdiction": req.jurisdiction,
+                "request_id": req.id, "deadline": self.zone().day(dl.due), "reason": reason,
+                "original_deadline": self.zone().day(original), "jurisdiction": req.jurisdiction,
             }),
             Vec::new(),
         )?;
@@ -312,7 +317,10 @@ impl Context {
             mails,
             ..Changes::default()
         };
-        let why = format!("deadline extended by {by} to {}: {reason}", dl.due);
+        let why = format!(
+            "deadline extended by {by} to {}: {reason}",
+            self.zone().day(dl.due)
+        );
         self.store
             .transition(
                 &req.id,

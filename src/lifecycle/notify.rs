@@ -107,12 +107,14 @@ impl MailSettings {
         )?])
     }
 
-    /// Acknowledgement on receipt; and the verification link when one is needed.
+    /// Acknowledgement on receipt; and the verification link when one is needed. Dates in
+    /// `zone` (the policy's).
     pub fn received(
         &self,
         new: &crate::store::NewRequest,
         subject: &crate::policy::Identities,
         verify_token: Option<&str>,
+        zone: crate::clock::Zone,
     ) -> Result<Vec<NewMail>> {
         let mut out = self.to_identities(
             subject,
@@ -121,8 +123,8 @@ impl MailSettings {
             MessageKind::Acknowledgement,
             json!({
                 "request_id": new.id,
-                "received": new.received_at.format("%Y-%m-%d").to_string(),
-                "deadline": new.due_date.map(|d| d.to_string()),
+                "received": zone.day_of(new.received_at),
+                "deadline": new.due_date.map(|d| zone.day(d)),
                 "request_kind": new.kind,
                 "verify_needed": verify_token.is_some(),
             }),

@@ -24,18 +24,23 @@ pub fn build_message(
     domain: &str,
     now: DateTime<Utc>,
 ) -> Result<Message> {
-    let to: Mailbox = row.recipient.parse().map_err(|_| {
+    // A bare address; the envelope is given, not read back from the headers (lettre's
+    // header parser does not take quoted local parts, which are valid addresses).
+    let to: lettre::Address = row.recipient.parse().map_err(|_| {
         Error::new(
             Code::Usage,
             format!("message {}: the recipient is not a valid address", row.id),
         )
     })?;
+    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), vec![to.clone()])
+        .map_err(|e| Error::new(Code::Usage, format!("message {}: {e}", row.id)))?;
     let alternative =
         MultiPart::alternative_plain_html(row.body_text.clone(), row.body_html.clone());
     let attachments = row.attachment_list()?;
     let builder = Message::builder()
         .from(from.clone())
-        .to(to)
+        .to(Mailbox::from(to))
+        .envelope(envelope)
         .subject(row.subject.clone())
         .date(now.into())
         .message_id(Some(message_id(&row.id, domain)))

@@ -113,18 +113,37 @@ impl fmt::Display for DeliveryError {
     }
 }
 
-/// Replace anything that looks like an email address by `[address]`.
+/// Replace anything that looks like an email address by `[address]`: every word with an
+/// `@` or a `"`, where a word runs on through spaces inside double quotes (the quoted
+/// local part of `"john doe"@example.com` is one word).
 fn scrub(text: &str) -> String {
-    text.split_inclusive(char::is_whitespace)
-        .map(|w| {
-            if w.contains('@') {
-                let tail: String = w.chars().filter(|c| c.is_whitespace()).collect();
-                format!("[address]{tail}")
-            } else {
-                w.to_owned()
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains(['@', '"']) {
+            out.push_str("[address]");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() && !quoted {
+            flush(&mut word, &mut out);
+            out.push(c);
+            continue;
+        }
+        word.push(c);
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// A transport with the sender's identity: what `send_due` needs.
@@ -294,6 +313,15 @@ mod tests {
             "550 5.1.1 [address] Recipient rejected"
         );
         assert_eq!(scrub("connection refused"), "connection refused");
+        // Quoted local parts hold spaces (and escaped quotes): none of it survives.
+        assert_eq!(
+            scrub("550 5.1.1 <\"john q. doe\"@example.com>: Recipient rejected"),
+            "550 5.1.1 [address] Recipient rejected"
+        );
+        assert_eq!(
+            scrub("550 <\"a \\\" b\"@example.com> unknown"),
+            "550 [address] unknown"
+        );
     }
 
     #[tokio::test]

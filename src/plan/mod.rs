@@ -399,8 +399,8 @@ impl TableCtx<'_> {
 }
 
 impl Plan {
-    /// The plan as a table for people.
-    pub fn render_text(&self) -> String {
+    /// The plan as a table for people; dates in `zone` (the policy's), labelled.
+    pub fn render_text(&self, zone: crate::clock::Zone) -> String {
         use std::fmt::Write;
         let mut o = String::new();
         let _ = writeln!(
@@ -409,28 +409,36 @@ impl Plan {
             self.request_id,
             self.kind,
             self.jurisdiction,
-            self.made_at.format("%Y-%m-%d %H:%M UTC"),
+            zone.time(self.made_at),
             &self.policy_digest[..12.min(self.policy_digest.len())]
         );
         if self.entries.is_empty() {
             let _ = writeln!(o, "  (nothing to do)");
         } else {
+            let dues: Vec<String> = self
+                .entries
+                .iter()
+                .map(|e| {
+                    let due = zone.day(e.due);
+                    match (e.action, e.then) {
+                        (Action::Retain, Some(FollowUp::Erase)) => format!("{due} then erase"),
+                        (Action::Retain, Some(FollowUp::Anonymize)) => {
+                            format!("{due} then anonymize")
+                        }
+                        _ => due.to_string(),
+                    }
+                })
+                .collect();
+            let w = dues.iter().map(|d| d.chars().count()).max().unwrap_or(3);
             let _ = writeln!(
                 o,
-                "  {:<8} {:<18} {:<10} {:>5}  {:<21} {:<24} COLUMNS",
+                "  {:<8} {:<18} {:<10} {:>5}  {:<w$} {:<24} COLUMNS",
                 "SYSTEM", "TABLE", "ACTION", "ROWS", "DUE", "RULE"
             );
-            for e in &self.entries {
-                let due = match (e.action, e.then) {
-                    (Action::Retain, Some(FollowUp::Erase)) => format!("{} then erase", e.due),
-                    (Action::Retain, Some(FollowUp::Anonymize)) => {
-                        format!("{} then anonymize", e.due)
-                    }
-                    _ => e.due.to_string(),
-                };
+            for (e, due) in self.entries.iter().zip(&dues) {
                 let _ = writeln!(
                     o,
-                    "  {:<8} {:<18} {:<10} {:>5}  {:<21} {:<24} {}",
+                    "  {:<8} {:<18} {:<10} {:>5}  {:<w$} {:<24} {}",
                     e.system,
                     e.table,
                     e.action.as_str(),

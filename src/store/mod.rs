@@ -193,36 +193,152 @@ pub fn new_id() -> String {
         .collect()
 }
 
+/// What a database's tables and first applied migration (version, checksum) say it is.
+fn found(tables: &[String], first: Option<(i64, Vec<u8>)>, ours: &Migrator) -> Found {
+    let our_first = ours.iter().find(|m| m.migration_type.is_up_migration());
+    let ours = matches!(
+        (first, our_first),
+        (Some((v, sum)), Some(m)) if v == m.version && sum == *m.checksum
+    );
+    if ours {
+        Found::Store
+    } else if tables.iter().all(|t| t == MIGRATIONS_TABLE) {
+        Found::Empty
+    } else {
+        Found::Foreign
+    }
+}
+
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+const FIRST_MIGRATION: &str =
+    "SELECT version, checksum FROM _sqlx_migrations ORDER BY version LIMIT 1";
+
+/// What a database holds, looked at without changing it. The same statements on either
+/// connection type.
+macro_rules! inspect {
+    ($conn:expr, $tables_sql:expr, $ours:expr) => {
+        async {
+            let tables: Vec<String> = sqlx::query_scalar($tables_sql)
+                .fetch_all(&mut *$conn)
+                .await?;
+            let first: Option<(i64, Vec<u8>)> = if tables.iter().any(|t| t == MIGRATIONS_TABLE) {
+                sqlx::query_as(FIRST_MIGRATION)
+                    .fetch_optional(&mut *$conn)
+                    .await?
+            } else {
+                None
+            };
+            Ok::<Found, Error>(found(&tables, first, $ours))
+        }
+    };
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// Whether opening the state store may create it. Only `serve`, `demo` and
+/// `quietus store init` create one: every other command refuses a store that does not
+/// exist, so that a mistyped URL is an error, not an empty queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// A store that exists (its migrations are brought up to date).
+    Existing,
+    /// A store that exists, or a new one in a missing SQLite file or an empty database.
+    CreateIfMissing,
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    Existing,
+    Created,
+}
+
+/// What a database holds, before the migrations run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// A quietus state store: its first applied migration is quietus's first.
+    Store,
+    /// No tables (a missing SQLite file is created empty).
+    Empty,
+    /// Tables of something else.
+    Foreign,
+}
+
+const HOW_TO_CREATE: &str = "check store.url; `quietus store init` creates a store in a new SQLite file or an empty database";
+
+fn not_a_store(why: &str) -> Error {
+    Error::new(
+        Code::Store,
+        format!("no quietus state store here ({why}); {HOW_TO_CREATE}"),
+    )
+}
+
 impl Store {
-    /// Connect and apply the migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
-        let store = if url.starts_with("sqlite:") {
+    /// Open the state store at `url` and apply its migrations; create it only when `open`
+    /// allows. What the database holds is looked at first, without changing it: a
+    /// database that holds other tables is never touched, let alone made a store.
+    pub async fn open(url: &str, max_connections: u32, open: Open) -> Result<(Store, Opened)> {
+        let create = open == Open::CreateIfMissing;
+        let opened = |found: Found| match (found, create) {
+            (Found::Store, _) => Ok(Opened::Existing),
+            (Found::Empty, true) => Ok(Opened::Created),
+            (Found::Empty, false) => Err(not_a_store("the database is empty")),
+            (Found::Foreign, _) => Err(not_a_store(
+                "the database holds tables that are not a quietus store; quietus never puts its store beside them",
+            )),
+        };
+        if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
-                .map_err(|e| Error::new(Code::Config, format!("store.url: {e}")))?
-                .create_if_missing(true)
+                .map_err(|e| Error::new(Code::Config, format!("store.url: {e}")))?;
+            let file = opts.get_filename().to_path_buf();
+            let found = if file.as_os_str() == ":memory:" {
+                Found::Empty
+            } else if !file.exists() {
+                if !create {
+                    return Err(not_a_store("the file does not exist"));
+                }
+                if let Some(parent) = file.parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        Error::new(Code::Io, format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                Found::Empty
+            } else {
+                // Read-only, and no journal-mode change: the file may be someone else's.
+                use sqlx::Connection;
+                let mut c =
+                    sqlx::SqliteConnection::connect_with(&opts.clone().read_only(true)).await?;
+                let found = inspect!(
+                    &mut c,
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                    &SQLITE_MIGRATIONS
+                )
+                .await;
+                c.close().await?;
+                found?
+            };
+            let opened = opened(found)?;
+            let opts = opts
+                .create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
-            if let Some(parent) = opts.get_filename().parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::new(Code::Io, format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_with(opts)
                 .await?;
             SQLITE_MIGRATIONS.run(&pool).await?;
-            Store {
-                pool: Pool::Sqlite(pool),
-            }
+            Ok((
+                Store {
+                    pool: Pool::Sqlite(pool),
+                },
+                opened,
+            ))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
@@ -235,17 +351,36 @@ impl Store {
                         format!("cannot connect to the PostgreSQL state store: {e}"),
                     )
                 })?;
-            POSTGRES_MIGRATIONS.run(&pool).await?;
-            Store {
-                pool: Pool::Postgres(pool),
+            let found = async {
+                let mut c = pool.acquire().await?;
+                inspect!(
+                    &mut *c,
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()",
+                    &POSTGRES_MIGRATIONS
+                )
+                .await
             }
+            .await;
+            let opened = match found.and_then(opened) {
+                Ok(o) => o,
+                Err(e) => {
+                    pool.close().await;
+                    return Err(e);
+                }
+            };
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Ok((
+                Store {
+                    pool: Pool::Postgres(pool),
+                },
+                opened,
+            ))
         } else {
-            return Err(Error::new(
+            Err(Error::new(
                 Code::Config,
                 "store.url must start with sqlite: or postgres: (MySQL is supported as a target, not as the state store)",
-            ));
-        };
-        Ok(store)
+            ))
+        }
     }
 
     pub fn dialect(&self) -> &'static str {

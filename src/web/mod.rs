@@ -243,7 +243,9 @@ async fn verify_form(
             &format!(
                 "<p>Your request <code>{}</code> is confirmed; we will answer by {}.</p>",
                 esc(&req.id),
-                req.due_date.map(|d| d.to_string()).unwrap_or_default()
+                req.due_date
+                    .map(|d| state.ctx.zone().day(d).to_string())
+                    .unwrap_or_default()
             ),
         ),
         Err(e) => page(

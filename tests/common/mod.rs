@@ -1,12 +1,27 @@
-//! Shared test set-up: state stores on SQLite and (when its URL is given) PostgreSQL,
-//! target databases on PostgreSQL and MariaDB, a demo folder, and the binary.
+//! Shared test set-up: state stores on SQLite and PostgreSQL, target databases on
+//! SQLite, PostgreSQL and MariaDB, a demo folder, and the binary.
 //!
 //! Environment:
 //! - `QUIETUS_TEST_POSTGRES_URL`: an admin URL (e.g. `postgres://postgres@127.0.0.1:5432/postgres`);
 //!   each test creates and drops a database of its own there.
 //! - `QUIETUS_TEST_MYSQL_URL`: the same for MariaDB/MySQL (e.g. `mysql://root@127.0.0.1:3306/mysql`).
-//! - `QUIETUS_TEST_REQUIRE_SERVERS=1` (CI): a missing URL fails the test instead of skipping
-//!   that backend.
+//! - `QUIETUS_TEST_REQUIRE_SERVERS=1` (CI): nothing is ignored; what is missing fails.
+//!
+//! Nothing is skipped at run time: a test that needs a server or a tool runs once per
+//! backend (`#[case]`), and `build.rs` compiles the cases whose prerequisite is missing as
+//! `#[ignore = "why"]` (cfgs `quietus_test_postgres`, `quietus_test_mysql`,
+//! `quietus_test_age`, `quietus_test_smtp`). So `cargo test` counts them as ignored, with
+//! the reason, and "passed" means tested. The pattern:
+//!
+//! ```ignore
+//! #[rstest]
+//! #[case::sqlite(Backend::Sqlite)]
+//! #[cfg_attr(not(quietus_test_postgres), ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL")]
+//! #[case::postgres(Backend::Postgres)]
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn name(#[case] backend: Backend) {
+//!     let kind = StoreKind::of(backend).await;
+//! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -17,19 +32,23 @@ use quietus::lifecycle::Context;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_quietus");
 
-fn require_servers() -> bool {
-    std::env::var("QUIETUS_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1")
+/// Where a test case runs: the state store or the target database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
 }
 
-/// The admin URL of a server kind, or `None` when not configured (a failure in CI).
-pub fn server_url(var: &str) -> Option<String> {
+/// The admin URL of a server kind. A test that asks for one runs only when it was given
+/// (else it is compiled ignored): its absence now is a failure, never a skip.
+pub fn server_url(var: &str) -> String {
     match std::env::var(var).ok().filter(|v| !v.is_empty()) {
-        Some(u) => Some(u),
-        None if require_servers() => panic!("{var} is not set, and QUIETUS_TEST_REQUIRE_SERVERS=1"),
-        None => {
-            eprintln!("note: {var} is not set; skipping that backend");
-            None
-        }
+        Some(u) => u,
+        None => panic!(
+            "{var} is not set (it was when the tests were built, or QUIETUS_TEST_REQUIRE_SERVERS=1): \
+             set it, or rebuild without it to have these tests ignored"
+        ),
     }
 }
 
@@ -54,8 +73,8 @@ pub struct Db {
 }
 
 impl Db {
-    pub async fn postgres() -> Option<Db> {
-        let admin = server_url("QUIETUS_TEST_POSTGRES_URL")?;
+    pub async fn postgres() -> Db {
+        let admin = server_url("QUIETUS_TEST_POSTGRES_URL");
         let name = random_name("quietus_test");
         let pool = sqlx::PgPool::connect(&admin)
             .await
@@ -65,16 +84,16 @@ impl Db {
             .await
             .expect("create database");
         pool.close().await;
-        Some(Db {
+        Db {
             url: with_database(&admin, &name),
             admin,
             name,
             kind: "postgres",
-        })
+        }
     }
 
-    pub async fn mysql() -> Option<Db> {
-        let admin = server_url("QUIETUS_TEST_MYSQL_URL")?;
+    pub async fn mysql() -> Db {
+        let admin = server_url("QUIETUS_TEST_MYSQL_URL");
         let name = random_name("quietus_test");
         let pool = sqlx::MySqlPool::connect(&admin)
             .await
@@ -86,12 +105,12 @@ impl Db {
         .await
         .expect("create database");
         pool.close().await;
-        Some(Db {
+        Db {
             url: with_database(&admin, &name),
             admin,
             name,
             kind: "mysql",
-        })
+        }
     }
 
     pub async fn drop_now(self) {
@@ -121,13 +140,13 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
-    /// SQLite always; PostgreSQL when its URL is given.
-    pub async fn all() -> Vec<StoreKind> {
-        let mut v = vec![StoreKind::Sqlite];
-        if let Some(db) = Db::postgres().await {
-            v.push(StoreKind::Postgres(db));
+    /// The state store of a test case (PostgreSQL: a fresh database).
+    pub async fn of(backend: Backend) -> StoreKind {
+        match backend {
+            Backend::Sqlite => StoreKind::Sqlite,
+            Backend::Postgres => StoreKind::Postgres(Db::postgres().await),
+            Backend::Mysql => panic!("MariaDB is a target system, not a state store"),
         }
-        v
     }
 
     pub fn label(&self) -> &'static str {
@@ -179,6 +198,17 @@ impl Env {
             ),
         )
         .unwrap();
+        // The store, as `quietus store init` makes it (commands other than serve and demo
+        // refuse a store that does not exist).
+        let cfg = Config::load(Some(&config)).expect("config");
+        let (store, _) = quietus::store::Store::open(
+            &cfg.store_url().unwrap(),
+            1,
+            quietus::store::Open::CreateIfMissing,
+        )
+        .await
+        .expect("state store");
+        store.close().await;
         Env {
             dir,
             config,
@@ -284,17 +314,14 @@ pub enum CrmKind {
 }
 
 impl CrmKind {
-    /// SQLite always; PostgreSQL and MariaDB when their URLs are given. Loaded with the
-    /// demo schema and seed.
-    pub async fn all() -> Vec<CrmKind> {
-        let mut v = vec![CrmKind::Sqlite];
-        if let Some(db) = Db::postgres().await {
-            v.push(CrmKind::Postgres(db));
+    /// The demo CRM's database of a test case (servers: a fresh database, loaded by
+    /// [`Env::use_crm`]).
+    pub async fn of(backend: Backend) -> CrmKind {
+        match backend {
+            Backend::Sqlite => CrmKind::Sqlite,
+            Backend::Postgres => CrmKind::Postgres(Db::postgres().await),
+            Backend::Mysql => CrmKind::Mysql(Db::mysql().await),
         }
-        if let Some(db) = Db::mysql().await {
-            v.push(CrmKind::Mysql(db));
-        }
-        v
     }
 
     pub fn label(&self) -> &'static str {
