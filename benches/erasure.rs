@@ -102,9 +102,10 @@ async fn with_quietus(dir: &Path) -> f64 {
     )
     .unwrap();
     let config = Config::load(Some(&dir.join("quietus.toml"))).unwrap();
-    let (ctx, _) = quietus::cli::open_context(&config, quietus::store::Open::CreateIfMissing)
+    let (app, _) = quietus::app::App::open_with(config, quietus::store::Open::CreateIfMissing)
         .await
         .unwrap();
+    let ctx = &app.ctx;
     let now = quietus::clock::now();
     let today = ctx.today(now);
     let body = format!(
@@ -120,7 +121,7 @@ async fn with_quietus(dir: &Path) -> f64 {
     ctx.decide(&id, Decision::Approve, "bench", None, now)
         .await
         .unwrap();
-    let settings = quietus::jobs::Settings::from_config(&config).unwrap();
+    let settings = app.worker().unwrap();
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let summary = quietus::jobs::run_due(&ctx, &settings, &stop, &|_| {})

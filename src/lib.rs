@@ -5,6 +5,7 @@
 //! foundations: `cli` / `web` / `demo` → `intake` → `lifecycle` → `plan` → `targets` →
 //! `policy` → `store`, with `config`, `clock` and `error` underneath everything.
 
+pub mod app;
 pub mod backup;
 pub mod cli;
 pub mod clock;

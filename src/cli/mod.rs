@@ -12,11 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::App;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
-use crate::lifecycle::{Context, HolidayCalendar};
 use crate::policy::Policies;
-use crate::store::{Open, Opened, Store};
+use crate::store::{Open, Opened};
 
 /// quietus carries out GDPR and PIPL data-subject requests and employee exits, backs up
 /// before it deletes, and proves what it erased.
@@ -335,23 +335,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Serve { listen } => {
             let config = Config::load(cli.config.as_deref())?;
-            let (ctx, opened) = open_context(&config, Open::CreateIfMissing).await?;
+            let (app, opened) = App::open_with(config, Open::CreateIfMissing).await?;
             if opened == Opened::Created {
                 tracing::warn!(
-                    store = %crate::config::redact_url(&config.store_url()?),
+                    store = %crate::config::redact_url(&app.config.store_url()?),
                     "created a new, empty state store"
                 );
             }
-            serve::run(config, ctx, listen)
-                .await
-                .map(|()| ExitCode::SUCCESS)
+            serve::run(app, listen).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Store {
             command: StoreCommand::Init,
         } => {
             let config = Config::load(cli.config.as_deref())?;
             let shown = crate::config::redact_url(&config.store_url()?);
-            let (store, opened) = open_store(&config, Open::CreateIfMissing).await?;
+            let (store, opened) = crate::app::open_store(&config, Open::CreateIfMissing).await?;
             store.close().await;
             match opened {
                 Opened::Created => println!("created the state store {shown}"),
@@ -369,59 +367,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Restore { .. }
         | Command::Confirm { .. }
         | Command::Retry { .. }) => {
-            let config = Config::load(cli.config.as_deref())?;
-            let ctx = context(&config).await?;
-            let settings = crate::jobs::Settings::from_config(&config)?;
-            let r = work::run(&ctx, &settings, cmd, &actor).await;
-            ctx.store.close().await;
+            let app = App::open(Config::load(cli.config.as_deref())?).await?;
+            let r = match app.worker() {
+                Ok(settings) => work::run(&app.ctx, &settings, cmd, &actor).await,
+                Err(e) => Err(e),
+            };
+            app.close().await;
             r
         }
         other => {
-            let config = Config::load(cli.config.as_deref())?;
-            let ctx = context(&config).await?;
-            let r = requests::run(&ctx, other, &actor).await;
-            ctx.store.close().await;
+            let app = App::open(Config::load(cli.config.as_deref())?).await?;
+            let r = requests::run(&app.ctx, other, &actor).await;
+            app.close().await;
             r
         }
     }
-}
-
-/// Everything a request command needs: validated policies, the calendar, the store (which
-/// must exist: see [`Open`]).
-pub async fn context(config: &Config) -> Result<Context> {
-    Ok(open_context(config, Open::Existing).await?.0)
-}
-
-/// The state store the configuration names, opened as `open` allows.
-async fn open_store(config: &Config, open: Open) -> Result<(Store, Opened)> {
-    let url = config.store_url()?;
-    Store::open(&url, config.store.max_connections, open)
-        .await
-        .map_err(|e| e.context(format!("state store {}", crate::config::redact_url(&url))))
-}
-
-/// [`context`], creating the store when `open` allows (`serve`, `demo`); says whether it
-/// was created.
-pub async fn open_context(config: &Config, open: Open) -> Result<(Context, Opened)> {
-    let dir = config.policies_dir();
-    let policies = Policies::load(&dir)
-        .map_err(|p| Error::from(p).context(format!("policy folder {}", dir.display())))?;
-    let calendar = match &config.deadlines.calendar {
-        Some(p) => HolidayCalendar::load(&config.path(p))?,
-        None => HolidayCalendar::builtin()?,
-    };
-    let (store, opened) = open_store(config, open).await?;
-    Ok((
-        Context {
-            mail: crate::lifecycle::notify::MailSettings::from_config(config),
-            store,
-            policies,
-            calendar,
-            base_dir: config.base_dir.clone(),
-            intake: config.intake.clone(),
-        },
-        opened,
-    ))
 }
 
 pub(crate) fn usage(msg: impl Into<String>) -> Error {

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use super::{Command, KeysCommand, LogCommand};
+use crate::app::App;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
 use crate::proof::note::Checkpoint;
@@ -75,9 +76,9 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
                 && let Ok(cp) = Checkpoint::open(note, &pk)
                 && cp.size > r.log.tree_size
             {
-                let ctx = super::context(config).await?;
-                consistency = log::consistency(&ctx.store, r.log.tree_size, cp.size).await?;
-                ctx.store.close().await;
+                let app = App::open(config.clone()).await?;
+                consistency = log::consistency(&app.ctx.store, r.log.tree_size, cp.size).await?;
+                app.close().await;
             }
             let mut checks = receipt::verify(
                 &r,
@@ -98,9 +99,9 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
             command: LogCommand::Verify { public_key, json },
         } => {
             let pk = keys::public(config, public_key.as_deref())?;
-            let ctx = super::context(config).await?;
-            let report = log::verify(&ctx.store, &pk).await?;
-            ctx.store.close().await;
+            let app = App::open(config.clone()).await?;
+            let report = log::verify(&app.ctx.store, &pk).await?;
+            app.close().await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -158,16 +159,12 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
 /// Ask the live systems again about every table the receipt says was changed
 /// (`jobs::recheck`).
 async fn recheck_live(config: &Config, r: &Receipt) -> Result<Vec<Check>> {
-    let ctx = super::context(config).await?;
+    let app = App::open(config.clone()).await?;
+    let ctx = &app.ctx;
     let (backup_dir, keys_dir) = config.backup_dirs();
-    let checks = crate::jobs::recheck::receipt(
-        &ctx,
-        &backup_dir,
-        &keys_dir,
-        config.jobs.batch_size,
-        &r.body,
-    )
-    .await;
-    ctx.store.close().await;
+    let checks =
+        crate::jobs::recheck::receipt(ctx, &backup_dir, &keys_dir, config.jobs.batch_size, &r.body)
+            .await;
+    app.close().await;
     checks
 }

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::app::App;
 use crate::error::{Code, Error, Result};
-use crate::lifecycle::Context;
 use crate::web::AppState;
 
-pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAddr>) -> Result<()> {
+pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let settings = app.worker()?;
+    let App { config, ctx } = app;
     let shutdown = shutdown_signal()?;
     let addr = listen.unwrap_or(config.server.listen);
     let today = ctx.today(crate::clock::now());
@@ -44,7 +45,6 @@ pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAd
     // Tests and supervisors read this line to learn the port.
     println!("listening on http://{bound}");
     let web = tokio::spawn(crate::web::serve(state.clone(), listener, rx.clone()));
-    let settings = crate::jobs::Settings::from_config(&config)?;
     let mut schedules = Vec::new();
     for (name, expr) in [
         ("retention_sweep", &config.schedule.retention_sweep),

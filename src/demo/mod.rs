@@ -116,7 +116,8 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     )?;
 
     let config = Config::load(Some(&config_path))?;
-    let (ctx, _) = crate::cli::open_context(&config, crate::store::Open::CreateIfMissing).await?;
+    let (app, _) = crate::app::App::open_with(config, crate::store::Open::CreateIfMissing).await?;
+    let (config, ctx) = (&app.config, &app.ctx);
     let now = crate::clock::now();
     let today = ctx.today(now);
     let zone = ctx.zone();
@@ -179,7 +180,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
         )
         .await?;
     }
-    let settings = crate::jobs::Settings::from_config(&config)?;
+    let settings = app.worker()?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let run = crate::jobs::run_due(&ctx, &settings, &stop, &|_| {}).await?;
     let after = crm_facts(&crm).await?;

@@ -222,7 +222,7 @@ impl Env {
 
     pub async fn context(&self) -> Context {
         let config = Config::load(Some(&self.config)).expect("config");
-        quietus::cli::context(&config).await.expect("context")
+        quietus::app::App::open(config).await.expect("app").ctx
     }
 
     /// Run the binary with this env's config.
