@@ -228,6 +228,10 @@ pub struct ScheduleConfig {
     pub backup_expiry: String,
     /// Deadline reminders for the DPO.
     pub reminders: String,
+    /// Whether a daemon that starts fires, once, the latest tick of the past day that no
+    /// instance fired (one missed while quietus was not running). Off: only ticks after
+    /// the start fire.
+    pub catch_up: bool,
 }
 
 impl Default for ScheduleConfig {
@@ -237,7 +241,51 @@ impl Default for ScheduleConfig {
             retention_sweep: "0 0 3 * * *".into(),
             backup_expiry: "0 30 3 * * *".into(),
             reminders: "0 0 9 * * *".into(),
+            catch_up: false,
         }
+    }
+}
+
+/// The schedules that tick (the execution window is not one: it is open or closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScheduleName {
+    /// Erase rows whose retention ran out.
+    RetentionSweep,
+    /// Crypto-shred expired backups.
+    BackupExpiry,
+    /// Remind the DPO of deadlines.
+    Reminders,
+}
+
+impl ScheduleName {
+    pub const ALL: [ScheduleName; 3] = [
+        ScheduleName::RetentionSweep,
+        ScheduleName::BackupExpiry,
+        ScheduleName::Reminders,
+    ];
+
+    /// The config key, and the name in the state store's `schedule_ticks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleName::RetentionSweep => "retention_sweep",
+            ScheduleName::BackupExpiry => "backup_expiry",
+            ScheduleName::Reminders => "reminders",
+        }
+    }
+
+    /// Its cron expression in the config (blank: off).
+    pub fn expr(self, c: &ScheduleConfig) -> &str {
+        match self {
+            ScheduleName::RetentionSweep => &c.retention_sweep,
+            ScheduleName::BackupExpiry => &c.backup_expiry,
+            ScheduleName::Reminders => &c.reminders,
+        }
+    }
+}
+
+impl std::fmt::Display for ScheduleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ScheduleName;
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::{Context, Request};
 use crate::plan::{Entry, Plan};
@@ -594,47 +595,121 @@ async fn shred_orphans(ctx: &Context, s: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The daemon's worker: due work every `every`, schedule ticks once across instances.
+/// The daemon's worker. Each round fires the schedule ticks that came due since the
+/// round before (each tick once across all instances), then runs what is due. It wakes
+/// every `every` and at each schedule's next tick. A tick that passed before the daemon
+/// started is not fired, unless `catch_up`: then the latest tick of the past day that no
+/// instance fired is fired at start.
 pub async fn worker_loop(
     ctx: &Context,
     s: Settings,
-    schedules: Vec<(String, schedule::Cron)>,
+    schedules: Vec<schedule::Schedule>,
+    catch_up: bool,
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let started = crate::clock::now();
+    let mut since = Vec::with_capacity(schedules.len());
+    for sch in &schedules {
+        since.push(first_round_since(ctx, sch, catch_up, started).await);
+    }
     loop {
+        let now = crate::clock::now();
+        for (sch, since) in schedules.iter().zip(since.iter_mut()) {
+            let Some(tick) = sch.cron.latest_in(*since, now) else {
+                continue;
+            };
+            match ctx.store.claim_tick(sch.name, tick, &s.worker).await {
+                Ok(true) => {
+                    *since = now;
+                    fire(ctx, &s, sch.name, now).await;
+                }
+                Ok(false) => *since = now, // another instance fired it
+                // Not claimed: tried again next round.
+                Err(e) => {
+                    tracing::warn!(schedule = %sch.name, code = %e.code, "cannot claim the tick at {tick}: {}", e.message)
+                }
+            }
+        }
         if let Err(e) = run_due(ctx, &s, &stop, &|_| {}).await {
             tracing::warn!(code = %e.code, "work round failed: {}", e.message);
         }
         let now = crate::clock::now();
-        for (name, cron) in &schedules {
-            let Some(tick) = cron.last_tick(now, chrono::Duration::days(1)) else {
-                continue;
-            };
-            match ctx.store.claim_tick(name, tick, &s.worker).await {
-                Ok(true) => fire(ctx, &s, name, now).await,
-                Ok(false) => {}
-                Err(e) => tracing::warn!("schedule {name}: {}", e.message),
-            }
-        }
+        let wait = schedules
+            .iter()
+            .filter_map(|sch| sch.cron.next_after(now))
+            .min()
+            .and_then(|t| (t - now).to_std().ok())
+            .map_or(every, |d| d.min(every))
+            .max(std::time::Duration::from_millis(50));
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-async fn fire(ctx: &Context, s: &Settings, name: &str, now: DateTime<Utc>) {
+/// Where a schedule's first round looks for ticks from: the start, or (to catch up) a
+/// day before it. Says which tick a start passes over.
+async fn first_round_since(
+    ctx: &Context,
+    sch: &schedule::Schedule,
+    catch_up: bool,
+    started: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let day_before = started - chrono::Duration::days(1);
+    let next = sch
+        .cron
+        .next_after(started)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| "never".into());
+    let Some(missed) = sch.cron.latest_in(day_before, started) else {
+        tracing::info!(schedule = %sch.name, "next tick at {next}");
+        return started;
+    };
+    let last = match ctx.store.last_tick(sch.name).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(schedule = %sch.name, code = %e.code, "cannot read the last tick: {}", e.message);
+            None
+        }
+    };
+    if last.is_some_and(|l| l >= missed) {
+        tracing::info!(schedule = %sch.name, "next tick at {next}");
+        return started;
+    }
+    if catch_up {
+        tracing::info!(schedule = %sch.name, "the tick at {} passed while no instance ran: fired now (schedule.catch_up)", missed.to_rfc3339());
+        return day_before;
+    }
+    match last {
+        Some(_) => tracing::warn!(
+            schedule = %sch.name,
+            "the tick at {} passed while no instance ran and is not fired (schedule.catch_up is off); next tick at {next}",
+            missed.to_rfc3339()
+        ),
+        None => tracing::info!(
+            schedule = %sch.name,
+            "first start: the tick at {} is past and not fired (schedule.catch_up is off); next tick at {next}",
+            missed.to_rfc3339()
+        ),
+    }
+    started
+}
+
+async fn fire(ctx: &Context, s: &Settings, name: ScheduleName, now: DateTime<Utc>) {
     let r = match name {
-        "backup_expiry" => expire_backups(ctx, s, now)
+        ScheduleName::RetentionSweep => sweep(ctx, now)
+            .await
+            .map(|n| format!("{n} sweep task(s) created")),
+        ScheduleName::BackupExpiry => expire_backups(ctx, s, now)
             .await
             .map(|n| format!("{n} backup(s) shredded")),
-        "reminders" => reminders(ctx, now).await,
-        _ => Ok(String::new()),
+        ScheduleName::Reminders => reminders(ctx, now).await,
     };
     match r {
-        Ok(msg) => tracing::info!(schedule = name, "{msg}"),
-        Err(e) => tracing::warn!(schedule = name, "{}", e.message),
+        Ok(msg) => tracing::info!(schedule = %name, "{msg}"),
+        Err(e) => tracing::warn!(schedule = %name, code = %e.code, "{}", e.message),
     }
 }
 

@@ -492,3 +492,4 @@ pub mod log;
 pub mod outbox;
 pub use outbox::{MailAttachment, NewMail, OutboxRow};
 pub mod exports;
+pub mod ticks;
