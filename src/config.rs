@@ -200,6 +200,10 @@ pub struct JobsConfig {
     pub batch_size: usize,
     /// Seconds between two looks for due work (`serve`).
     pub poll_seconds: u64,
+    /// Where the workers of this host hold their presence files (locked while they run):
+    /// a worker that died is known at once, and its leases are released without waiting
+    /// them out. Local storage, one per host.
+    pub workers_dir: PathBuf,
 }
 
 impl Default for JobsConfig {
@@ -209,6 +213,7 @@ impl Default for JobsConfig {
             max_attempts: 5,
             batch_size: 500,
             poll_seconds: 5,
+            workers_dir: "var/workers".into(),
         }
     }
 }
@@ -484,7 +489,54 @@ impl Config {
         };
         config.base_dir = std::path::absolute(&base).unwrap_or(base);
         config.source = path;
+        config.check_bounds()?;
         Ok(config)
+    }
+
+    /// Numbers out of their range are errors, never quietly replaced by another value.
+    fn check_bounds(&self) -> Result<()> {
+        let bounds: [(&str, i128, i128, i128); 6] = [
+            // A lease is renewed every third of it: shorter ones are taken over mid-task.
+            (
+                "jobs.lease_seconds",
+                self.jobs.lease_seconds.into(),
+                10,
+                86_400,
+            ),
+            ("jobs.max_attempts", self.jobs.max_attempts.into(), 1, 1_000),
+            (
+                "jobs.batch_size",
+                i128::try_from(self.jobs.batch_size).unwrap_or(i128::MAX),
+                1,
+                5_000,
+            ),
+            (
+                "jobs.poll_seconds",
+                self.jobs.poll_seconds.into(),
+                1,
+                86_400,
+            ),
+            (
+                "inbox.poll_seconds",
+                self.inbox.poll_seconds.into(),
+                1,
+                86_400,
+            ),
+            ("mail.max_attempts", self.mail.max_attempts.into(), 1, 1_000),
+        ];
+        let wrong: Vec<String> = bounds
+            .iter()
+            .filter(|(_, v, lo, hi)| v < lo || v > hi)
+            .map(|(k, v, lo, hi)| format!("{k} = {v}: must be from {lo} to {hi}"))
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Code::Config,
+                format!("invalid configuration: {}", wrong.join("; ")),
+            ))
+        }
     }
 
     /// A config for a folder (the demo's): paths relative to `dir`.
@@ -513,6 +565,10 @@ impl Config {
             self.path(&self.backup.dir),
             self.path(&self.backup.keys_dir),
         )
+    }
+
+    pub fn workers_dir(&self) -> PathBuf {
+        self.path(&self.jobs.workers_dir)
     }
 
     pub fn inbox_dir(&self) -> PathBuf {
@@ -581,6 +637,26 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_config_loads_and_numbers_out_of_range_are_refused() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/quietus.toml");
+        let c = Config::load(Some(&deploy)).unwrap();
+        assert_eq!(c.jobs.workers_dir, PathBuf::from("var/workers"));
+        assert!(!c.schedule.catch_up);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("quietus.toml");
+        std::fs::write(&f, "[jobs]\nlease_seconds = 3\nbatch_size = 0\n").unwrap();
+        let e = Config::load(Some(&f)).unwrap_err();
+        assert_eq!(e.code, Code::Config);
+        assert!(
+            e.message
+                .contains("jobs.lease_seconds = 3: must be from 10 to 86400")
+                && e.message.contains("jobs.batch_size = 0"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn sqlite_paths_resolve_against_the_config_folder() {

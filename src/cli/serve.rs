@@ -32,7 +32,7 @@ pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAd
         .map_err(|e| Error::new(Code::Io, e.to_string()))?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let inbox_dir = config.inbox_dir();
-    let every = Duration::from_secs(config.inbox.poll_seconds.max(1));
+    let every = Duration::from_secs(config.inbox.poll_seconds);
     let state = Arc::new(AppState {
         ctx,
         tokens: config.api.tokens.clone(),
@@ -47,7 +47,7 @@ pub async fn run(config: Config, ctx: Context, listen: Option<std::net::SocketAd
     let settings = crate::jobs::Settings::from_config(&config)?;
     let schedules = crate::jobs::schedule::from_config(&config.schedule)?;
     let catch_up = config.schedule.catch_up;
-    let work_every = Duration::from_secs(config.jobs.poll_seconds.max(1));
+    let work_every = Duration::from_secs(config.jobs.poll_seconds);
     let work_state = state.clone();
     let work_rx = rx.clone();
     let worker = tokio::spawn(async move {

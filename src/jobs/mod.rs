@@ -9,6 +9,7 @@ pub mod export;
 pub mod prove;
 pub mod restore;
 pub mod schedule;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,24 +64,32 @@ pub struct Settings {
     pub prover: prove::Prover,
     pub mailer: std::sync::Arc<crate::mail::Mailer>,
     pub mail_attempts: i64,
+    /// Presence files of this host's workers; this worker's own is held while it lives.
+    pub workers_dir: PathBuf,
+    pub presence: std::sync::Arc<workers::Presence>,
 }
 
 impl Settings {
     pub fn from_config(c: &crate::config::Config) -> Result<Settings> {
         let (backup_dir, keys_dir) = c.backup_dirs();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+        let worker = format!("{host}:{}:{}", std::process::id(), crate::store::new_id());
+        let workers_dir = c.workers_dir();
+        // (The config refuses numbers out of range: they are used as they are.)
         Ok(Settings {
-            worker: format!("{host}:{}:{}", std::process::id(), crate::store::new_id()),
+            presence: std::sync::Arc::new(workers::Presence::announce(&workers_dir, &worker)?),
+            worker,
             backup_dir,
             keys_dir,
             keep: c.backup.keep,
-            lease_seconds: c.jobs.lease_seconds.max(10),
-            max_attempts: c.jobs.max_attempts.max(1),
-            batch_size: c.jobs.batch_size.clamp(1, 5000),
+            lease_seconds: c.jobs.lease_seconds,
+            max_attempts: c.jobs.max_attempts,
+            batch_size: c.jobs.batch_size,
             window: schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?,
             prover: prove::Prover::from_config(c)?,
             mailer: std::sync::Arc::new(crate::mail::Mailer::from_config(c)?),
-            mail_attempts: c.mail.max_attempts.max(1),
+            mail_attempts: c.mail.max_attempts,
+            workers_dir,
         })
     }
 }
@@ -318,6 +327,13 @@ pub struct RunSummary {
     /// Messages sent, and given up on.
     pub mail_sent: usize,
     pub mail_failed: usize,
+    /// Leases released because the worker of this host that held them is gone.
+    pub released_leases: u64,
+    /// Archives crypto-shredded because no backup record names them (their writer
+    /// stopped or lost its lease before recording them).
+    pub shredded_unrecorded: usize,
+    /// Due tasks left to other workers' live leases, and until when.
+    pub waiting: Vec<crate::store::recovery::LeaseWait>,
 }
 
 /// Run one leased task to its next recorded state.
@@ -429,7 +445,12 @@ pub async fn run_due(
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
 ) -> Result<RunSummary> {
+    // A worker of this host that died: its leases go now, and so does any archive that no
+    // one can record any more.
+    let (released_leases, shredded_unrecorded) = recover(ctx, s, crate::clock::now()).await?;
     let mut summary = RunSummary {
+        released_leases,
+        shredded_unrecorded,
         scheduled: schedule_approved(ctx, "quietus", crate::clock::now()).await?,
         ..RunSummary::default()
     };
@@ -451,7 +472,10 @@ pub async fn run_due(
         on_task(&task);
         run_one(ctx, s, &task, &mut summary).await?;
     }
-    summary.shredded_backups = expire_backups(ctx, s, crate::clock::now()).await?;
+    summary.waiting = ctx.store.waiting_on_leases(crate::clock::now()).await?;
+    let shredded = expire_backups(ctx, s, crate::clock::now()).await?;
+    summary.shredded_backups = shredded.expired;
+    summary.shredded_unrecorded += shredded.unrecorded;
     summary.receipts = prove::issue_missing(ctx, s, &s.prover, crate::clock::now())
         .await?
         .into_iter()
@@ -549,50 +573,133 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
     Ok(tasks.len())
 }
 
-/// Crypto-shred every backup past its expiry, and record it. Archives and keys that no
-/// backup record names (a worker died between writing an archive and recording it) are
-/// shredded too, once they are a day old.
-pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
-    shred_orphans(ctx, s).await?;
+/// What an expiry run crypto-shredded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shredded {
+    /// Backups past their expiry.
+    pub expired: usize,
+    /// Archives no backup record names (see [`shred_unrecorded`]).
+    pub unrecorded: usize,
+}
+
+/// Crypto-shred every backup past its expiry, and record it; and every archive that no
+/// backup record names and no live worker can record any more.
+pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<Shredded> {
+    let unrecorded = shred_unrecorded(ctx, s, now).await?;
     export::expire(ctx, now).await?;
-    let mut n = 0;
+    let mut expired = 0;
     for b in ctx.store.expired_backups(now).await? {
         let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
         crate::backup::shred(&path, &key)?;
         ctx.store.backup_shredded(&b.id, now).await?;
         prove::shred_receipt(ctx, &s.prover, &b, now).await?;
         tracing::info!(backup = %b.id, "backup expired and crypto-shredded");
+        expired += 1;
+    }
+    Ok(Shredded {
+        expired,
+        unrecorded,
+    })
+}
+
+/// After a worker of this host died: release its leases (its tasks are taken over at
+/// once, not when the leases would have expired), then shred the archives no one can
+/// record any more. Returns (leases released, archives shredded).
+pub async fn recover(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<(u64, usize)> {
+    let mut released = 0;
+    for gone in workers::gone(&s.workers_dir)? {
+        let (tasks, mails) = ctx.store.release_leases_of(&gone.worker).await?;
+        if tasks + mails > 0 {
+            tracing::warn!(
+                worker = %gone.worker,
+                tasks,
+                mails,
+                "a worker of this host stopped before finishing: its leases are released"
+            );
+        }
+        released += tasks;
+        gone.forget()?;
+    }
+    Ok((released, shred_unrecorded(ctx, s, now).await?))
+}
+
+/// Crypto-shred archives that will never be recorded as backups: those whose writer can
+/// no longer record them (it stopped, or lost its lease: each archive's intent is
+/// recorded before its first byte), and files that no record names at all. An archive a
+/// live worker is still writing is left alone. Returns how many were shredded.
+pub async fn shred_unrecorded(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
+    let mut n = 0;
+    for a in ctx.store.abandoned_archives().await? {
+        shred_archive_files(s, &a.id)?;
+        ctx.store.archive_shredded(&a, now).await?;
+        tracing::warn!(backup = %a.id, task = %a.task_id, "an archive its worker never recorded was crypto-shredded");
+        n += 1;
+    }
+    // The folders first, then the store: an archive's intent is committed before its
+    // first file, so any file listed here is named by a record the store then shows.
+    let on_disk = archive_ids_on_disk(s)?;
+    if on_disk.is_empty() {
+        return Ok(n);
+    }
+    let live = ctx.store.live_archive_ids().await?;
+    for id in on_disk.difference(&live) {
+        shred_archive_files(s, id)?;
+        tracing::warn!(backup = %id, "an archive no record names was crypto-shredded");
         n += 1;
     }
     Ok(n)
 }
 
-async fn shred_orphans(ctx: &Context, s: &Settings) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(&s.keys_dir) else {
-        return Ok(());
-    };
-    // A day: far longer than any worker takes between writing an archive and recording it.
-    let min_age = std::time::Duration::from_secs(s.lease_seconds.max(86_400));
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".key") else {
-            continue;
+/// Ids of the archives, keys and archives being written in the backup folders.
+fn archive_ids_on_disk(s: &Settings) -> Result<std::collections::BTreeSet<String>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for (dir, strip) in [
+        (&s.keys_dir, (None, ".key")),
+        (&s.backup_dir, (None, ".jsonl.zst.age")),
+        (&s.backup_dir, (Some("."), ".tmp")),
+    ] {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::new(
+                    Code::Io,
+                    format!("cannot read {}: {e}", dir.display()),
+                ));
+            }
         };
-        let old_enough = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > min_age);
-        if !old_enough || ctx.store.backup(id).await?.is_some() {
-            continue;
+        for e in entries {
+            let e =
+                e.map_err(|e| Error::new(Code::Io, format!("cannot read {}: {e}", dir.display())))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (prefix, suffix) = strip;
+            let rest = match prefix {
+                Some(p) => name.strip_prefix(p),
+                None => Some(name.as_str()).filter(|n| !n.starts_with('.')),
+            };
+            if let Some(id) = rest.and_then(|r| r.strip_suffix(suffix))
+                && !id.is_empty()
+            {
+                ids.insert(id.to_owned());
+            }
         }
-        let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, id);
-        crate::backup::shred(&path, &key)?;
-        let _ = std::fs::remove_file(s.backup_dir.join(format!(".{id}.tmp")));
-        tracing::warn!(backup = %id, "an archive no backup record names was shredded (left by a worker that died)");
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// Crypto-shred an archive's key, and remove the archive and any part of it.
+fn shred_archive_files(s: &Settings, id: &str) -> Result<()> {
+    let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, id);
+    crate::backup::shred(&path, &key)?;
+    let tmp = s.backup_dir.join(format!(".{id}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::new(
+            Code::Io,
+            format!("cannot remove {}: {e}", tmp.display()),
+        )),
+    }
 }
 
 /// The daemon's worker. Each round fires the schedule ticks that came due since the
@@ -702,9 +809,12 @@ async fn fire(ctx: &Context, s: &Settings, name: ScheduleName, now: DateTime<Utc
         ScheduleName::RetentionSweep => sweep(ctx, now)
             .await
             .map(|n| format!("{n} sweep task(s) created")),
-        ScheduleName::BackupExpiry => expire_backups(ctx, s, now)
-            .await
-            .map(|n| format!("{n} backup(s) shredded")),
+        ScheduleName::BackupExpiry => expire_backups(ctx, s, now).await.map(|n| {
+            format!(
+                "{} expired backup(s) and {} unrecorded archive(s) crypto-shredded",
+                n.expired, n.unrecorded
+            )
+        }),
         ScheduleName::Reminders => reminders(ctx, now).await,
     };
     match r {
