@@ -117,14 +117,14 @@ async fn with_quietus(dir: &Path) -> f64 {
         actor: "bench".into(),
         trusted: true,
     };
-    let id = intake::submit(&ctx, &t, &body, &src, now).await.unwrap().id;
+    let id = intake::submit(ctx, &t, &body, &src, now).await.unwrap().id;
     ctx.decide(&id, Decision::Approve, "bench", None, now)
         .await
         .unwrap();
     let settings = app.worker().unwrap();
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let start = Instant::now();
-    let summary = quietus::jobs::run_due(&ctx, &settings, &stop, &|_| {})
+    let summary = quietus::jobs::run_due(ctx, &settings, &stop, &|_| {})
         .await
         .unwrap();
     let t = start.elapsed().as_secs_f64();

@@ -220,6 +220,10 @@ pub struct JobsConfig {
     pub batch_size: usize,
     /// Seconds between two looks for due work (`serve`).
     pub poll_seconds: u64,
+    /// Where the workers of this host hold their presence files (locked while they run):
+    /// a worker that died is known at once, and its leases are released without waiting
+    /// them out. Local storage, one per host.
+    pub workers_dir: PathBuf,
 }
 
 impl Default for JobsConfig {
@@ -229,6 +233,7 @@ impl Default for JobsConfig {
             max_attempts: 5,
             batch_size: 500,
             poll_seconds: 5,
+            workers_dir: "var/workers".into(),
         }
     }
 }
@@ -248,6 +253,10 @@ pub struct ScheduleConfig {
     pub backup_expiry: String,
     /// Deadline reminders for the DPO.
     pub reminders: String,
+    /// Whether a daemon that starts fires, once, the latest tick of the past day that no
+    /// instance fired (one missed while quietus was not running). Off: only ticks after
+    /// the start fire.
+    pub catch_up: bool,
 }
 
 impl Default for ScheduleConfig {
@@ -257,7 +266,51 @@ impl Default for ScheduleConfig {
             retention_sweep: "0 0 3 * * *".into(),
             backup_expiry: "0 30 3 * * *".into(),
             reminders: "0 0 9 * * *".into(),
+            catch_up: false,
         }
+    }
+}
+
+/// The schedules that tick (the execution window is not one: it is open or closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScheduleName {
+    /// Erase rows whose retention ran out.
+    RetentionSweep,
+    /// Crypto-shred expired backups.
+    BackupExpiry,
+    /// Remind the DPO of deadlines.
+    Reminders,
+}
+
+impl ScheduleName {
+    pub const ALL: [ScheduleName; 3] = [
+        ScheduleName::RetentionSweep,
+        ScheduleName::BackupExpiry,
+        ScheduleName::Reminders,
+    ];
+
+    /// The config key, and the name in the state store's `schedule_ticks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleName::RetentionSweep => "retention_sweep",
+            ScheduleName::BackupExpiry => "backup_expiry",
+            ScheduleName::Reminders => "reminders",
+        }
+    }
+
+    /// Its cron expression in the config (blank: off).
+    pub fn expr(self, c: &ScheduleConfig) -> &str {
+        match self {
+            ScheduleName::RetentionSweep => &c.retention_sweep,
+            ScheduleName::BackupExpiry => &c.backup_expiry,
+            ScheduleName::Reminders => &c.reminders,
+        }
+    }
+}
+
+impl std::fmt::Display for ScheduleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -457,7 +510,54 @@ impl Config {
         };
         config.base_dir = std::path::absolute(&base).unwrap_or(base);
         config.source = path;
+        config.check_bounds()?;
         Ok(config)
+    }
+
+    /// Numbers out of their range are errors, never quietly replaced by another value.
+    fn check_bounds(&self) -> Result<()> {
+        let bounds: [(&str, i128, i128, i128); 6] = [
+            // A lease is renewed every third of it: shorter ones are taken over mid-task.
+            (
+                "jobs.lease_seconds",
+                self.jobs.lease_seconds.into(),
+                10,
+                86_400,
+            ),
+            ("jobs.max_attempts", self.jobs.max_attempts.into(), 1, 1_000),
+            (
+                "jobs.batch_size",
+                i128::try_from(self.jobs.batch_size).unwrap_or(i128::MAX),
+                1,
+                5_000,
+            ),
+            (
+                "jobs.poll_seconds",
+                self.jobs.poll_seconds.into(),
+                1,
+                86_400,
+            ),
+            (
+                "inbox.poll_seconds",
+                self.inbox.poll_seconds.into(),
+                1,
+                86_400,
+            ),
+            ("mail.max_attempts", self.mail.max_attempts.into(), 1, 1_000),
+        ];
+        let wrong: Vec<String> = bounds
+            .iter()
+            .filter(|(_, v, lo, hi)| v < lo || v > hi)
+            .map(|(k, v, lo, hi)| format!("{k} = {v}: must be from {lo} to {hi}"))
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Code::Config,
+                format!("invalid configuration: {}", wrong.join("; ")),
+            ))
+        }
     }
 
     /// A config for a folder (the demo's): paths relative to `dir`.
@@ -486,6 +586,10 @@ impl Config {
             self.path(&self.backup.dir),
             self.path(&self.backup.keys_dir),
         )
+    }
+
+    pub fn workers_dir(&self) -> PathBuf {
+        self.path(&self.jobs.workers_dir)
     }
 
     pub fn inbox_dir(&self) -> PathBuf {
@@ -554,6 +658,26 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_config_loads_and_numbers_out_of_range_are_refused() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/quietus.toml");
+        let c = Config::load(Some(&deploy)).unwrap();
+        assert_eq!(c.jobs.workers_dir, PathBuf::from("var/workers"));
+        assert!(!c.schedule.catch_up);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("quietus.toml");
+        std::fs::write(&f, "[jobs]\nlease_seconds = 3\nbatch_size = 0\n").unwrap();
+        let e = Config::load(Some(&f)).unwrap_err();
+        assert_eq!(e.code, Code::Config);
+        assert!(
+            e.message
+                .contains("jobs.lease_seconds = 3: must be from 10 to 86400")
+                && e.message.contains("jobs.batch_size = 0"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn sqlite_paths_resolve_against_the_config_folder() {

@@ -1050,8 +1050,10 @@ async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
     crm.cleanup().await;
 }
 
-/// The same on the wall clock, with a short lease: a restart while the dead worker's lease
-/// lives leaves its task alone; once the lease expired (10 s), the task is taken over.
+/// The same on the wall clock, with a short lease, for a worker of another host (one that
+/// keeps its presence elsewhere, so this host cannot tell it is gone): a restart while
+/// the dead worker's lease lives leaves its task alone and says until when; once the
+/// lease expired (10 s), the task is taken over.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[cfg_attr(
@@ -1060,12 +1062,19 @@ async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
 )]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dead_workers_lease_is_taken_over_once_it_expires(#[case] backend: Backend) {
+async fn a_dead_workers_lease_from_another_host_is_taken_over_once_it_expires(
+    #[case] backend: Backend,
+) {
     let lease = [("QUIETUS_JOBS__LEASE_SECONDS", "10")];
     {
         let kind = StoreKind::of(backend).await;
         let label = format!("{} state store", kind.label());
         let env = Env::new(&kind).await;
+        let elsewhere = env.path().join("another-host/workers");
+        let victim = [
+            ("QUIETUS_JOBS__LEASE_SECONDS", "10"),
+            ("QUIETUS_JOBS__WORKERS_DIR", elsewhere.to_str().unwrap()),
+        ];
         let crm = CrmKind::Sqlite;
         let original = dump(&env, &crm).await;
         let f = env.write("erasure.json", ERASURE_TICKET);
@@ -1074,7 +1083,7 @@ async fn a_dead_workers_lease_is_taken_over_once_it_expires(#[case] backend: Bac
             .to_owned();
         ok(&run(&env, &["approve", &id], None, &[]));
         let leased_before = Instant::now();
-        run_and_kill_at(&env, "in_batch", None, &lease);
+        run_and_kill_at(&env, "in_batch", None, &victim);
         let killed = Instant::now();
         assert_same(&label, &dump(&env, &crm).await, &original);
 
@@ -1088,6 +1097,11 @@ async fn a_dead_workers_lease_is_taken_over_once_it_expires(#[case] backend: Bac
             assert_eq!(apply.len(), 1, "{label}");
             assert_eq!(apply[0].state.as_str(), "backed_up", "{label}");
             assert!(apply[0].lease_owner.is_some(), "{label}");
+            assert_eq!(
+                s["waiting"][0]["task"],
+                apply[0].id.as_str(),
+                "{label}: {s}"
+            );
         } else {
             eprintln!("{label}: too slow to see the live lease; skipped that check");
         }
@@ -1163,6 +1177,327 @@ async fn a_dead_workers_lease_is_taken_over_once_it_expires(#[case] backend: Bac
 }
 
 // ---------------------------------------------------------------------------------------
+// An archive written just before a kill; leases after a crash.
+
+/// A `quietus run` held at a stop point, alive (it sleeps there); SIGKILLed when dropped.
+struct Stuck {
+    child: Child,
+    _out: mpsc::Receiver<String>,
+    _err: mpsc::Receiver<String>,
+}
+
+impl Stuck {
+    fn at(env: &Env, point: &str, now: Option<&str>, extra: &[(&str, &str)]) -> Stuck {
+        let mut vars = vec![("QUIETUS_TEST_STOP_AT", point)];
+        vars.extend_from_slice(extra);
+        let mut child = quietus(env, &["run", "--json"], now, &vars)
+            .spawn()
+            .expect("spawn quietus run");
+        let err = lines_of(child.stderr.take().unwrap());
+        let out = lines_of(child.stdout.take().unwrap());
+        let stuck = Stuck {
+            child,
+            _out: out,
+            _err: err,
+        };
+        wait_for_line(
+            &stuck._err,
+            &format!("quietus-test-stop: {point}"),
+            STOP_TIMEOUT,
+        );
+        stuck
+    }
+
+    fn kill(mut self) {
+        signal(&self.child, "-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Every file in the backup folders: archives, keys, archives being written.
+fn backup_files(env: &Env) -> BTreeSet<std::path::PathBuf> {
+    let (dir, keys) = backup_dirs(env);
+    let mut out = BTreeSet::new();
+    for d in [&dir, &keys] {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            out.extend(rd.map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+fn submit_erasure(env: &Env, now: Option<&str>) -> String {
+    let f = env.write("erasure.json", ERASURE_TICKET);
+    let id = ok(&run(env, &["submit", f.to_str().unwrap()], now, &[]))
+        .trim()
+        .to_owned();
+    ok(&run(env, &["approve", &id], now, &[]));
+    id
+}
+
+/// A kill while the archive is being written (`writing_archive`: its key and part of it
+/// on disk) or once it is written and verified but not yet recorded (`before_record`):
+/// no backup record names it. The restart crypto-shreds it (at once when the killed
+/// worker was of this host; once its task is taken over when it was of another host)
+/// and says so in the request's history, and carries the request out with an archive of
+/// its own; once the request's backup expires, nothing of it is left on disk.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_written_just_before_a_kill_is_shredded_at_the_restart(
+    #[case] backend: Backend,
+) {
+    for (point, another_host) in [
+        ("writing_archive", false),
+        ("before_record", false),
+        ("before_record", true),
+    ] {
+        {
+            let kind = StoreKind::of(backend).await;
+            let label = format!(
+                "{point}, {} host, {} state store",
+                if another_host { "another" } else { "this" },
+                kind.label()
+            );
+            let env = Env::new(&kind).await;
+            let id = submit_erasure(&env, Some(DECIDED));
+            let elsewhere = env.path().join("another-host/workers");
+            let victim: Vec<(&str, &str)> = if another_host {
+                vec![("QUIETUS_JOBS__WORKERS_DIR", elsewhere.to_str().unwrap())]
+            } else {
+                Vec::new()
+            };
+            run_and_kill_at(&env, point, Some(NOW), &victim);
+            assert!(backups_of(&env, &id).await.is_empty(), "{label}");
+            let left = backup_files(&env);
+            assert!(
+                left.iter()
+                    .any(|p| p.extension().is_some_and(|e| e == "key")),
+                "{label}: a key is left: {left:?}"
+            );
+
+            let s = json(&ok(&run(&env, &["run", "--json"], Some(LATER), &[])));
+            assert_eq!(
+                s["completed_requests"],
+                serde_json::json!([id]),
+                "{label}: {s}"
+            );
+            let backups = backups_of(&env, &id).await;
+            assert_eq!(backups.len(), 1, "{label}: {backups:?}");
+            only_recorded_archives(&env, &label, &backups);
+            let shown = json(&ok(&run(&env, &["show", &id, "--json"], Some(LATER), &[])));
+            let history = shown["history"].as_array().unwrap();
+            assert!(
+                history.iter().any(|h| {
+                    h["reason"].as_str().is_some_and(|r| {
+                        r.contains("never recorded") && r.contains("crypto-shredded")
+                    })
+                }),
+                "{label}: the history says so: {history:#?}"
+            );
+
+            // 90 days on, the request's backup expires: no file of it is left.
+            ok(&run(&env, &["run"], Some("2027-04-02T06:00:00Z"), &[]));
+            assert!(
+                backups_of(&env, &id)
+                    .await
+                    .iter()
+                    .all(|b| b.shredded_at.is_some()),
+                "{label}"
+            );
+            assert_eq!(backup_files(&env), BTreeSet::new(), "{label}");
+            kind.cleanup().await;
+        }
+    }
+}
+
+/// Shredding unrecorded archives at once must spare the one a live worker is writing:
+/// another run meanwhile leaves it, and the task, alone. Once that worker is killed, the
+/// next run shreds its archive and carries the task out.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn another_run_spares_the_archive_a_live_worker_is_writing(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let id = submit_erasure(&env, Some(DECIDED));
+        let stuck = Stuck::at(&env, "writing_archive", Some(NOW), &[]);
+        let left = backup_files(&env);
+        assert!(!left.is_empty(), "{label}");
+        let s = json(&ok(&run(&env, &["run", "--json"], Some(NOW), &[])));
+        assert_eq!(s["done"], 0, "{label}: {s}");
+        assert_eq!(
+            backup_files(&env),
+            left,
+            "{label}: the live worker's archive is kept"
+        );
+        stuck.kill();
+        let s = json(&ok(&run(&env, &["run", "--json"], Some(NOW), &[])));
+        assert_eq!(
+            s["completed_requests"],
+            serde_json::json!([id]),
+            "{label}: {s}"
+        );
+        let backups = backups_of(&env, &id).await;
+        assert_eq!(backups.len(), 1, "{label}");
+        only_recorded_archives(&env, label, &backups);
+        kind.cleanup().await;
+    }
+}
+
+/// A restart on the same host does not wait out the lease of its own worker that was
+/// killed (300 s by default here, on the wall clock): that worker is known to be gone.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_on_the_same_host_does_not_wait_out_its_dead_workers_lease(
+    #[case] backend: Backend,
+) {
+    {
+        let kind = StoreKind::of(backend).await;
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let crm = CrmKind::Sqlite;
+        let original = dump(&env, &crm).await;
+        let id = submit_erasure(&env, None);
+        run_and_kill_at(&env, "in_batch", None, &[]);
+        let apply = tasks_of(&env, &id).await;
+        let apply = apply.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+        assert!(
+            apply.lease_owner.is_some(),
+            "{label}: the dead lease is held"
+        );
+
+        let out = run(&env, &["run", "--json"], None, &[]);
+        let s = json(&ok(&out));
+        assert_eq!(s["done"], 1, "{label}: {s}\n{}", stderr(&out));
+        assert_eq!(
+            s["completed_requests"],
+            serde_json::json!([id]),
+            "{label}: {s}"
+        );
+        assert_eq!(request_state(&env, &id), "completed", "{label}");
+        let tasks = tasks_of(&env, &id).await;
+        let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+        assert_eq!(apply.attempts, 0, "{label}");
+        assert_eq!(
+            table_results(apply).get("customers"),
+            Some(&(1, 1, 0)),
+            "{label}"
+        );
+        let backups = backups_of(&env, &id).await;
+        assert_eq!(backups.len(), 1, "{label}");
+        only_recorded_archives(&env, label, &backups);
+        let changed = changed_rows(&original, &dump(&env, &crm).await);
+        assert_eq!(
+            changed.len(),
+            1,
+            "{label}: only her customer row: {changed:?}"
+        );
+        kind.cleanup().await;
+    }
+}
+
+/// While a live worker holds a task, `run` says which task waits on whose lease and
+/// until when (and exits 0: nothing failed).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_says_which_task_waits_on_a_lease_and_until_when(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let id = submit_erasure(&env, None);
+        let stuck = Stuck::at(&env, "in_batch", None, &[]);
+        let tasks = tasks_of(&env, &id).await;
+        let held = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+        let owner = held.lease_owner.clone().unwrap();
+        let until = held.lease_expires_at.unwrap();
+
+        let s = json(&ok(&run(&env, &["run", "--json"], None, &[])));
+        assert_eq!(s["done"], 0, "{label}: {s}");
+        let waiting = s["waiting"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{label}: {s}"));
+        assert_eq!(waiting.len(), 1, "{label}: {s}");
+        let w = &waiting[0];
+        assert_eq!(w["task"], held.id.as_str(), "{label}: {w}");
+        assert_eq!(w["kind"], "apply", "{label}: {w}");
+        assert_eq!(w["system"], "crm", "{label}: {w}");
+        assert_eq!(w["request_id"], id.as_str(), "{label}: {w}");
+        assert_eq!(w["worker"], owner.as_str(), "{label}: {w}");
+        let w_until: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(w["until"].clone()).unwrap();
+        assert!(w_until >= until, "{label}: {w}");
+
+        let text = ok(&run(&env, &["run"], None, &[]));
+        let line = text
+            .lines()
+            .find(|l| l.contains(&held.id))
+            .unwrap_or_else(|| panic!("{label}: no line names the task:\n{text}"));
+        assert!(
+            line.contains(&owner)
+                && line.contains(
+                    &quietus::clock::Zone(chrono_tz::Asia::Shanghai)
+                        .time(until)
+                        .to_string()
+                ),
+            "{label}: {line}"
+        );
+        stuck.kill();
+        kind.cleanup().await;
+    }
+}
+
+/// `jobs.lease_seconds` below its minimum is refused with a clear error, not raised.
+#[test]
+fn a_lease_below_its_minimum_is_refused_not_raised_silently() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let env = rt.block_on(Env::new(&StoreKind::Sqlite));
+    let out = run(
+        &env,
+        &["run"],
+        None,
+        &[("QUIETUS_JOBS__LEASE_SECONDS", "3")],
+    );
+    let err = common::fails(&out);
+    assert!(err.contains("jobs.lease_seconds = 3"), "{err}");
+    assert!(err.contains("config_invalid"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Two `quietus serve` instances share 200 erasure requests.
 
 struct Server {
@@ -1177,7 +1512,14 @@ fn serve(env: &Env) -> Server {
         env,
         &["serve", "--listen", "127.0.0.1:0"],
         None,
-        &[("QUIETUS_JOBS__POLL_SECONDS", "1")],
+        &[
+            ("QUIETUS_JOBS__POLL_SECONDS", "1"),
+            // Ticks every second that both instances race for (no sweep: it would
+            // erase old rows of the CRM besides the 200 contacts).
+            ("QUIETUS_SCHEDULE__RETENTION_SWEEP", ""),
+            ("QUIETUS_SCHEDULE__BACKUP_EXPIRY", "* * * * * *"),
+            ("QUIETUS_SCHEDULE__REMINDERS", "* * * * * *"),
+        ],
     )
     .spawn()
     .expect("spawn quietus serve");
@@ -1503,16 +1845,9 @@ async fn two_serve_instances_share_200_requests_each_task_once() {
     let names: BTreeSet<&str> = ticks.iter().map(|(n, _, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["backup_expiry", "reminders", "retention_sweep"]),
+        BTreeSet::from(["backup_expiry", "reminders"]),
         "every schedule fired: {ticks:?}"
     );
-    for n in &names {
-        let c = ticks.iter().filter(|(x, _, _)| x == n).count();
-        assert_eq!(
-            c, 1,
-            "{n} fired once (the run is shorter than a day): {ticks:?}"
-        );
-    }
 
     pool.close().await;
     eprintln!(

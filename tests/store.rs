@@ -17,7 +17,7 @@ fn now() -> chrono::DateTime<chrono::Utc> {
         .to_utc()
 }
 
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 14] = [
     "requests",
     "tickets",
     "identities",
@@ -31,6 +31,7 @@ const TABLES: [&str; 13] = [
     "receipts",
     "outbox",
     "exports",
+    "archive_intents",
 ];
 
 async fn table_names(pool: &Pool) -> Vec<String> {

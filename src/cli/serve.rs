@@ -33,7 +33,7 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
         .map_err(|e| Error::new(Code::Io, e.to_string()))?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let inbox_dir = config.inbox_dir();
-    let every = Duration::from_secs(config.inbox.poll_seconds.max(1));
+    let every = Duration::from_secs(config.inbox.poll_seconds);
     let state = Arc::new(AppState {
         ctx,
         tokens: config.api.tokens.clone(),
@@ -45,22 +45,21 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
     // Tests and supervisors read this line to learn the port.
     println!("listening on http://{bound}");
     let web = tokio::spawn(crate::web::serve(state.clone(), listener, rx.clone()));
-    let mut schedules = Vec::new();
-    for (name, expr) in [
-        ("retention_sweep", &config.schedule.retention_sweep),
-        ("backup_expiry", &config.schedule.backup_expiry),
-        ("reminders", &config.schedule.reminders),
-    ] {
-        if let Some(c) = crate::jobs::schedule::Cron::parse_opt(&format!("schedule.{name}"), expr)?
-        {
-            schedules.push((name.to_owned(), c));
-        }
-    }
-    let work_every = Duration::from_secs(config.jobs.poll_seconds.max(1));
+    let schedules = crate::jobs::schedule::from_config(&config.schedule)?;
+    let catch_up = config.schedule.catch_up;
+    let work_every = Duration::from_secs(config.jobs.poll_seconds);
     let work_state = state.clone();
     let work_rx = rx.clone();
     let worker = tokio::spawn(async move {
-        crate::jobs::worker_loop(&work_state.ctx, settings, schedules, work_every, work_rx).await
+        crate::jobs::worker_loop(
+            &work_state.ctx,
+            settings,
+            schedules,
+            catch_up,
+            work_every,
+            work_rx,
+        )
+        .await
     });
     let inbox_state = state.clone();
     let inbox_rx = rx.clone();

@@ -55,6 +55,32 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     summary.completed_requests.len(),
                     summary.shredded_backups
                 );
+                if summary.released_leases > 0 {
+                    println!(
+                        "released {} lease(s) of a worker of this host that stopped before finishing",
+                        summary.released_leases
+                    );
+                }
+                if summary.shredded_unrecorded > 0 {
+                    println!(
+                        "crypto-shredded {} archive(s) that a stopped worker never recorded",
+                        summary.shredded_unrecorded
+                    );
+                }
+                for w in &summary.waiting {
+                    println!(
+                        "waiting: task {} ({} on {}{}) is leased by worker {} until {}; it runs once that worker finishes it or the lease expires",
+                        w.task,
+                        w.kind,
+                        w.system,
+                        w.request_id
+                            .as_deref()
+                            .map(|r| format!(", request {r}"))
+                            .unwrap_or_default(),
+                        w.worker,
+                        ctx.zone().time(w.until)
+                    );
+                }
             }
             Ok(if summary.failed > 0 {
                 ExitCode::FAILURE

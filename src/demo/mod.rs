@@ -157,7 +157,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             actor: format!("{actor} (demo: {door})"),
             trusted: true,
         };
-        let sub = intake::submit(&ctx, &t, &body, &source, now).await?;
+        let sub = intake::submit(ctx, &t, &body, &source, now).await?;
         let req = ctx.request(&sub.id).await?;
         let plan = ctx.plan(&req, now).await;
         texts.push(plan.render_text(ctx.zone()));
@@ -182,7 +182,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     }
     let settings = app.worker()?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let run = crate::jobs::run_due(&ctx, &settings, &stop, &|_| {}).await?;
+    let run = crate::jobs::run_due(ctx, &settings, &stop, &|_| {}).await?;
     let after = crm_facts(&crm).await?;
     let mut backups = Vec::new();
     let mut followups = Vec::new();

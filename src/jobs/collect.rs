@@ -212,9 +212,72 @@ async fn successor_key(
         })
 }
 
-/// Stream the rows of every part into a new archive, verify it, and describe it.
+/// Stream the rows of every part into a new archive, verify it, and describe it. The
+/// archive's intent is recorded first, so that it is crypto-shredded should it never be
+/// recorded as a backup; an archive that fails here is shredded at once.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn collect(
+    ctx: &Context,
+    s: &Settings,
+    task: &TaskRow,
+    sys: &System,
+    parts: &[Part],
+    subject: &Identities,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<BackupRow> {
+    let id = crate::store::new_id();
+    ctx.store
+        .archive_intent(&id, &task.id, task.request_id.as_deref(), &s.worker, now)
+        .await?;
+    let written = write_archive(&id, s, task, sys, parts, subject, target, now).await;
+    if let Err(e) = &written {
+        tracing::warn!(task = %task.id, backup = %id, code = %e.code, "the archive could not be written; it is crypto-shredded");
+        discard(ctx, s, task, &id, now).await;
+    }
+    written
+}
+
+/// Crypto-shred an archive this worker wrote and will not record, and say so.
+pub(super) async fn discard(
+    ctx: &Context,
+    s: &Settings,
+    task: &TaskRow,
+    id: &str,
+    now: DateTime<Utc>,
+) {
+    let (p, k) = backup::paths(&s.backup_dir, &s.keys_dir, id);
+    let tmp = s.backup_dir.join(format!(".{id}.tmp"));
+    let removed = backup::shred(&p, &k).and_then(|()| match std::fs::remove_file(&tmp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::new(
+            Code::Io,
+            format!("cannot remove {}: {e}", tmp.display()),
+        )),
+    });
+    let intent = crate::store::recovery::ArchiveIntent {
+        id: id.to_owned(),
+        task_id: task.id.clone(),
+        request_id: task.request_id.clone(),
+        worker: s.worker.clone(),
+    };
+    match removed {
+        // (Otherwise the next expiry run tries again: the intent stays open.)
+        Ok(()) => {
+            if let Err(e) = ctx.store.archive_shredded(&intent, now).await {
+                tracing::warn!(backup = %id, "a shredded archive is not marked so: {}", e.message);
+            }
+        }
+        Err(e) => {
+            tracing::error!(backup = %id, "an unrecorded archive is not shredded yet: {}", e.message)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_archive(
+    id: &str,
     s: &Settings,
     task: &TaskRow,
     sys: &System,
@@ -224,7 +287,7 @@ pub(super) async fn collect(
     now: DateTime<Utc>,
 ) -> Result<BackupRow> {
     use rand::Rng;
-    let id = crate::store::new_id();
+    let id = id.to_owned();
     let digest_key: [u8; 32] = rand::rng().random();
     let manifest = Manifest {
         quietus_backup: backup::FORMAT,
@@ -300,6 +363,7 @@ pub(super) async fn collect(
         }
         *expected.entry(p.table.name.clone()).or_default() += n;
     }
+    super::execute::stop_point("writing_archive");
     let written = w.finish()?;
     let counts = backup::verify(&written.path, &written.key_path, Some(&written.sha256))?;
     for (t, n) in &expected {

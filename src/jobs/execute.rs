@@ -242,19 +242,15 @@ async fn run_on(
         (S::Pending, _) | (S::BackedUp, None) => {
             // Keys of retained rows first, while the subject can still be found.
             super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;
-            let b = super::collect::collect(s, task, sys, &parts, subject, target, now).await?;
+            let b =
+                super::collect::collect(ctx, s, task, sys, &parts, subject, target, now).await?;
+            stop_point("before_record");
             if let Err(e) = ctx.store.task_backed_up(&task.id, &s.worker, &b, now).await {
                 if e.code == Code::IllegalTransition {
-                    // The lease was lost, so the archive was not recorded: nothing would
-                    // ever crypto-shred it. Destroy it now.
-                    let (p, k) = backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
-                    if let Err(se) = backup::shred(&p, &k) {
-                        tracing::error!(
-                            backup = %b.id,
-                            "unrecorded backup not shredded: {}",
-                            se.message
-                        );
-                    }
+                    // The lease was lost, so the archive was not recorded: destroy it now.
+                    // (After any other error it may have been recorded after all; the
+                    // expiry run shreds it if not.)
+                    super::collect::discard(ctx, s, task, &b.id, now).await;
                 }
                 return Err(e);
             }

@@ -11,6 +11,7 @@ pub mod prove;
 pub mod recheck;
 pub mod restore;
 pub mod schedule;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ScheduleName;
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::State;
 use crate::lifecycle::{Context, Request};
@@ -59,24 +61,32 @@ pub struct Settings {
     pub prover: prove::Prover,
     pub mailer: std::sync::Arc<crate::mail::Mailer>,
     pub mail_attempts: i64,
+    /// Presence files of this host's workers; this worker's own is held while it lives.
+    pub workers_dir: PathBuf,
+    pub presence: std::sync::Arc<workers::Presence>,
 }
 
 impl Settings {
     pub fn from_config(c: &crate::config::Config) -> Result<Settings> {
         let (backup_dir, keys_dir) = c.backup_dirs();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+        let worker = format!("{host}:{}:{}", std::process::id(), crate::store::new_id());
+        let workers_dir = c.workers_dir();
+        // (The config refuses numbers out of range: they are used as they are.)
         Ok(Settings {
-            worker: format!("{host}:{}:{}", std::process::id(), crate::store::new_id()),
+            presence: std::sync::Arc::new(workers::Presence::announce(&workers_dir, &worker)?),
+            worker,
             backup_dir,
             keys_dir,
             keep: c.backup.keep,
-            lease_seconds: c.jobs.lease_seconds.max(10),
-            max_attempts: c.jobs.max_attempts.max(1),
-            batch_size: c.jobs.batch_size.clamp(1, 5000),
+            lease_seconds: c.jobs.lease_seconds,
+            max_attempts: c.jobs.max_attempts,
+            batch_size: c.jobs.batch_size,
             window: schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?,
             prover: prove::Prover::from_config(c)?,
             mailer: std::sync::Arc::new(crate::mail::Mailer::from_config(c)?),
-            mail_attempts: c.mail.max_attempts.max(1),
+            mail_attempts: c.mail.max_attempts,
+            workers_dir,
         })
     }
 }
@@ -331,6 +341,13 @@ pub struct RunSummary {
     /// Messages sent, and given up on.
     pub mail_sent: usize,
     pub mail_failed: usize,
+    /// Leases released because the worker of this host that held them is gone.
+    pub released_leases: u64,
+    /// Archives crypto-shredded because no backup record names them (their writer
+    /// stopped or lost its lease before recording them).
+    pub shredded_unrecorded: usize,
+    /// Due tasks left to other workers' live leases, and until when.
+    pub waiting: Vec<crate::store::recovery::LeaseWait>,
 }
 
 /// Run one leased task to its next recorded state.
@@ -443,9 +460,14 @@ pub async fn run_due(
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
 ) -> Result<RunSummary> {
+    // A worker of this host that died: its leases go now, and so does any archive that no
+    // one can record any more.
+    let (released_leases, shredded_unrecorded) = recover(ctx, s, crate::clock::now()).await?;
     let (scheduled, completed_requests) =
         schedule_approved(ctx, "quietus", crate::clock::now()).await?;
     let mut summary = RunSummary {
+        released_leases,
+        shredded_unrecorded,
         scheduled,
         completed_requests,
         ..RunSummary::default()
@@ -468,7 +490,10 @@ pub async fn run_due(
         on_task(&task);
         run_one(ctx, s, &task, &mut summary).await?;
     }
-    summary.shredded_backups = expire_backups(ctx, s, crate::clock::now()).await?;
+    summary.waiting = ctx.store.waiting_on_leases(crate::clock::now()).await?;
+    let shredded = expire_backups(ctx, s, crate::clock::now()).await?;
+    summary.shredded_backups = shredded.expired;
+    summary.shredded_unrecorded += shredded.unrecorded;
     summary.receipts = prove::issue_missing(ctx, s, &s.prover, crate::clock::now())
         .await?
         .into_iter()
@@ -566,93 +591,253 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
     Ok(tasks.len())
 }
 
-/// Crypto-shred every backup past its expiry, and record it. Archives and keys that no
-/// backup record names (a worker died between writing an archive and recording it) are
-/// shredded too, once they are a day old.
-pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
-    shred_orphans(ctx, s).await?;
+/// What an expiry run crypto-shredded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shredded {
+    /// Backups past their expiry.
+    pub expired: usize,
+    /// Archives no backup record names (see [`shred_unrecorded`]).
+    pub unrecorded: usize,
+}
+
+/// Crypto-shred every backup past its expiry, and record it; and every archive that no
+/// backup record names and no live worker can record any more.
+pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<Shredded> {
+    let unrecorded = shred_unrecorded(ctx, s, now).await?;
     export::expire(ctx, now).await?;
-    let mut n = 0;
+    let mut expired = 0;
     for b in ctx.store.expired_backups(now).await? {
         let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, &b.id);
         crate::backup::shred(&path, &key)?;
         ctx.store.backup_shredded(&b.id, now).await?;
         prove::shred_receipt(ctx, &s.prover, &b, now).await?;
         tracing::info!(backup = %b.id, "backup expired and crypto-shredded");
+        expired += 1;
+    }
+    Ok(Shredded {
+        expired,
+        unrecorded,
+    })
+}
+
+/// After a worker of this host died: release its leases (its tasks are taken over at
+/// once, not when the leases would have expired), then shred the archives no one can
+/// record any more. Returns (leases released, archives shredded).
+pub async fn recover(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<(u64, usize)> {
+    let mut released = 0;
+    for gone in workers::gone(&s.workers_dir)? {
+        let (tasks, mails) = ctx.store.release_leases_of(&gone.worker).await?;
+        if tasks + mails > 0 {
+            tracing::warn!(
+                worker = %gone.worker,
+                tasks,
+                mails,
+                "a worker of this host stopped before finishing: its leases are released"
+            );
+        }
+        released += tasks;
+        gone.forget()?;
+    }
+    Ok((released, shred_unrecorded(ctx, s, now).await?))
+}
+
+/// Crypto-shred archives that will never be recorded as backups: those whose writer can
+/// no longer record them (it stopped, or lost its lease: each archive's intent is
+/// recorded before its first byte), and files that no record names at all. An archive a
+/// live worker is still writing is left alone. Returns how many were shredded.
+pub async fn shred_unrecorded(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
+    let mut n = 0;
+    for a in ctx.store.abandoned_archives().await? {
+        shred_archive_files(s, &a.id)?;
+        ctx.store.archive_shredded(&a, now).await?;
+        tracing::warn!(backup = %a.id, task = %a.task_id, "an archive its worker never recorded was crypto-shredded");
+        n += 1;
+    }
+    // The folders first, then the store: an archive's intent is committed before its
+    // first file, so any file listed here is named by a record the store then shows.
+    let on_disk = archive_ids_on_disk(s)?;
+    if on_disk.is_empty() {
+        return Ok(n);
+    }
+    let live = ctx.store.live_archive_ids().await?;
+    for id in on_disk.difference(&live) {
+        shred_archive_files(s, id)?;
+        tracing::warn!(backup = %id, "an archive no record names was crypto-shredded");
         n += 1;
     }
     Ok(n)
 }
 
-async fn shred_orphans(ctx: &Context, s: &Settings) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(&s.keys_dir) else {
-        return Ok(());
-    };
-    // A day: far longer than any worker takes between writing an archive and recording it.
-    let min_age = std::time::Duration::from_secs(s.lease_seconds.max(86_400));
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".key") else {
-            continue;
+/// Ids of the archives, keys and archives being written in the backup folders.
+fn archive_ids_on_disk(s: &Settings) -> Result<std::collections::BTreeSet<String>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for (dir, strip) in [
+        (&s.keys_dir, (None, ".key")),
+        (&s.backup_dir, (None, ".jsonl.zst.age")),
+        (&s.backup_dir, (Some("."), ".tmp")),
+    ] {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::new(
+                    Code::Io,
+                    format!("cannot read {}: {e}", dir.display()),
+                ));
+            }
         };
-        let old_enough = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > min_age);
-        if !old_enough || ctx.store.backup(id).await?.is_some() {
-            continue;
+        for e in entries {
+            let e =
+                e.map_err(|e| Error::new(Code::Io, format!("cannot read {}: {e}", dir.display())))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (prefix, suffix) = strip;
+            let rest = match prefix {
+                Some(p) => name.strip_prefix(p),
+                None => Some(name.as_str()).filter(|n| !n.starts_with('.')),
+            };
+            if let Some(id) = rest.and_then(|r| r.strip_suffix(suffix))
+                && !id.is_empty()
+            {
+                ids.insert(id.to_owned());
+            }
         }
-        let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, id);
-        crate::backup::shred(&path, &key)?;
-        let _ = std::fs::remove_file(s.backup_dir.join(format!(".{id}.tmp")));
-        tracing::warn!(backup = %id, "an archive no backup record names was shredded (left by a worker that died)");
     }
-    Ok(())
+    Ok(ids)
 }
 
-/// The daemon's worker: due work every `every`, schedule ticks once across instances.
+/// Crypto-shred an archive's key, and remove the archive and any part of it.
+fn shred_archive_files(s: &Settings, id: &str) -> Result<()> {
+    let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, id);
+    crate::backup::shred(&path, &key)?;
+    let tmp = s.backup_dir.join(format!(".{id}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::new(
+            Code::Io,
+            format!("cannot remove {}: {e}", tmp.display()),
+        )),
+    }
+}
+
+/// The daemon's worker. Each round fires the schedule ticks that came due since the
+/// round before (each tick once across all instances), then runs what is due. It wakes
+/// every `every` and at each schedule's next tick. A tick that passed before the daemon
+/// started is not fired, unless `catch_up`: then the latest tick of the past day that no
+/// instance fired is fired at start.
 pub async fn worker_loop(
     ctx: &Context,
     s: Settings,
-    schedules: Vec<(String, schedule::Cron)>,
+    schedules: Vec<schedule::Schedule>,
+    catch_up: bool,
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let started = crate::clock::now();
+    let mut since = Vec::with_capacity(schedules.len());
+    for sch in &schedules {
+        since.push(first_round_since(ctx, sch, catch_up, started).await);
+    }
     loop {
+        let now = crate::clock::now();
+        for (sch, since) in schedules.iter().zip(since.iter_mut()) {
+            let Some(tick) = sch.cron.latest_in(*since, now) else {
+                continue;
+            };
+            match ctx.store.claim_tick(sch.name, tick, &s.worker).await {
+                Ok(true) => {
+                    *since = now;
+                    fire(ctx, &s, sch.name, now).await;
+                }
+                Ok(false) => *since = now, // another instance fired it
+                // Not claimed: tried again next round.
+                Err(e) => {
+                    tracing::warn!(schedule = %sch.name, code = %e.code, "cannot claim the tick at {tick}: {}", e.message)
+                }
+            }
+        }
         if let Err(e) = run_due(ctx, &s, &stop, &|_| {}).await {
             tracing::warn!(code = %e.code, "work round failed: {}", e.message);
         }
         let now = crate::clock::now();
-        for (name, cron) in &schedules {
-            let Some(tick) = cron.last_tick(now, chrono::Duration::days(1)) else {
-                continue;
-            };
-            match ctx.store.claim_tick(name, tick, &s.worker).await {
-                Ok(true) => fire(ctx, &s, name, now).await,
-                Ok(false) => {}
-                Err(e) => tracing::warn!("schedule {name}: {}", e.message),
-            }
-        }
+        let wait = schedules
+            .iter()
+            .filter_map(|sch| sch.cron.next_after(now))
+            .min()
+            .and_then(|t| (t - now).to_std().ok())
+            .map_or(every, |d| d.min(every))
+            .max(std::time::Duration::from_millis(50));
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-async fn fire(ctx: &Context, s: &Settings, name: &str, now: DateTime<Utc>) {
+/// Where a schedule's first round looks for ticks from: the start, or (to catch up) a
+/// day before it. Says which tick a start passes over.
+async fn first_round_since(
+    ctx: &Context,
+    sch: &schedule::Schedule,
+    catch_up: bool,
+    started: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let day_before = started - chrono::Duration::days(1);
+    let next = sch
+        .cron
+        .next_after(started)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| "never".into());
+    let Some(missed) = sch.cron.latest_in(day_before, started) else {
+        tracing::info!(schedule = %sch.name, "next tick at {next}");
+        return started;
+    };
+    let last = match ctx.store.last_tick(sch.name).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(schedule = %sch.name, code = %e.code, "cannot read the last tick: {}", e.message);
+            None
+        }
+    };
+    if last.is_some_and(|l| l >= missed) {
+        tracing::info!(schedule = %sch.name, "next tick at {next}");
+        return started;
+    }
+    if catch_up {
+        tracing::info!(schedule = %sch.name, "the tick at {} passed while no instance ran: fired now (schedule.catch_up)", missed.to_rfc3339());
+        return day_before;
+    }
+    match last {
+        Some(_) => tracing::warn!(
+            schedule = %sch.name,
+            "the tick at {} passed while no instance ran and is not fired (schedule.catch_up is off); next tick at {next}",
+            missed.to_rfc3339()
+        ),
+        None => tracing::info!(
+            schedule = %sch.name,
+            "first start: the tick at {} is past and not fired (schedule.catch_up is off); next tick at {next}",
+            missed.to_rfc3339()
+        ),
+    }
+    started
+}
+
+async fn fire(ctx: &Context, s: &Settings, name: ScheduleName, now: DateTime<Utc>) {
     let r = match name {
-        "backup_expiry" => expire_backups(ctx, s, now)
+        ScheduleName::RetentionSweep => sweep(ctx, now)
             .await
-            .map(|n| format!("{n} backup(s) shredded")),
-        "reminders" => reminders(ctx, now).await,
-        _ => Ok(String::new()),
+            .map(|n| format!("{n} sweep task(s) created")),
+        ScheduleName::BackupExpiry => expire_backups(ctx, s, now).await.map(|n| {
+            format!(
+                "{} expired backup(s) and {} unrecorded archive(s) crypto-shredded",
+                n.expired, n.unrecorded
+            )
+        }),
+        ScheduleName::Reminders => reminders(ctx, now).await,
     };
     match r {
-        Ok(msg) => tracing::info!(schedule = name, "{msg}"),
-        Err(e) => tracing::warn!(schedule = name, "{}", e.message),
+        Ok(msg) => tracing::info!(schedule = %name, "{msg}"),
+        Err(e) => tracing::warn!(schedule = %name, code = %e.code, "{}", e.message),
     }
 }
 

@@ -1,9 +1,11 @@
-//! Cron schedules: the execution window, and ticks that fire once across all instances.
+//! Cron schedules: the execution window, and the schedules whose ticks fire once across
+//! all instances (`ScheduleName`).
 
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::{ScheduleConfig, ScheduleName};
 use crate::error::{Code, Error, Result};
 
 /// A parsed cron expression (with seconds).
@@ -37,24 +39,36 @@ impl Cron {
         self.schedule.includes(t)
     }
 
-    /// The ticks in `(after, until]`, at most `max` of them.
-    pub fn ticks(
-        &self,
-        after: DateTime<Utc>,
-        until: DateTime<Utc>,
-        max: usize,
-    ) -> Vec<DateTime<Utc>> {
+    /// The latest tick in `(after, until]`.
+    pub fn latest_in(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.schedule
             .after(&after)
             .take_while(|t| *t <= until)
-            .take(max)
-            .collect()
+            .last()
     }
 
-    /// The latest tick at or before `t`, looking back at most `lookback`.
-    pub fn last_tick(&self, t: DateTime<Utc>, lookback: chrono::Duration) -> Option<DateTime<Utc>> {
-        self.ticks(t - lookback, t, 100_000).into_iter().last()
+    /// The first tick after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.schedule.after(&t).next()
     }
+}
+
+/// A schedule that ticks: which one, and when.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: ScheduleName,
+    pub cron: Cron,
+}
+
+/// The configured schedules (blank ones are off).
+pub fn from_config(c: &ScheduleConfig) -> Result<Vec<Schedule>> {
+    let mut out = Vec::new();
+    for name in ScheduleName::ALL {
+        if let Some(cron) = Cron::parse_opt(&format!("schedule.{name}"), name.expr(c))? {
+            out.push(Schedule { name, cron });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -74,14 +88,21 @@ mod tests {
         assert!(Cron::parse_opt("w", "every night").is_err());
         let nightly = Cron::parse_opt("n", "0 0 3 * * *").unwrap().unwrap();
         assert_eq!(
-            nightly.last_tick(at("2026-11-24T10:00:00Z"), chrono::Duration::days(1)),
+            nightly.latest_in(at("2026-11-23T10:00:00Z"), at("2026-11-24T10:00:00Z")),
             Some(at("2026-11-24T03:00:00Z"))
         );
+        // (after, until]: a tick at `after` is not in it, one at `until` is.
         assert_eq!(
-            nightly
-                .ticks(at("2026-11-24T03:00:00Z"), at("2026-11-26T03:00:00Z"), 10)
-                .len(),
-            2
+            nightly.latest_in(at("2026-11-24T03:00:00Z"), at("2026-11-25T02:59:59Z")),
+            None
+        );
+        assert_eq!(
+            nightly.latest_in(at("2026-11-24T03:00:00Z"), at("2026-11-25T03:00:00Z")),
+            Some(at("2026-11-25T03:00:00Z"))
+        );
+        assert_eq!(
+            nightly.next_after(at("2026-11-24T03:00:00Z")),
+            Some(at("2026-11-25T03:00:00Z"))
         );
     }
 }

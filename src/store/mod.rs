@@ -657,3 +657,5 @@ pub mod log;
 pub mod outbox;
 pub use outbox::{MailAttachment, NewMail, OutboxRow};
 pub mod exports;
+pub mod recovery;
+pub mod ticks;

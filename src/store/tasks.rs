@@ -1,4 +1,4 @@
-//! Tasks, backups and schedule ticks in the state store.
+//! Tasks and backups in the state store.
 //!
 //! A task is leased by one worker at a time: the lease is taken with a conditional UPDATE
 //! (PostgreSQL: over rows picked `FOR UPDATE SKIP LOCKED`), renewed while it runs, and
@@ -658,20 +658,6 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
-    }
-
-    /// Claim a schedule tick; true for exactly one caller across all instances.
-    pub async fn claim_tick(
-        &self,
-        name: &str,
-        tick_at: DateTime<Utc>,
-        worker: &str,
-    ) -> Result<bool> {
-        let n = on_pool!(self, pool => {
-            sqlx::query("INSERT INTO schedule_ticks (name, tick_at, fired_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(name).bind(tick_at).bind(worker).execute(pool).await?.rows_affected()
-        });
-        Ok(n == 1)
     }
 
     /// Add a history line to a request without changing its state.
