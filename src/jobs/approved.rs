@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use super::execute::Step;
+use super::task::Step;
 use super::{Settings, TaskBody};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::{Context, Request};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::execute::{Part, Source, column};
+use super::task::{Part, Source, column};
 use super::{Settings, TaskBody};
 use crate::backup::{self, Manifest, Record, TableManifest};
 use crate::error::{Code, Error, Result};
@@ -363,7 +363,7 @@ async fn write_archive(
         }
         *expected.entry(p.table.name.clone()).or_default() += n;
     }
-    super::execute::stop_point("writing_archive");
+    super::task::stop_point("writing_archive");
     let written = w.finish()?;
     let counts = backup::verify(&written.path, &written.key_path, Some(&written.sha256))?;
     for (t, n) in &expected {

@@ -15,9 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
-use super::{Settings, TaskBody};
+use super::Settings;
+use super::task::{
+    Part, Source, Step, TableResult, TaskBody, TaskResult, after_values, stop_point,
+};
 use crate::backup::{self, Record, TableManifest};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::Context;
@@ -25,67 +27,7 @@ use crate::policy::datamap::split_target;
 use crate::policy::{Action, Identities, System, Table};
 use crate::store::TaskRow;
 use crate::targets::Target;
-use crate::targets::sql::{self, Column, Which};
-
-/// Where the rows of a part come from.
-#[derive(Debug, Clone)]
-pub(super) enum Source {
-    Subject,
-    Owned,
-    Keys(Vec<String>),
-    /// Rows whose date column is before a day (the retention sweep).
-    Before {
-        column: String,
-        sql_type: String,
-        before: String,
-    },
-}
-
-/// One table's share of a task.
-#[derive(Debug, Clone)]
-pub(super) struct Part {
-    pub(super) table: Table,
-    pub(super) action: Action,
-    pub(super) key: Column,
-    /// Columns backed up (erase: all of them).
-    pub(super) columns: Vec<Column>,
-    /// The values an update writes (empty for erase).
-    pub(super) set: Vec<(Column, Option<String>)>,
-    pub(super) source: Source,
-}
-
-/// What a finished task did, per table.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TableResult {
-    pub table: String,
-    pub action: String,
-    pub backed_up: u64,
-    pub changed: u64,
-    pub already_done: u64,
-}
-
-/// The result of a task, stored with it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TaskResult {
-    /// Messages to write with the task's completion (not stored in the result).
-    #[serde(skip)]
-    pub mails: Vec<crate::store::outbox::NewMail>,
-    pub backup: Option<String>,
-    pub tables: Vec<TableResult>,
-    pub recheck: String,
-    pub retained_keys: BTreeMap<String, usize>,
-}
-
-/// What running a task came to.
-#[derive(Debug)]
-pub enum Step {
-    Done(TaskResult),
-    /// Rows changed since their backup, or new ones appeared: back up again.
-    Rebackup(String),
-    /// The plan changed since approval: nothing ran, and the request went back to the
-    /// DPO (or the task needs attention); recorded already. Why.
-    Stopped(String),
-}
+use crate::targets::sql::{self, Which};
 
 /// What one batch of changes came to.
 enum Batch {
@@ -100,29 +42,6 @@ enum Batch {
 enum Applied {
     Tables(Vec<TableResult>),
     ChangedSinceBackup(String),
-}
-
-/// Stop here when `QUIETUS_TEST_STOP_AT` names this point: a test kills the process now.
-pub(super) fn stop_point(name: &str) {
-    if std::env::var("QUIETUS_TEST_STOP_AT").is_ok_and(|v| v == name) {
-        eprintln!("quietus-test-stop: {name}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
-}
-
-pub(super) fn column(catalog: &[Column], table: &str, name: &str) -> Result<Column> {
-    catalog
-        .iter()
-        .find(|c| c.name == name)
-        .cloned()
-        .ok_or_else(|| {
-            Error::new(
-                Code::Target,
-                format!("{table}.{name}: the data map names a column the database does not have"),
-            )
-        })
 }
 
 /// Children before parents: a table that references another comes first.
@@ -469,18 +388,6 @@ async fn apply_batch(
         changed: to_change.len() as u64,
         already: done,
     })
-}
-
-/// The values a row has once an update is applied.
-pub(crate) fn after_values(tm: &TableManifest, backed: &[Option<String>]) -> Vec<Option<String>> {
-    tm.columns
-        .iter()
-        .zip(backed)
-        .map(|(c, old)| match tm.set.get(&c.name) {
-            Some(v) => v.clone(),
-            None => old.clone(),
-        })
-        .collect()
 }
 
 /// Confirm nothing planned remains; `Some(reason)` when something does.

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::execute::{Step, TableResult, TaskResult, column};
+use super::task::{Step, TableResult, TaskResult, column};
 use super::{Settings, TaskBody};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::Context;

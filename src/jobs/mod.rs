@@ -11,13 +11,14 @@ pub mod prove;
 pub mod recheck;
 pub mod restore;
 pub mod schedule;
+pub mod task;
 pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::ScheduleName;
 use crate::error::{Code, Error, Result};
@@ -27,25 +28,8 @@ use crate::plan::{Entry, Plan};
 use crate::policy::{Action, Driver};
 use crate::store::NewTask;
 
-/// What a task carries out.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TaskBody {
-    pub entries: Vec<Entry>,
-    #[serde(default)]
-    pub exit_date: Option<NaiveDate>,
-    /// Follow-up tasks: the keys of the retained rows per table (captured by the apply
-    /// task before anything changed, so they can be found after identities are erased).
-    #[serde(default)]
-    pub keys: BTreeMap<String, Vec<String>>,
-    /// Apply tasks: table -> the follow-up task that will act on its retained rows.
-    #[serde(default)]
-    pub followups: BTreeMap<String, String>,
-    /// Sweep tasks: rows whose sweep date is before this day.
-    #[serde(default)]
-    pub before: Option<NaiveDate>,
-}
-
 pub use crate::store::tasks::{TaskKind, TaskState};
+pub use task::TaskBody;
 
 /// What a worker needs besides the lifecycle context.
 #[derive(Debug, Clone)]
@@ -380,7 +364,7 @@ pub async fn run_one(
     let outcome = execute::run(ctx, s, task, now).await;
     renewal.abort();
     match outcome {
-        Ok(execute::Step::Done(mut result)) => {
+        Ok(task::Step::Done(mut result)) => {
             let mails = std::mem::take(&mut result.mails);
             // Which worker finished it: the lease owner is cleared on `done`.
             let mut stored = serde_json::to_value(&result)?;
@@ -403,7 +387,7 @@ pub async fn run_one(
                 summary.completed_requests.push(rid.clone());
             }
         }
-        Ok(execute::Step::Rebackup(why)) => {
+        Ok(task::Step::Rebackup(why)) => {
             tracing::warn!(task = %task.id, "{why}; backing up again");
             if ctx
                 .store
@@ -421,7 +405,7 @@ pub async fn run_one(
                 summary.retried += 1;
             }
         }
-        Ok(execute::Step::Stopped(_)) => summary.failed += 1,
+        Ok(task::Step::Stopped(_)) => summary.failed += 1,
         Err(e) => {
             tracing::warn!(task = %task.id, code = %e.code, "task failed: {}", e.message);
             let gave_up = ctx

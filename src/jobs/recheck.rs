@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::execute::{after_values, column};
+use super::task::{after_values, column};
 use crate::backup::{self, Record};
 use crate::error::Result;
 use crate::lifecycle::Context;
@@ -171,13 +171,14 @@ pub async fn receipt(
     body: &Value,
 ) -> Result<Vec<Check>> {
     let mut out = Vec::new();
-    let subject = match body["request"]["id"].as_str() {
-        Some(rid) => Some(ctx.request(rid).await?.subject),
+    let body = crate::proof::receipt::WorkBody::of(body)?;
+    let subject = match &body.request {
+        Some(r) => Some(ctx.request(&r.id).await?.subject),
         None => None, // a retention sweep: no subject, only the archive
     };
-    for t in body["tasks"].as_array().into_iter().flatten() {
-        let system = t["system"].as_str().unwrap_or_default();
-        let changes: Vec<&Value> = t["changes"].as_array().into_iter().flatten().collect();
+    for t in &body.tasks {
+        let system = t.system.as_str();
+        let changes = &t.changes;
         if changes.is_empty() {
             continue;
         }
@@ -199,7 +200,7 @@ pub async fn receipt(
             sys,
             &target,
             t,
-            &changes,
+            changes,
             subject.as_ref(),
             (backup_dir, keys_dir, batch_size),
         )
@@ -221,15 +222,15 @@ async fn task_checks(
     ctx: &Context,
     sys: &System,
     target: &Target,
-    task: &Value,
-    changes: &[&Value],
+    task: &crate::proof::receipt::TaskDoc,
+    changes: &[crate::proof::receipt::ChangeDoc],
     subject: Option<&Identities>,
     (backup_dir, keys_dir, batch_size): (&Path, &Path, usize),
 ) -> Result<Vec<Check>> {
     let mut out = Vec::new();
     // The archive, while it lives: every row the task changed.
     let mut written: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
-    if let Some(bid) = task["backup"]["id"].as_str() {
+    if let Some(bid) = task.backup.as_ref().map(|b| b.id.as_str()) {
         let (path, key) = backup::paths(backup_dir, keys_dir, bid);
         let alive = ctx
             .store
@@ -261,18 +262,13 @@ async fn task_checks(
         return Ok(out);
     };
     for ch in changes {
-        let table_name = ch["table"].as_str().unwrap_or_default();
+        let table_name = ch.table.as_str();
         let place = format!("{}.{table_name}", sys.name);
         let Some(table) = sys.table(table_name) else {
             out.push(fail(format!("{place}: no longer in the data map")));
             continue;
         };
-        let Some(action) = ch["action"].as_str().and_then(parse_action) else {
-            out.push(fail(format!(
-                "{place}: the receipt names an unknown action"
-            )));
-            continue;
-        };
+        let action = ch.action;
         let d = target.dialect();
         match action {
             Action::Erase => {
@@ -302,12 +298,10 @@ async fn task_checks(
                 // else as the data map says.
                 let expected: Vec<(String, Option<String>)> = match written.get(table_name) {
                     Some(set) => set.iter().map(|(c, v)| (c.clone(), v.clone())).collect(),
-                    None if action == Action::Anonymize => ch["columns"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .map(|c| (c.to_owned(), table.anonymize.get(c).cloned()))
+                    None if action == Action::Anonymize => ch
+                        .columns
+                        .iter()
+                        .map(|c| (c.clone(), table.anonymize.get(c).cloned()))
                         .collect(),
                     None => table
                         .account

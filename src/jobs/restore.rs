@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Settings;
-use super::execute::after_values;
+use super::task::after_values;
 use crate::backup::{self, Record, TableManifest};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::Context;

@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 
 use super::log::LogProof;
@@ -26,6 +26,104 @@ use crate::backup::{self, Record};
 use crate::error::{Code, Error, Result};
 
 pub const FORMAT: u32 = 1;
+
+/// The body of a receipt of work: a request's completion (the tasks that answered it and
+/// what was kept), a later retention follow-up, or a sweep (no request). Issuing builds
+/// this; readers (`verify --backup`, `--recheck`, the completion email) read it back typed.
+/// The signature covers the canonical JSON of the body as received, so the receipt keeps
+/// the body as JSON and this is a view of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkBody {
+    pub quietus_receipt: u32,
+    pub id: String,
+    pub issued_at: chrono::DateTime<chrono::Utc>,
+    pub tool: String,
+    pub policy_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestDoc>,
+    #[serde(default)]
+    pub retained: Vec<RetainedDoc>,
+    #[serde(default)]
+    pub tasks: Vec<TaskDoc>,
+}
+
+/// The request a receipt is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestDoc {
+    pub id: String,
+    pub kind: crate::policy::RequestKind,
+    pub jurisdiction: crate::policy::Jurisdiction,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub approved_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub approved_by: Option<String>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Rows kept under a retention rule, until when, and what then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetainedDoc {
+    pub system: String,
+    pub table: String,
+    pub rows: u64,
+    pub rule: String,
+    pub basis: String,
+    pub until: chrono::NaiveDate,
+    pub then: Option<crate::policy::FollowUp>,
+    pub categories: Vec<String>,
+}
+
+/// One task a receipt covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDoc {
+    pub id: String,
+    pub kind: crate::store::tasks::TaskKind,
+    pub system: String,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub recheck: Option<String>,
+    pub backup: Option<BackupDoc>,
+    #[serde(default)]
+    pub changes: Vec<ChangeDoc>,
+    /// Manual tasks: who confirmed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
+}
+
+/// The backup a task wrote before it changed anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupDoc {
+    pub id: String,
+    pub sha256: String,
+    pub size: i64,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a task did to one table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeDoc {
+    pub table: String,
+    pub action: crate::policy::Action,
+    /// Rows in the backup (hashed into `merkle_root`).
+    pub rows: u64,
+    /// Rows changed by this run of the task (the rest were found already changed).
+    pub changed: Option<u64>,
+    pub columns: Vec<String>,
+    pub categories: Vec<String>,
+    pub rule: Option<String>,
+    pub basis: Option<String>,
+    pub merkle_root: String,
+}
+
+impl WorkBody {
+    /// The typed view of a receipt body (an error names what does not fit).
+    pub fn of(body: &Value) -> Result<WorkBody> {
+        serde_json::from_value(body.clone()).map_err(|e| {
+            Error::new(
+                Code::Io,
+                format!("the receipt body is not a receipt of work: {e}"),
+            )
+        })
+    }
+}
 
 /// A receipt as written to a file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,8 +363,18 @@ pub fn verify_backup(r: &Receipt, archive: &Path, key_path: &Path) -> Vec<Check>
         }
     };
     let id = manifest.id;
-    let tasks = r.body["tasks"].as_array().cloned().unwrap_or_default();
-    let Some(task) = tasks.iter().find(|t| t["backup"]["id"] == json!(id)) else {
+    let body = match WorkBody::of(&r.body) {
+        Ok(b) => b,
+        Err(e) => {
+            check(&mut out, false, "", e.message);
+            return out;
+        }
+    };
+    let Some(task) = body
+        .tasks
+        .iter()
+        .find(|t| t.backup.as_ref().is_some_and(|b| b.id == id))
+    else {
         check(
             &mut out,
             false,
@@ -275,9 +383,8 @@ pub fn verify_backup(r: &Receipt, archive: &Path, key_path: &Path) -> Vec<Check>
         );
         return out;
     };
-    for ch in task["changes"].as_array().cloned().unwrap_or_default() {
-        let table = ch["table"].as_str().unwrap_or_default();
-        let want = ch["merkle_root"].as_str().unwrap_or_default();
+    for ch in &task.changes {
+        let table = ch.table.as_str();
         let got = roots
             .get(table)
             .map(|(_, h)| hex::encode(h))
@@ -285,7 +392,7 @@ pub fn verify_backup(r: &Receipt, archive: &Path, key_path: &Path) -> Vec<Check>
         let rows = roots.get(table).map(|(n, _)| *n).unwrap_or(0);
         check(
             &mut out,
-            got == want && json!(rows) == ch["rows"],
+            got == ch.merkle_root && u64::try_from(rows).ok() == Some(ch.rows),
             format!("{table}: {rows} rows in the backup hash to the receipt's Merkle root"),
             format!(
                 "{table}: the backup's {rows} rows do not hash to the receipt's Merkle root (or count)"
