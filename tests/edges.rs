@@ -732,3 +732,111 @@ async fn a_held_request_runs_nothing_until_released_and_a_cancelled_one_never(
         store.cleanup().await;
     }
 }
+
+/// Restoring a request that was held after part of its work ran: its tasks are cancelled
+/// too (a release cannot re-arm them), the work done gets its receipt, and the subject
+/// gets no "completed" email for a request that was undone.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_a_held_half_done_exit_cancels_its_work_and_sends_no_completion(
+    #[case] backend: Backend,
+) {
+    let store = StoreKind::of(backend).await;
+    let env = Env::new(&store).await;
+    let label = store.label();
+    let f = env.write("exit.json", common::EXIT_TICKET);
+    let at = "2026-12-01T03:00:00Z";
+    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None))
+        .trim()
+        .to_owned();
+    ok(&env.run_at(&["approve", &id], Some(at), None));
+    // The successor's account closes after approval: the hand-over fails, the disable ran.
+    env.crm_query(
+        &CrmKind::Sqlite,
+        "UPDATE employees SET status = 'disabled' WHERE emp_no = 'E200'",
+    )
+    .await;
+    let exit = "2026-12-31T02:00:00Z";
+    env.run_at(&["run"], Some(exit), None);
+    assert_eq!(state_of(&env, &id, exit), "failed", "{label}");
+    assert_eq!(
+        env.crm_value(
+            &CrmKind::Sqlite,
+            "status",
+            "FROM employees WHERE emp_no = 'E100'"
+        )
+        .await
+        .as_deref(),
+        Some("disabled"),
+        "{label}"
+    );
+    ok(&env.run_at(&["hold", &id, "--reason", "leaver stays"], Some(exit), None));
+    ok(&env.run_at(
+        &[
+            "restore",
+            &id,
+            "--yes",
+            "--reason",
+            "the leaver stays after all",
+        ],
+        Some(exit),
+        None,
+    ));
+    assert_eq!(state_of(&env, &id, exit), "restored", "{label}");
+    assert_eq!(
+        env.crm_value(
+            &CrmKind::Sqlite,
+            "status",
+            "FROM employees WHERE emp_no = 'E100'"
+        )
+        .await
+        .as_deref(),
+        Some("active"),
+        "{label}: the account is open again"
+    );
+    let release = env.run_at(&["release", &id], Some(exit), None);
+    assert!(!release.status.success(), "{label}: restored is final");
+    env.crm_query(
+        &CrmKind::Sqlite,
+        "UPDATE employees SET status = 'active' WHERE emp_no = 'E200'",
+    )
+    .await;
+    let run = json(&common::stdout(&env.run_at(
+        &["run", "--json"],
+        Some("2027-01-05T02:00:00Z"),
+        None,
+    )));
+    assert_eq!(
+        run["done"], 0,
+        "{label}: nothing of a restored request runs: {run}"
+    );
+    assert_eq!(
+        receipts_of(&env, &id).await,
+        1,
+        "{label}: the disable is proven"
+    );
+    let kinds = mail_kinds(&env, &id).await;
+    assert!(
+        !kinds.contains(&"completion".to_owned()),
+        "{label}: no completion email for a restored request: {kinds:?}"
+    );
+    assert_eq!(
+        env.crm_value(
+            &CrmKind::Sqlite,
+            "status",
+            "FROM employees WHERE emp_no = 'E100'"
+        )
+        .await
+        .as_deref(),
+        Some("active"),
+        "{label}"
+    );
+    drop(env);
+    store.cleanup().await;
+}

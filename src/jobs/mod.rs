@@ -679,8 +679,10 @@ fn archive_ids_on_disk(s: &Settings) -> Result<std::collections::BTreeSet<String
                 Some(p) => name.strip_prefix(p),
                 None => Some(name.as_str()).filter(|n| !n.starts_with('.')),
             };
+            // Only names quietus gives archives (a 16-character id): a folder shared with
+            // other files (the receipt signing key, say) keeps them.
             if let Some(id) = rest.and_then(|r| r.strip_suffix(suffix))
-                && !id.is_empty()
+                && crate::store::is_id(id)
             {
                 ids.insert(id.to_owned());
             }

@@ -128,7 +128,19 @@ async fn issue(
         if first && let Some(saved) = ctx.store.latest_plan(rid).await? {
             let plan: Plan = serde_json::from_str(&saved.body)?;
             body["policy_digest"] = json!(plan.policy_digest);
-            for e in plan.entries.iter().filter(|e| e.action == Action::Retain) {
+            // What this receipt's own follow-ups already erased (a retention that had
+            // ended before the request completed) is not said to be kept.
+            let mut ended = std::collections::BTreeSet::new();
+            for t in tasks.iter().filter(|t| t.kind == super::TaskKind::Followup) {
+                let b: TaskBody = serde_json::from_str(&t.body)?;
+                ended.extend(b.entries.into_iter().map(|e| (e.system, e.table)));
+            }
+            for e in plan
+                .entries
+                .iter()
+                .filter(|e| e.action == Action::Retain)
+                .filter(|e| !ended.contains(&(e.system.clone(), e.table.clone())))
+            {
                 retained.push(json!({
                     "system": e.system, "table": e.table, "rows": e.rows, "rule": e.rule,
                     "basis": e.basis, "until": e.due, "then": e.then, "categories": e.categories,
@@ -145,8 +157,11 @@ async fn issue(
     let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
     // The first receipt of a request is its completion: the subject is told, in words,
     // what was erased and what was kept, with the receipt attached.
+    // A restored request's subject was told of the restore instead.
     let notify = match rid {
-        Some(rid) if ctx.store.receipts_of(rid).await?.is_empty() => Some(ctx.request(rid).await?),
+        Some(rid) if ctx.store.receipts_of(rid).await?.is_empty() => {
+            Some(ctx.request(rid).await?).filter(|r| r.state == State::Completed)
+        }
         _ => None,
     };
     seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref(), now).await

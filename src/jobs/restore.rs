@@ -64,52 +64,45 @@ pub async fn restore(
     now: DateTime<Utc>,
 ) -> Result<Report> {
     let req = ctx.request(request_id).await?;
-    let mut backups = ctx.store.backups_of(&req.id).await?;
-    if backups.is_empty() {
+    if ctx.store.backups_of(&req.id).await?.is_empty() {
         return Err(Error::new(
             Code::NotFound,
             format!(
-                "request {} has no backups: nothing of it was changed",
+                "request {} has no backups: nothing of it was changed (to stop its work, cancel it)",
                 req.id
             ),
         ));
     }
-    backups.reverse();
-    let tasks = ctx.store.tasks_of(&req.id).await?;
-    let (live, gone): (Vec<_>, Vec<_>) = backups.into_iter().partition(|b| b.shredded_at.is_none());
-    let lost: Vec<Lost> = gone
-        .iter()
-        .map(|b| Lost {
-            backup: b.id.clone(),
-            task: b.task_id.clone(),
-            kind: tasks
+    let zone = ctx.zone();
+    let lost_of =
+        |backups: &[crate::store::BackupRow], tasks: &[crate::store::TaskRow]| -> Vec<Lost> {
+            backups
                 .iter()
-                .find(|t| t.id == b.task_id)
-                .map(|t| t.kind.to_string())
-                .unwrap_or_default(),
-            shredded: b
-                .shredded_at
-                .map(|t| ctx.today(t).to_string())
-                .unwrap_or_default(),
-        })
-        .collect();
-    if live.is_empty() {
-        return Err(Error::new(
-            Code::NotFound,
-            format!(
-                "request {}: every backup of it expired and was crypto-shredded ({}); nothing can be restored",
-                req.id,
-                lost.iter()
-                    .map(|l| l.backup.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
+                .filter_map(|b| {
+                    b.shredded_at.map(|at| Lost {
+                        backup: b.id.clone(),
+                        task: b.task_id.clone(),
+                        kind: tasks
+                            .iter()
+                            .find(|t| t.id == b.task_id)
+                            .map(|t| t.kind.to_string())
+                            .unwrap_or_default(),
+                        shredded: zone.day_of(at).to_string(),
+                    })
+                })
+                .collect()
+        };
     let mut state_changed = false;
     if !dry_run {
+        // First the state: the request is restored and its pending tasks cancelled (so
+        // no follow-up erases what comes back), or, while a worker runs one of its
+        // tasks, nothing happens at all.
+        let lost = lost_of(
+            &ctx.store.backups_of(&req.id).await?,
+            &ctx.store.tasks_of(&req.id).await?,
+        );
         let vars = serde_json::json!({
-            "request_id": req.id, "restored": ctx.today(now).to_string(), "reason": reason,
+            "request_id": req.id, "restored": zone.day_of(now).to_string(), "reason": reason,
             "lost": lost,
         });
         let mut mails = ctx.mail.to_subject(
@@ -127,6 +120,16 @@ pub async fn restore(
             .restore_request(&req.id, actor, reason, &mails, now)
             .await?;
     }
+    // Then the rows, from the backups as they are now (a task that finished meanwhile
+    // is included), newest first.
+    let mut backups = ctx.store.backups_of(&req.id).await?;
+    backups.reverse();
+    let tasks = ctx.store.tasks_of(&req.id).await?;
+    let lost = lost_of(&backups, &tasks);
+    let live: Vec<_> = backups
+        .into_iter()
+        .filter(|b| b.shredded_at.is_none())
+        .collect();
     let mut out = Vec::new();
     for b in live {
         let (path, key) = backup::paths(&s.backup_dir, &s.keys_dir, &b.id);

@@ -196,10 +196,14 @@ impl Event {
             (Event::GiveUp, Scheduled | Running | Failed) => Some(NeedsAttention),
             (Event::Retry, NeedsAttention) => Some(Failed),
             (Event::Complete, Scheduled | Running | Failed) => Some(Completed),
-            // A restore undoes the work of a request that ran (or is still due to run).
-            (Event::Restore, Scheduled | Running | Failed | NeedsAttention | Completed) => {
-                Some(Restored)
-            }
+            // A restore undoes what a request's tasks changed, wherever the request stands
+            // (held, cancelled or sent back to review after some of its work ran, too):
+            // its pending tasks are cancelled with it.
+            (
+                Event::Restore,
+                Approved | Scheduled | Running | Failed | NeedsAttention | Completed | OnHold
+                | Cancelled | PendingReview,
+            ) => Some(Restored),
             (Event::PlanChanged, Scheduled | Running | Failed | NeedsAttention) => {
                 Some(PendingReview)
             }
@@ -277,7 +281,9 @@ mod tests {
             Event::Restore.target(State::Completed),
             Some(State::Restored)
         );
+        assert_eq!(Event::Restore.target(State::OnHold), Some(State::Restored));
         assert_eq!(Event::Restore.target(State::Restored), None);
+        assert_eq!(Event::Restore.target(State::Unverified), None);
     }
 
     #[test]

@@ -233,6 +233,11 @@ macro_rules! inspect {
     };
 }
 
+/// Whether `s` has the shape of an id [`new_id`] makes.
+pub fn is_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| ID_ALPHABET.contains(&b))
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }

@@ -463,9 +463,20 @@ impl Store {
         mails: &[super::outbox::NewMail],
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        // Two tasks of one request finishing at once on PostgreSQL: the request row is
+        // locked first, so the second sees the first done and completes the request (no
+        // request stays `running` for ever). SQLite serialises writers anyway.
+        let lock = match self.pool {
+            Pool::Postgres(_) => " FOR UPDATE",
+            Pool::Sqlite(_) => "",
+        };
+        let lock_sql = format!(
+            "SELECT r.id FROM requests r JOIN tasks t ON t.request_id = r.id WHERE t.id = $1{lock}"
+        );
         let (n, completed): (u64, bool) = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
+                let req: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(lock_sql.clone())).bind(task_id).fetch_optional(&mut *tx).await?;
                 let n = sqlx::query("UPDATE tasks SET state = $5, result = $3, completed_at = $4, updated_at = $4, lease_owner = NULL, lease_expires_at = NULL, last_error = NULL WHERE id = $1 AND lease_owner = $2")
                     .bind(task_id).bind(worker).bind(result).bind(now).bind(TaskState::Done)
                     .execute(&mut *tx).await?.rows_affected();
@@ -474,16 +485,14 @@ impl Store {
                     for m in mails {
                         super::outbox::enqueue_in(&mut tx, m, now).await?;
                     }
-                    let req: Option<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM tasks WHERE id = $1").bind(task_id).fetch_optional(&mut *tx).await?;
-                    if let Some((Some(rid),)) = req {
+                    if let Some((rid,)) = req {
                         let open: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE request_id = $1 AND state <> $2 AND state <> $3 AND (kind <> $4 OR due_at <= $5)")
                             .bind(&rid).bind(TaskState::Done).bind(TaskState::Cancelled).bind(TaskKind::Followup).bind(now)
                             .fetch_one(&mut *tx).await?;
                         if open.0 == 0 {
                             let state: Option<(State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_optional(&mut *tx).await?;
                             if let Some((from,)) = state && let Some(to) = Event::Complete.target(from) {
-                                complete_in(&mut tx, &rid, now, from, to, "every task that answers the request is done").await?;
-                                completed = true;
+                                completed = complete_in(&mut tx, &rid, now, from, to, "every task that answers the request is done").await?;
                             }
                         }
                     }
@@ -558,51 +567,77 @@ impl Store {
         mails: &[super::outbox::NewMail],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let outcome: std::result::Result<bool, String> = on_pool!(self, pool => {
+        enum Outcome {
+            Moved,
+            Again,
+            Busy(String),
+            Refused(State),
+        }
+        let outcome: Outcome = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
-                let busy: Option<(String,)> = sqlx::query_as(
-                    "SELECT id FROM tasks WHERE request_id = $1 AND state IN ($2, $3) AND lease_expires_at > $4 LIMIT 1",
-                )
-                .bind(request_id).bind(TaskState::Pending).bind(TaskState::BackedUp).bind(now)
-                .fetch_optional(&mut *tx).await?;
-                if let Some((task,)) = busy {
-                    tx.rollback().await?;
-                    return Ok::<_, sqlx::Error>(Err(task));
-                }
                 let (from,): (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
                     .bind(request_id).fetch_one(&mut *tx).await?;
-                let Some(to) = Event::Restore.target(from) else {
-                    tx.commit().await?;
-                    return Ok(Ok(false));
+                let to = match (from, Event::Restore.target(from)) {
+                    (State::Restored, _) => {
+                        tx.commit().await?;
+                        return Ok::<_, sqlx::Error>(Outcome::Again);
+                    }
+                    (_, Some(to)) => to,
+                    (from, None) => {
+                        tx.rollback().await?;
+                        return Ok(Outcome::Refused(from));
+                    }
                 };
-                sqlx::query("UPDATE requests SET state = $2, updated_at = $3 WHERE id = $1")
-                    .bind(request_id).bind(to).bind(now).execute(&mut *tx).await?;
+                // Cancel first, then look for a live lease: on PostgreSQL the UPDATE locks
+                // the rows, so a worker leasing one now waits and then finds it cancelled,
+                // and a lease taken just before is seen below (and nothing is changed).
                 let cancelled = sqlx::query(
                     "UPDATE tasks SET state = $2, updated_at = $3, lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE request_id = $1 AND state IN ($4, $5, $6, $7, $8)",
+                     WHERE request_id = $1 AND state IN ($4, $5, $6, $7, $8) AND (lease_expires_at IS NULL OR lease_expires_at < $3)",
                 )
                 .bind(request_id).bind(TaskState::Cancelled).bind(now)
                 .bind(TaskState::WaitingKeys).bind(TaskState::Pending).bind(TaskState::BackedUp)
                 .bind(TaskState::WaitingConfirmation).bind(TaskState::NeedsAttention)
                 .execute(&mut *tx).await?.rows_affected();
+                let busy: Option<(String,)> = sqlx::query_as(
+                    "SELECT id FROM tasks WHERE request_id = $1 AND state IN ($2, $3) AND lease_expires_at >= $4 LIMIT 1",
+                )
+                .bind(request_id).bind(TaskState::Pending).bind(TaskState::BackedUp).bind(now)
+                .fetch_optional(&mut *tx).await?;
+                if let Some((task,)) = busy {
+                    tx.rollback().await?;
+                    return Ok(Outcome::Busy(task));
+                }
+                // No completion receipt (nor email) follows a restore: the work done is
+                // proven by a receipt of its own, and the subject is told of the restore.
+                sqlx::query("UPDATE requests SET state = $2, updated_at = $3, receipt_due = $4 WHERE id = $1")
+                    .bind(request_id).bind(to).bind(now).bind(false).execute(&mut *tx).await?;
                 let why = format!("{reason} ({cancelled} pending task(s) cancelled)");
                 history_in(&mut tx, request_id, now, actor, from, to, Some(&why)).await?;
                 for m in mails {
                     super::outbox::enqueue_in(&mut tx, m, now).await?;
                 }
                 tx.commit().await?;
-                Ok(Ok(true))
+                Ok(Outcome::Moved)
             }.await?
         });
-        outcome.map_err(|task| {
-            Error::new(
+        match outcome {
+            Outcome::Moved => Ok(true),
+            Outcome::Again => Ok(false),
+            Outcome::Busy(task) => Err(Error::new(
                 Code::IllegalTransition,
                 format!(
-                    "request {request_id}: task {task} is running (a worker holds its lease); restore once it stops"
+                    "request {request_id}: task {task} is running (a worker holds its lease); nothing was restored; restore once it stops"
                 ),
-            )
-        })
+            )),
+            Outcome::Refused(from) => Err(Error::new(
+                Code::IllegalTransition,
+                format!(
+                    "request {request_id} is {from}: nothing of it ran, so nothing can be restored"
+                ),
+            )),
+        }
     }
 
     pub async fn tasks_of(&self, request_id: &str) -> Result<Vec<TaskRow>> {
@@ -774,7 +809,7 @@ async fn complete_in<'c, DB>(
     from: State,
     to: State,
     why: &str,
-) -> std::result::Result<(), sqlx::Error>
+) -> std::result::Result<bool, sqlx::Error>
 where
     DB: sqlx::Database,
     for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
@@ -783,17 +818,24 @@ where
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
-    sqlx::query("UPDATE requests SET state = $2, updated_at = $3, receipt_due = $4 WHERE id = $1 AND state = $5")
-        .bind(request_id.to_owned())
-        .bind(to)
-        .bind(now)
-        .bind(true)
-        .bind(from)
-        .execute(&mut **tx)
-        .await?;
-    history_in(tx, request_id, now, "quietus", from, to, Some(why)).await
+    let moved: Option<(String,)> = sqlx::query_as(
+        "UPDATE requests SET state = $2, updated_at = $3, receipt_due = $4 WHERE id = $1 AND state = $5 RETURNING id",
+    )
+    .bind(request_id.to_owned())
+    .bind(to)
+    .bind(now)
+    .bind(true)
+    .bind(from)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if moved.is_none() {
+        return Ok(false);
+    }
+    history_in(tx, request_id, now, "quietus", from, to, Some(why)).await?;
+    Ok(true)
 }
 
 /// Apply a lifecycle event to a request, in the caller's transaction: the lifecycle's
