@@ -272,7 +272,8 @@ impl Default for ScheduleConfig {
 }
 
 /// The schedules that tick (the execution window is not one: it is open or closed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ScheduleName {
     /// Erase rows whose retention ran out.
     RetentionSweep,

@@ -92,11 +92,10 @@ impl Store {
             let n = sqlx::query("UPDATE archive_intents SET shredded_at = $2 WHERE id = $1 AND shredded_at IS NULL")
                 .bind(&a.id).bind(now).execute(&mut *tx).await?.rows_affected();
             if n == 1 && let Some(rid) = &a.request_id {
-                let state: Option<(String,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
+                let state: Option<(crate::lifecycle::State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
                     .bind(rid).fetch_optional(&mut *tx).await?;
                 if let Some((state,)) = state {
-                    sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, 'quietus', $3, $3, $4)")
-                        .bind(rid).bind(now).bind(&state).bind(&reason).execute(&mut *tx).await?;
+                    super::tasks::history_in(&mut tx, rid, now, "quietus", state, state, Some(&reason)).await?;
                 }
             }
             tx.commit().await?;

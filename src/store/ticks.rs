@@ -16,7 +16,7 @@ impl Store {
     ) -> Result<bool> {
         let n = on_pool!(self, pool => {
             sqlx::query("INSERT INTO schedule_ticks (name, tick_at, fired_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(name.as_str()).bind(tick_at).bind(worker).execute(pool).await?.rows_affected()
+                .bind(name).bind(tick_at).bind(worker).execute(pool).await?.rows_affected()
         });
         Ok(n == 1)
     }
@@ -25,7 +25,7 @@ impl Store {
     pub async fn last_tick(&self, name: ScheduleName) -> Result<Option<DateTime<Utc>>> {
         let row: Option<(DateTime<Utc>,)> = on_pool!(self, pool => {
             sqlx::query_as("SELECT tick_at FROM schedule_ticks WHERE name = $1 ORDER BY tick_at DESC LIMIT 1")
-                .bind(name.as_str()).fetch_optional(pool).await?
+                .bind(name).fetch_optional(pool).await?
         });
         Ok(row.map(|r| r.0))
     }
