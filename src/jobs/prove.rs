@@ -131,9 +131,12 @@ async fn issue(
     seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref(), now).await
 }
 
-/// The completion message's words: what was erased and what was kept, by category.
-fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Value {
+/// The completion message's words: what was erased, handed over and disabled, and what
+/// was kept, by category.
+fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Result<Value> {
     let mut erased = Vec::new();
+    let mut handed_over = Vec::new();
+    let mut disabled = Vec::new();
     let mut backups_until: Option<String> = None;
     for t in body["tasks"].as_array().into_iter().flatten() {
         if let Some(exp) = t["backup"]["expires_at"].as_str() {
@@ -143,17 +146,27 @@ fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Valu
             }
         }
         for c in t["changes"].as_array().into_iter().flatten() {
-            if c["action"] == "erase" || c["action"] == "anonymize" {
-                let cats: Vec<&str> = c["categories"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                erased.push(
-                    json!({"category": cats.join(", "), "system": t["system"], "count": c["rows"]}),
-                );
-            }
+            let action: Action = serde_json::from_value(c["action"].clone()).map_err(|e| {
+                Error::new(
+                    Code::Internal,
+                    format!("a change in task {} has no known action: {e}", t["id"]),
+                )
+            })?;
+            let into = match action {
+                Action::Erase | Action::Anonymize => &mut erased,
+                Action::Reassign => &mut handed_over,
+                Action::Disable => &mut disabled,
+                Action::Retain | Action::Export => continue,
+            };
+            let cats: Vec<&str> = c["categories"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            into.push(
+                json!({"category": cats.join(", "), "system": t["system"], "count": c["rows"]}),
+            );
         }
     }
     let kept: Vec<Value> = body["retained"]
@@ -165,14 +178,16 @@ fn completion_vars(body: &Value, receipt_file: &str, now: DateTime<Utc>) -> Valu
             json!({"category": cats.join(", "), "until": r["until"], "basis": r["basis"], "system": r["system"], "rule": r["rule"]})
         })
         .collect();
-    json!({
+    Ok(json!({
         "request_id": body["request"]["id"],
         "completed": now.format("%Y-%m-%d").to_string(),
         "erased": erased,
+        "handed_over": handed_over,
+        "disabled": disabled,
         "kept": kept,
         "backups_until": backups_until,
         "receipt_filename": receipt_file,
-    })
+    }))
 }
 
 /// The receipt of a backup's crypto-shredding: which archive (by its SHA-256) and whose
@@ -216,7 +231,9 @@ async fn seal_and_store(
     };
     let proof = log::append(&ctx.store, signing, "receipt", rid, &canonical, now).await?;
     let idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
-    let vars = completion_to.map(|_| completion_vars(&body, &format!("receipt-{id}.json"), now));
+    let vars = completion_to
+        .map(|_| completion_vars(&body, &format!("receipt-{id}.json"), now))
+        .transpose()?;
     let sealed = receipt::seal(body, &p.key, proof)?;
     let doc = serde_json::to_string_pretty(&sealed)?;
     std::fs::create_dir_all(&p.receipts_dir)?;
