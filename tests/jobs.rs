@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{CrmKind, EXIT_TICKET, Env, StoreKind, ok};
+use common::{Backend, CrmKind, EXIT_TICKET, Env, StoreKind, ok};
+use rstest::rstest;
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -191,124 +192,220 @@ async fn doctor_finds_every_lookup_indexed_and_names_a_missing_index() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_access_request_gets_an_encrypted_export_by_a_link_that_expires() {
-    use std::io::{BufRead, BufReader, Read};
-    let env = Env::new(&StoreKind::Sqlite).await;
-    let f = env.write(
-        "access.json",
-        r#"{"kind":"access","external_id":"A-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#,
-    );
-    let at = Some("2026-11-24T03:00:00Z");
-    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], at, None))
-        .trim()
-        .to_owned();
-    ok(&env.run_at(&["approve", &id], at, None));
-    let before = env
-        .crm_count(&CrmKind::Sqlite, "FROM customers WHERE email IS NOT NULL")
-        .await;
-    let run = json(&ok(&env.run_at(&["run", "--json"], at, None)));
-    assert_eq!(run["completed_requests"][0], id.as_str(), "{run}");
-    assert_eq!(
-        env.crm_count(&CrmKind::Sqlite, "FROM customers WHERE email IS NOT NULL")
-            .await,
-        before,
-        "an export changes nothing"
-    );
-    // The email with the link and the passphrase.
-    let outbox = env.path().join("var/outbox");
-    let mut link = None;
-    let mut pass = None;
-    for e in std::fs::read_dir(&outbox).unwrap() {
-        let raw = std::fs::read(e.unwrap().path()).unwrap();
-        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
-        let text = msg.body_text(0).unwrap_or_default().to_string();
-        if let Some(i) = text.find("/export/") {
-            let start = text[..i].rfind("http").unwrap();
-            let end = text[i..]
-                .find(char::is_whitespace)
-                .map(|e| i + e)
-                .unwrap_or(text.len());
-            link = Some(text[start..end].to_owned());
-            let p = text.find("passphrase: ").unwrap() + "passphrase: ".len();
-            pass = Some(
-                text[p..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .trim_end_matches('.')
-                    .to_owned(),
-            );
-        }
+/// A daemon that is stopped when dropped, also when a test fails.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let (link, pass) = (
-        link.expect("an export_ready email with a link"),
-        pass.unwrap(),
-    );
-    let path = link.split("/export/").nth(1).unwrap().to_owned();
-    // Serve, download, decrypt with the passphrase.
-    let start_serve = |now: &str| {
-        let mut child = std::process::Command::new(common::BIN)
-            .arg("--config")
-            .arg(&env.config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("QUIETUS_LOG", "error")
-            .env("QUIETUS_NOW", now)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        (
-            child,
-            line.trim()
+}
+
+/// The text of an HTML page from just after `marker` to the next `<`.
+fn html_after<'a>(page: &'a str, marker: &str) -> Option<&'a str> {
+    let i = page.find(marker)? + marker.len();
+    page[i..].split('<').next()
+}
+
+#[rstest]
+#[case::sqlite_en(Backend::Sqlite, "en")]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres_zh(Backend::Postgres, "zh-CN")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_request_gets_its_own_words_and_the_passphrase_only_once_the_address_is_confirmed(
+    #[case] backend: Backend,
+    #[case] locale: &str,
+) {
+    use std::io::Read;
+    {
+        let store = StoreKind::of(backend).await;
+        let env = Env::new(&store).await;
+        let label = store.label();
+        let f = env.write(
+            "access.json",
+            &format!(
+                r#"{{"kind":"access","external_id":"A-1","subject":{{"email":"olivia.chen@example.com"}},"jurisdiction":"GDPR","locale":"{locale}"}}"#
+            ),
+        );
+        let at = Some("2026-11-24T03:00:00Z");
+        let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], at, None))
+            .trim()
+            .to_owned();
+        ok(&env.run_at(&["approve", &id], at, None));
+        let before = env
+            .crm_count(&CrmKind::Sqlite, "FROM customers WHERE email IS NOT NULL")
+            .await;
+        let run = json(&ok(&env.run_at(&["run", "--json"], at, None)));
+        assert_eq!(run["completed_requests"][0], id.as_str(), "{label}: {run}");
+        assert_eq!(
+            env.crm_count(&CrmKind::Sqlite, "FROM customers WHERE email IS NOT NULL")
+                .await,
+            before,
+            "an export changes nothing"
+        );
+        // Every message to her speaks of a copy of her data, none of erasure.
+        let ctx = env.context().await;
+        let mails = ctx.store.outbox_of(&id).await.unwrap();
+        let mut kinds: Vec<&str> = mails.iter().map(|m| m.kind.as_str()).collect();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            ["acknowledgement", "approval", "completion", "export_ready"],
+            "{label}"
+        );
+        for m in &mails {
+            for text in [&m.subject, &m.body_text, &m.body_html] {
+                let lower = text.to_lowercase();
+                for w in common::ERASURE_WORDING {
+                    assert!(!lower.contains(w), "{label} {}: {w:?} in\n{text}", m.kind);
+                }
+            }
+        }
+        let link = link_in_outbox(&env, "/export/").expect("an export_ready email with a link");
+        let token = link.split("/export/").nth(1).unwrap().to_owned();
+
+        let start_serve = |now: &str| {
+            use std::io::{BufRead, BufReader};
+            let mut child = std::process::Command::new(common::BIN)
+                .arg("--config")
+                .arg(&env.config)
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .env("QUIETUS_LOG", "error")
+                .env("QUIETUS_NOW", now)
+                .env("QUIETUS_JOBS__POLL_SECONDS", "3600")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let base = line
+                .trim()
                 .strip_prefix("listening on ")
                 .unwrap()
-                .to_owned(),
-        )
-    };
-    let (mut child, base) = start_serve("2026-11-25T03:00:00Z");
-    let resp = reqwest::get(format!("{base}/export/{path}")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let bytes = resp.bytes().await.unwrap().to_vec();
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-    assert!(
-        !String::from_utf8_lossy(&bytes).contains("Olivia"),
-        "the download is encrypted"
-    );
-    let dec = age::Decryptor::new(&bytes[..]).unwrap();
-    let id_pass = age::scrypt::Identity::new(age::secrecy::SecretString::from(pass));
-    let mut r = dec
-        .decrypt(std::iter::once(&id_pass as &dyn age::Identity))
-        .unwrap();
-    let mut html = String::new();
-    r.read_to_string(&mut html).unwrap();
-    assert!(
-        html.contains("Olivia Chen") && html.contains("olivia.chen@example.com"),
-        "her data is in it"
-    );
-    assert!(
-        html.contains("GDPR Art. 77") && html.contains("Recipients"),
-        "with the Art. 15 information"
-    );
-    assert!(html.contains("<pre id=\"data\">"), "and a JSON copy");
-    // After the expiry the link answers 410.
-    let (mut child, base) = start_serve("2026-12-24T03:00:00Z");
-    let resp = reqwest::get(format!("{base}/export/{path}")).await.unwrap();
-    assert_eq!(resp.status(), 410);
-    let resp = reqwest::get(format!("{base}/export/not-a-token"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+                .to_owned();
+            (Serving(child), base)
+        };
+        let client = reqwest::Client::new();
+        let (child, base) = start_serve("2026-11-25T03:00:00Z");
+        let page_url = format!("{base}/export/{token}");
+        let file_url = format!("{page_url}/file");
+        // Opening the link asks for her address and shows no passphrase.
+        let resp = client.get(&page_url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{label}");
+        let page = resp.text().await.unwrap();
+        assert!(
+            page.contains("<form") && page.contains("name=\"email\""),
+            "{label}: {page}"
+        );
+        assert!(!page.contains("id=\"passphrase\""), "{label}: {page}");
+        // Another address gets nothing.
+        let resp = client
+            .post(&page_url)
+            .form(&[("email", "someone.else@example.com")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{label}");
+        assert!(!resp.text().await.unwrap().contains("id=\"passphrase\""));
+        // Hers, however typed, shows the passphrase and where the file is.
+        let resp = client
+            .post(&page_url)
+            .form(&[("email", " Olivia.Chen@EXAMPLE.com ")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{label}");
+        let page = resp.text().await.unwrap();
+        let pass = html_after(&page, "id=\"passphrase\">")
+            .unwrap_or_else(|| panic!("{label}: no passphrase shown: {page}"))
+            .trim()
+            .to_owned();
+        assert!(pass.len() >= 20, "{label}: {pass:?}");
+        assert!(page.contains(&format!("/export/{token}/file")), "{page}");
+        // No message, sent or stored, carries the passphrase.
+        for m in &mails {
+            assert!(
+                !m.body_text.contains(&pass) && !m.body_html.contains(&pass),
+                "{label}: the {} message carries the passphrase",
+                m.kind
+            );
+        }
+        for e in std::fs::read_dir(env.path().join("var/outbox")).unwrap() {
+            let raw = std::fs::read(e.unwrap().path()).unwrap();
+            let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            assert!(!String::from_utf8_lossy(&raw).contains(&pass));
+            assert!(!msg.body_text(0).unwrap_or_default().contains(&pass));
+            assert!(!msg.body_html(0).unwrap_or_default().contains(&pass));
+        }
+        // The file, decrypted with it, holds her data and the Art. 15 information.
+        let resp = client.get(&file_url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{label}");
+        let bytes = resp.bytes().await.unwrap().to_vec();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("Olivia"),
+            "the download is encrypted"
+        );
+        let dec = age::Decryptor::new(&bytes[..]).unwrap();
+        let id_pass = age::scrypt::Identity::new(age::secrecy::SecretString::from(pass.clone()));
+        let mut r = dec
+            .decrypt(std::iter::once(&id_pass as &dyn age::Identity))
+            .unwrap();
+        let mut html = String::new();
+        r.read_to_string(&mut html).unwrap();
+        assert!(
+            html.contains("Olivia Chen") && html.contains("olivia.chen@example.com"),
+            "her data is in it"
+        );
+        assert!(
+            html.contains("GDPR Art. 77") && html.contains("Recipients"),
+            "with the Art. 15 information"
+        );
+        assert!(html.contains("<pre id=\"data\">"), "and a JSON copy");
+        // Five wrong addresses in all lock the link, even for the right one.
+        for expected in [403, 403, 403, 410] {
+            let resp = client
+                .post(&page_url)
+                .form(&[("email", "guess@example.com")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), expected, "{label}");
+        }
+        let resp = client
+            .post(&page_url)
+            .form(&[("email", "olivia.chen@example.com")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 410, "{label}: locked");
+        assert!(!resp.text().await.unwrap().contains(&pass));
+        assert_eq!(client.get(&file_url).send().await.unwrap().status(), 410);
+        drop(child);
+        // After the expiry the link answers 410; an unknown one 404.
+        let (child, base) = start_serve("2026-12-24T03:00:00Z");
+        for url in [
+            format!("{base}/export/{token}"),
+            format!("{base}/export/{token}/file"),
+        ] {
+            let resp = client.get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 410, "{label}: {url}");
+        }
+        let resp = client
+            .get(format!("{base}/export/not-a-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        drop(child);
+        ctx.store.close().await;
+        store.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,6 +443,27 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
         .find(|t| t["table"] == "personal_notes")
         .unwrap();
     assert_eq!(notes["already_done"], 3, "{result}");
+    // Her completion message says, in an exit's words, what was handed over and closed.
+    let mails = ctx.store.outbox_of(&id).await.unwrap();
+    let done = mails.iter().find(|m| m.kind == "completion").unwrap();
+    for needle in [
+        "The exit request",
+        "What we erased:",
+        "What we handed over to your successor:",
+        "Accounts we closed:",
+    ] {
+        assert!(
+            done.body_text.contains(needle),
+            "{needle}: {}",
+            done.body_text
+        );
+    }
+    let copy = mails.iter().find(|m| m.kind == "export_ready").unwrap();
+    assert!(
+        copy.body_text.contains("as you leave"),
+        "{}",
+        copy.body_text
+    );
     assert_eq!(
         env.crm_count(
             &CrmKind::Sqlite,

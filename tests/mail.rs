@@ -21,8 +21,9 @@ use mail_parser::MimeHeaders;
 use quietus::config::{SmtpConfig, SmtpTls};
 use quietus::intake::{self, Source};
 use quietus::mail::{
-    self, MailAttachment, Mailer, MessageKind, NewMail, SendSummary, Transport, render,
+    self, Concerns, MailAttachment, Mailer, MessageKind, NewMail, SendSummary, Transport, render,
 };
+use quietus::policy::RequestKind;
 use quietus::store::{Pool, Store};
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -39,7 +40,7 @@ fn vars(kind: MessageKind) -> Value {
     match kind {
         MessageKind::Acknowledgement => json!({
             "request_id": rid, "received": "2026-11-24", "deadline": "2026-12-24",
-            "request_kind": "erasure", "verify_needed": true
+            "verify_needed": true
         }),
         MessageKind::Verification => json!({
             "request_id": rid, "verify_url": "https://privacy.example.com/verify/tok?a=1&b=2",
@@ -70,11 +71,11 @@ fn vars(kind: MessageKind) -> Value {
         }),
         MessageKind::ExportReady => json!({
             "request_id": rid, "download_url": "https://privacy.example.com/export/abc",
-            "expires": "2026-12-08 12:00 UTC", "note": "The file is encrypted with age."
+            "expires": "2026-12-08 12:00 UTC"
         }),
         MessageKind::Reminder => json!({
             "request_id": rid, "deadline": "2026-12-24", "days_left": -2, "state": "pending_review",
-            "request_kind": "erasure", "jurisdiction": "GDPR"
+            "jurisdiction": "GDPR"
         }),
         MessageKind::FailureAlert => json!({
             "request_id": rid, "task_id": "TASK1", "system": "crm", "attempts": 5,
@@ -102,7 +103,7 @@ fn has_chinese(s: &str) -> bool {
 fn every_kind_renders_in_both_locales_and_html_is_escaped() {
     for kind in MessageKind::ALL {
         for locale in ["en", "zh-CN"] {
-            let r = render(kind, locale, &vars(kind), None)
+            let r = render(kind, Some(RequestKind::Erasure), locale, &vars(kind), None)
                 .unwrap_or_else(|e| panic!("{kind} {locale}: {e}"));
             let what = format!("{kind} {locale}");
             assert!(!r.subject.trim().is_empty(), "{what}: empty subject");
@@ -128,9 +129,58 @@ fn every_kind_renders_in_both_locales_and_html_is_escaped() {
 }
 
 #[test]
+fn every_kind_has_texts_for_every_request_kind_and_access_gets_no_erasure_wording() {
+    for kind in MessageKind::ALL {
+        for locale in ["en", "zh-CN"] {
+            let mut seen = Vec::new();
+            for request_kind in RequestKind::ALL {
+                let mut v = vars(kind);
+                if kind == MessageKind::ManualTask && request_kind == RequestKind::Access {
+                    // What the caller asks of the owner is the caller's: here, a copy.
+                    v["action"] = json!(format!("export personal_notes (user.content) {XSS}"));
+                }
+                let r = render(kind, Some(request_kind), locale, &v, None)
+                    .unwrap_or_else(|e| panic!("{kind} {locale} {request_kind}: {e}"));
+                let what = format!("{kind} {locale} {request_kind}");
+                assert!(r.text.len() > 40, "{what}: text too short: {}", r.text);
+                let to_the_subject = !matches!(
+                    kind,
+                    MessageKind::Reminder | MessageKind::FailureAlert | MessageKind::ManualTask
+                );
+                if request_kind == RequestKind::Access && to_the_subject {
+                    let copy = if locale == "en" { "copy" } else { "副本" };
+                    let copy_zh = "复制";
+                    assert!(
+                        r.text.contains(copy) || (locale != "en" && r.text.contains(copy_zh)),
+                        "{what}: says nothing of a copy:\n{}",
+                        r.text
+                    );
+                }
+                if request_kind == RequestKind::Access {
+                    for all in [&r.subject, &r.text, &r.html] {
+                        let lower = all.to_lowercase();
+                        for w in common::ERASURE_WORDING {
+                            assert!(!lower.contains(w), "{what}: {w:?} in:\n{all}");
+                        }
+                    }
+                }
+                seen.push(r.text);
+            }
+            // The messages of a request say what it is about, each in its words.
+            if kind != MessageKind::FailureAlert {
+                assert_ne!(seen[0], seen[2], "{kind} {locale}: access reads as erasure");
+                assert_ne!(seen[1], seen[2], "{kind} {locale}: access reads as exit");
+                assert_ne!(seen[0], seen[1], "{kind} {locale}: exit reads as erasure");
+            }
+        }
+    }
+}
+
+#[test]
 fn templates_say_what_the_law_requires() {
     let refusal = render(
         MessageKind::Refusal,
+        Some(RequestKind::Erasure),
         "en",
         &json!({"request_id": "R", "reasons": "no"}),
         None,
@@ -148,6 +198,7 @@ fn templates_say_what_the_law_requires() {
     }
     let pipl = render(
         MessageKind::Refusal,
+        Some(RequestKind::Erasure),
         "zh-CN",
         &json!({"request_id": "R", "reasons": ["理由"], "jurisdiction": "PIPL"}),
         None,
@@ -162,6 +213,7 @@ fn templates_say_what_the_law_requires() {
 
     let c = render(
         MessageKind::Completion,
+        Some(RequestKind::Erasure),
         "en",
         &vars(MessageKind::Completion),
         None,
@@ -176,8 +228,27 @@ fn templates_say_what_the_law_requires() {
     ] {
         assert!(c.text.contains(needle), "{needle}: {}", c.text);
     }
+    let mut exit = vars(MessageKind::Completion);
+    exit["handed_over"] = json!([{"category": "business.owner", "system": "crm", "count": 4}]);
+    exit["disabled"] = json!([{"category": "user.account", "system": "crm", "count": 1}]);
+    let x = render(
+        MessageKind::Completion,
+        Some(RequestKind::Exit),
+        "en",
+        &exit,
+        None,
+    )
+    .unwrap();
+    for needle in [
+        "handed over to your successor:\n- business.owner in crm: 4 record(s)",
+        "Accounts we closed:\n- crm: 1 account(s)",
+        "contact in crm: 3 record(s)",
+    ] {
+        assert!(x.text.contains(needle), "{needle}: {}", x.text);
+    }
     let nothing = render(
         MessageKind::Completion,
+        Some(RequestKind::Erasure),
         "en",
         &json!({"request_id": "R", "completed": "2026-12-01", "erased": [], "kept": []}),
         None,
@@ -191,6 +262,7 @@ fn templates_say_what_the_law_requires() {
 
     let ack = render(
         MessageKind::Acknowledgement,
+        Some(RequestKind::Erasure),
         "en",
         &json!({"request_id": "R", "received": "2026-11-24"}),
         None,
@@ -200,6 +272,7 @@ fn templates_say_what_the_law_requires() {
 
     let v = render(
         MessageKind::Verification,
+        Some(RequestKind::Erasure),
         "en",
         &vars(MessageKind::Verification),
         None,
@@ -216,6 +289,7 @@ fn templates_say_what_the_law_requires() {
     // A variable a template prints but the caller forgot is an error, not a blank.
     let e = render(
         MessageKind::Verification,
+        Some(RequestKind::Erasure),
         "en",
         &json!({"request_id": "R"}),
         None,
@@ -227,15 +301,53 @@ fn templates_say_what_the_law_requires() {
 #[test]
 fn unknown_locales_fall_back_to_english() {
     let v = vars(MessageKind::Approval);
-    let en = render(MessageKind::Approval, "en", &v, None).unwrap();
+    let en = render(
+        MessageKind::Approval,
+        Some(RequestKind::Erasure),
+        "en",
+        &v,
+        None,
+    )
+    .unwrap();
     assert_eq!(
-        render(MessageKind::Approval, "fr-FR", &v, None).unwrap(),
+        render(
+            MessageKind::Approval,
+            Some(RequestKind::Erasure),
+            "fr-FR",
+            &v,
+            None
+        )
+        .unwrap(),
         en
     );
-    assert_eq!(render(MessageKind::Approval, "", &v, None).unwrap(), en);
-    let zh = render(MessageKind::Approval, "zh-CN", &v, None).unwrap();
     assert_eq!(
-        render(MessageKind::Approval, "zh_cn", &v, None).unwrap(),
+        render(
+            MessageKind::Approval,
+            Some(RequestKind::Erasure),
+            "",
+            &v,
+            None
+        )
+        .unwrap(),
+        en
+    );
+    let zh = render(
+        MessageKind::Approval,
+        Some(RequestKind::Erasure),
+        "zh-CN",
+        &v,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        render(
+            MessageKind::Approval,
+            Some(RequestKind::Erasure),
+            "zh_cn",
+            &v,
+            None
+        )
+        .unwrap(),
         zh
     );
 }
@@ -256,7 +368,14 @@ fn operator_templates_win_over_the_built_in_ones() {
     )
     .unwrap();
     let v = json!({"request_id": "R<1>"});
-    let r = render(MessageKind::Approval, "en", &v, Some(dir.path())).unwrap();
+    let r = render(
+        MessageKind::Approval,
+        Some(RequestKind::Erasure),
+        "en",
+        &v,
+        Some(dir.path()),
+    )
+    .unwrap();
     assert_eq!(r.subject, "Approved: R<1>");
     assert_eq!(r.html, "<p>ACME approves R&lt;1&gt; in en</p>");
     // The text template was not overridden: the built-in one, which sees the new subject.
@@ -266,7 +385,14 @@ fn operator_templates_win_over_the_built_in_ones() {
         r.text
     );
     // Another locale is untouched.
-    let zh = render(MessageKind::Approval, "zh-CN", &v, Some(dir.path())).unwrap();
+    let zh = render(
+        MessageKind::Approval,
+        Some(RequestKind::Erasure),
+        "zh-CN",
+        &v,
+        Some(dir.path()),
+    )
+    .unwrap();
     assert!(has_chinese(&zh.subject));
 
     // An operator's own locale.
@@ -282,14 +408,24 @@ fn operator_templates_win_over_the_built_in_ones() {
     ] {
         std::fs::write(de.join(name), text).unwrap();
     }
-    let r = render(MessageKind::Approval, "de", &v, Some(dir.path())).unwrap();
+    let r = render(
+        MessageKind::Approval,
+        Some(RequestKind::Erasure),
+        "de",
+        &v,
+        Some(dir.path()),
+    )
+    .unwrap();
     assert_eq!(r.subject, "Genehmigt: R<1>");
     assert_eq!(r.html, "<p>Genehmigt: R&lt;1&gt;</p>");
     let m = mail::compose(
         MessageKind::Approval,
         "de",
         "a@example.com",
-        None,
+        Concerns::Request {
+            id: "R1",
+            kind: RequestKind::Erasure,
+        },
         &v,
         vec![],
         Some(dir.path()),
@@ -299,7 +435,14 @@ fn operator_templates_win_over_the_built_in_ones() {
 
     // A broken override is reported with its name.
     std::fs::write(en.join("approval.txt"), "{% if %}").unwrap();
-    let e = render(MessageKind::Approval, "en", &v, Some(dir.path())).unwrap_err();
+    let e = render(
+        MessageKind::Approval,
+        Some(RequestKind::Erasure),
+        "en",
+        &v,
+        Some(dir.path()),
+    )
+    .unwrap_err();
     assert!(e.message.contains("en/approval.txt"), "{e}");
 }
 
@@ -317,7 +460,14 @@ fn new_mail(kind: MessageKind, to: &str, request_id: Option<&str>, attach: bool)
         v["request_id"] = json!(rid);
     }
     let atts = if attach { vec![receipt()] } else { vec![] };
-    mail::compose(kind, "zh-CN", to, request_id, &v, atts, None).unwrap()
+    let about = Concerns::Request {
+        id: request_id.unwrap_or("REQ1"),
+        kind: RequestKind::Erasure,
+    };
+    let mut m = mail::compose(kind, "zh-CN", to, about, &v, atts, None).unwrap();
+    // Some tests want messages that belong to no request in the store.
+    m.request_id = request_id.map(str::to_owned);
+    m
 }
 
 /// A request whose subject gave no email address, so that intake itself queues no message

@@ -281,7 +281,10 @@ pub(super) async fn stop(
             .task_failed(&task.id, &s.worker, &why, now, 1)
             .await?;
         let alert = ctx.mail.to_dpo(
-            Some(&req.id),
+            crate::mail::Concerns::Request {
+                id: &req.id,
+                kind: req.kind,
+            },
             MessageKind::FailureAlert,
             serde_json::json!({
                 "error": why, "request_id": req.id, "task_id": task.id, "system": task.system,
@@ -295,7 +298,10 @@ pub(super) async fn stop(
     };
     {
         let mails = ctx.mail.to_dpo(
-            Some(&req.id),
+            crate::mail::Concerns::Request {
+                id: &req.id,
+                kind: req.kind,
+            },
             MessageKind::FailureAlert,
             serde_json::json!({
                 "request_id": req.id,

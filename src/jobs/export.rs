@@ -2,6 +2,11 @@
 //! a system, as a readable HTML page with the information Art. 15 requires and a JSON
 //! copy of the same data, encrypted with age under a random passphrase, downloadable by a
 //! link that expires. Nothing in the target system changes.
+//!
+//! The link and the passphrase never travel together: the email carries the link only;
+//! the passphrase is kept sealed with the link's token (of which the store keeps only a
+//! hash), and the download page unseals and shows it once the visitor has typed the
+//! subject's address ([`unseal`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,37 @@ use crate::targets::sql::Which;
 
 /// How long a download link works.
 pub const EXPORT_DAYS: i64 = 14;
+
+/// Wrong addresses typed on a download page before its link stops working.
+pub const MAX_ADDRESS_CHECKS: i64 = 5;
+
+/// The scrypt work factor (`log2 N`) of a sealed passphrase. Low on purpose: what it
+/// guards is the link's token, 30 random characters, which no work factor needs to
+/// stretch.
+const SEAL_WORK_FACTOR: u8 = 10;
+
+/// Seal a file's passphrase with the token of its download link (age, scrypt), as base64.
+pub fn seal(passphrase: &str, token: &str) -> Result<String> {
+    use base64::Engine;
+    let mut r = age::scrypt::Recipient::new(age::secrecy::SecretString::from(token.to_owned()));
+    r.set_work_factor(SEAL_WORK_FACTOR);
+    let sealed = age::encrypt(&r, passphrase.as_bytes())
+        .map_err(|e| Error::new(Code::Internal, format!("sealing a passphrase: {e}")))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+}
+
+/// The passphrase [`seal`] sealed with `token`.
+pub fn unseal(sealed: &str, token: &str) -> Result<String> {
+    use base64::Engine;
+    let bad = |e: String| Error::new(Code::Store, format!("a sealed passphrase: {e}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed.trim())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut id = age::scrypt::Identity::new(age::secrecy::SecretString::from(token.to_owned()));
+    id.set_max_work_factor(SEAL_WORK_FACTOR);
+    let plain = age::decrypt(&id, &bytes).map_err(|e| bad(e.to_string()))?;
+    String::from_utf8(plain).map_err(|e| bad(e.to_string()))
+}
 
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -101,6 +137,8 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         path: path.display().to_string(),
         expires_at: expires,
         deleted_at: None,
+        passphrase_sealed: Some(seal(&passphrase, &token)?),
+        failed_checks: 0,
     };
     ctx.store
         .insert_export(&row, &hex::encode(Sha256::digest(token.as_bytes())), now)
@@ -112,10 +150,6 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
             "request_id": req.id,
             "download_url": format!("{}/export/{token}", ctx.mail.public_url),
             "expires": ctx.zone().time(expires),
-            "note": format!(
-                "The file is encrypted with age (https://age-encryption.org). Open it with `age -d FILE > export.html` \
-                 and this passphrase: {passphrase}"
-            ),
         }),
         Vec::new(),
     )?;
@@ -297,4 +331,18 @@ pub async fn expire(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_passphrase_opens_with_its_token_only() {
+        let sealed = seal("abcde-fghij", "the-token").unwrap();
+        assert!(!sealed.contains("abcde"));
+        assert_eq!(unseal(&sealed, "the-token").unwrap(), "abcde-fghij");
+        assert_eq!(unseal(&sealed, "another").unwrap_err().code, Code::Store);
+        assert!(unseal("not base64!", "the-token").is_err());
+    }
 }

@@ -295,7 +295,10 @@ fn manual_task_mails(
             .collect();
         out.extend(ctx.mail.to_owner(
             &owner,
-            Some(&req.id),
+            crate::mail::Concerns::Request {
+                id: &req.id,
+                kind: req.kind,
+            },
             crate::mail::MessageKind::ManualTask,
             serde_json::json!({
                 "system": t.system,
@@ -837,9 +840,13 @@ async fn reminders(ctx: &Context, now: DateTime<Utc>) -> Result<String> {
         .collect();
     for i in &near {
         tracing::warn!(request = %i.id, days_left = i.days_left.unwrap_or_default(), "deadline near or passed");
-        let m = ctx.mail.to_dpo(Some(&i.id), crate::mail::MessageKind::Reminder, serde_json::json!({
+        let about = crate::mail::Concerns::Request {
+            id: &i.id,
+            kind: i.kind,
+        };
+        let m = ctx.mail.to_dpo(about, crate::mail::MessageKind::Reminder, serde_json::json!({
             "request_id": i.id, "deadline": i.due_date.map(|d| ctx.zone().day(d)), "days_left": i.days_left,
-            "state": i.state, "request_kind": i.kind, "jurisdiction": i.jurisdiction,
+            "state": i.state, "jurisdiction": i.jurisdiction,
         }))?;
         for m in &m {
             ctx.store.enqueue(m, now).await?;

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::task::StoredResult;
 use super::{Settings, TaskBody};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::{Context, State};
 use crate::plan::Plan;
 use crate::policy::Action;
 use crate::proof::note::KeyPair;
+use crate::proof::receipt::{BackupDoc, ChangeDoc, RequestDoc, RetainedDoc, TaskDoc, WorkBody};
 use crate::proof::{log, receipt};
 use crate::store::TaskRow;
 
@@ -98,14 +100,16 @@ async fn issue(
     now: DateTime<Utc>,
 ) -> Result<PathBuf> {
     let id = crate::store::new_id();
-    let mut body = json!({
-        "quietus_receipt": receipt::FORMAT,
-        "id": id,
-        "issued_at": now,
-        "tool": crate::TOOL,
-        "policy_digest": ctx.policies.digest,
-    });
-    let mut retained = Vec::new();
+    let mut body = WorkBody {
+        quietus_receipt: receipt::FORMAT,
+        id: id.clone(),
+        issued_at: now,
+        tool: crate::TOOL.to_owned(),
+        policy_digest: ctx.policies.digest.clone(),
+        request: None,
+        retained: Vec::new(),
+        tasks: Vec::new(),
+    };
     if let Some(rid) = rid {
         let req = ctx.request(rid).await?;
         let history = ctx.store.history(rid).await?;
@@ -114,20 +118,20 @@ async fn issue(
             .iter()
             .rev()
             .find(|h| h.to_state == State::Completed);
-        body["request"] = json!({
-            "id": req.id,
-            "kind": req.kind,
-            "jurisdiction": req.jurisdiction,
-            "received_at": req.received_at,
-            "approved_at": approved.map(|h| h.at),
-            "approved_by": approved.map(|h| h.actor.clone()),
-            "completed_at": completed.map(|h| h.at),
+        body.request = Some(RequestDoc {
+            id: req.id.clone(),
+            kind: req.kind,
+            jurisdiction: req.jurisdiction,
+            received_at: req.received_at,
+            approved_at: approved.map(|h| h.at),
+            approved_by: approved.map(|h| h.actor.clone()),
+            completed_at: completed.map(|h| h.at),
         });
         // The completion receipt says what was kept, until when and why.
         let first = ctx.store.receipts_of(rid).await?.is_empty();
         if first && let Some(saved) = ctx.store.latest_plan(rid).await? {
             let plan: Plan = serde_json::from_str(&saved.body)?;
-            body["policy_digest"] = json!(plan.policy_digest);
+            body.policy_digest = plan.policy_digest.clone();
             // What this receipt's own follow-ups already erased (a retention that had
             // ended before the request completed) is not said to be kept.
             let mut ended = std::collections::BTreeSet::new();
@@ -135,90 +139,88 @@ async fn issue(
                 let b: TaskBody = serde_json::from_str(&t.body)?;
                 ended.extend(b.entries.into_iter().map(|e| (e.system, e.table)));
             }
-            for e in plan
+            body.retained = plan
                 .entries
                 .iter()
                 .filter(|e| e.action == Action::Retain)
                 .filter(|e| !ended.contains(&(e.system.clone(), e.table.clone())))
-            {
-                retained.push(json!({
-                    "system": e.system, "table": e.table, "rows": e.rows, "rule": e.rule,
-                    "basis": e.basis, "until": e.due, "then": e.then, "categories": e.categories,
-                }));
-            }
+                .map(|e| RetainedDoc {
+                    system: e.system.clone(),
+                    table: e.table.clone(),
+                    rows: e.rows,
+                    rule: e.rule.clone(),
+                    basis: e.basis.clone(),
+                    until: e.due,
+                    then: e.then,
+                    categories: e.categories.clone(),
+                })
+                .collect();
         }
     }
-    body["retained"] = Value::Array(retained);
-    let mut task_docs = Vec::new();
     for t in tasks {
-        task_docs.push(task_doc(ctx, s, t).await?);
+        body.tasks.push(task_doc(ctx, s, t).await?);
     }
-    body["tasks"] = Value::Array(task_docs);
     let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
     // The first receipt of a request is its completion: the subject is told, in words,
-    // what was erased and what was kept, with the receipt attached.
-    // A restored request's subject was told of the restore instead.
+    // what was erased and what was kept, with the receipt attached. A restored request's
+    // subject was told of the restore instead.
     let notify = match rid {
         Some(rid) if ctx.store.receipts_of(rid).await?.is_empty() => {
             Some(ctx.request(rid).await?).filter(|r| r.state == State::Completed)
         }
         _ => None,
     };
-    seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref(), now).await
+    let vars = notify
+        .as_ref()
+        .map(|_| completion_vars(&body, &format!("receipt-{id}.json"), ctx.zone(), now));
+    let body = serde_json::to_value(&body)?;
+    seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref().zip(vars), now).await
 }
 
-/// The completion message's words: what was erased and what was kept, by category; dates
-/// in `zone` (the policy's), labelled.
+/// The completion message's words: what was erased, handed over and disabled, and what
+/// was kept, by category; dates in `zone` (the policy's), labelled.
 fn completion_vars(
-    body: &Value,
+    body: &WorkBody,
     receipt_file: &str,
     zone: crate::clock::Zone,
     now: DateTime<Utc>,
 ) -> Value {
-    let mut erased = Vec::new();
+    let (mut erased, mut handed_over, mut disabled) = (Vec::new(), Vec::new(), Vec::new());
     let mut backups_until: Option<DateTime<Utc>> = None;
-    for t in body["tasks"].as_array().into_iter().flatten() {
-        if let Some(exp) = t["backup"]["expires_at"]
-            .as_str()
-            .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+    for t in &body.tasks {
+        if let Some(b) = &t.backup
+            && backups_until.is_none_or(|u| u < b.expires_at)
         {
-            let exp = exp.with_timezone(&Utc);
-            if backups_until.is_none_or(|b| b < exp) {
-                backups_until = Some(exp);
-            }
+            backups_until = Some(b.expires_at);
         }
-        for c in t["changes"].as_array().into_iter().flatten() {
-            if c["action"] == "erase" || c["action"] == "anonymize" {
-                let cats: Vec<&str> = c["categories"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                erased.push(
-                    json!({"category": cats.join(", "), "system": t["system"], "count": c["rows"]}),
-                );
-            }
+        for c in &t.changes {
+            let into = match c.action {
+                Action::Erase | Action::Anonymize => &mut erased,
+                Action::Reassign => &mut handed_over,
+                Action::Disable => &mut disabled,
+                Action::Retain | Action::Export => continue,
+            };
+            into.push(
+                json!({"category": c.categories.join(", "), "system": t.system, "count": c.rows}),
+            );
         }
     }
-    let kept: Vec<Value> = body["retained"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let kept: Vec<Value> = body
+        .retained
+        .iter()
         .map(|r| {
-            let cats: Vec<&str> = r["categories"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            // A retention ends on a day of the policy's zone (the plan's due date).
-            let until = r["until"]
-                .as_str()
-                .and_then(|d| d.parse::<chrono::NaiveDate>().ok())
-                .map(|d| zone.day(d));
-            json!({"category": cats.join(", "), "until": until, "basis": r["basis"], "system": r["system"], "rule": r["rule"]})
+            json!({
+                "category": r.categories.join(", "), "until": zone.day(r.until), "basis": r.basis,
+                "system": r.system, "rule": r.rule,
+            })
         })
         .collect();
     json!({
-        "request_id": body["request"]["id"],
+        "request_id": body.request.as_ref().map(|r| r.id.clone()),
         "completed": zone.day_of(now),
         "erased": erased,
+        "handed_over": handed_over,
+        "disabled": disabled,
         "kept": kept,
         "backups_until": backups_until.map(|b| zone.day_of(b)),
         "receipt_filename": receipt_file,
@@ -255,7 +257,7 @@ async fn seal_and_store(
     id: &str,
     body: Value,
     task_ids: &[String],
-    completion_to: Option<&crate::lifecycle::Request>,
+    completion: Option<(&crate::lifecycle::Request, Value)>,
     now: DateTime<Utc>,
 ) -> Result<PathBuf> {
     let canonical = receipt::canonical(&body)?;
@@ -266,8 +268,6 @@ async fn seal_and_store(
     };
     let proof = log::append(&ctx.store, signing, "receipt", rid, &canonical, now).await?;
     let idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
-    let vars = completion_to
-        .map(|_| completion_vars(&body, &format!("receipt-{id}.json"), ctx.zone(), now));
     let sealed = receipt::seal(body, &p.key, proof)?;
     let doc = serde_json::to_string_pretty(&sealed)?;
     std::fs::create_dir_all(&p.receipts_dir)?;
@@ -275,8 +275,8 @@ async fn seal_and_store(
         .receipts_dir
         .join(format!("{}-{id}.json", rid.unwrap_or("sweep")));
     std::fs::write(&path, &doc)?;
-    let mails = match (completion_to, vars) {
-        (Some(req), Some(vars)) => {
+    let mails = match completion {
+        Some((req, vars)) => {
             let attachment = crate::store::outbox::MailAttachment {
                 filename: format!("receipt-{id}.json"),
                 content_type: "application/json".into(),
@@ -289,7 +289,7 @@ async fn seal_and_store(
                 vec![attachment],
             )?
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     ctx.store
         .save_receipt(id, rid, idx, &doc, task_ids, &mails, now)
@@ -298,26 +298,31 @@ async fn seal_and_store(
     Ok(path)
 }
 
-async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<Value> {
+async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<TaskDoc> {
     let body: TaskBody = serde_json::from_str(&t.body)?;
-    let result: Value = t
+    let result: StoredResult = t
         .result
         .as_deref()
         .map(serde_json::from_str)
         .transpose()?
-        .unwrap_or(Value::Null);
-    let mut doc = json!({
-        "id": t.id,
-        "kind": t.kind,
-        "system": t.system,
-        "completed_at": t.completed_at,
-        "recheck": result.get("recheck").cloned().unwrap_or(Value::Null),
-        "backup": Value::Null,
-        "changes": [],
-    });
-    if t.kind == super::TaskKind::Manual {
-        doc["confirmed_by"] = result.get("confirmed_by").cloned().unwrap_or(Value::Null);
-    }
+        .unwrap_or_default();
+    let mut doc = TaskDoc {
+        id: t.id.clone(),
+        kind: t.kind,
+        system: t.system.clone(),
+        completed_at: t.completed_at,
+        recheck: result.recheck.clone(),
+        backup: None,
+        changes: Vec::new(),
+        confirmed_by: match t.kind {
+            super::TaskKind::Manual => result.confirmed_by.clone(),
+            super::TaskKind::Disable
+            | super::TaskKind::Apply
+            | super::TaskKind::Followup
+            | super::TaskKind::Sweep
+            | super::TaskKind::Export => None,
+        },
+    };
     let Some(bid) = &t.backup_id else {
         return Ok(doc);
     };
@@ -327,44 +332,42 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<Value> {
             format!("task {}: backup {bid} is not recorded", t.id),
         )
     })?;
-    doc["backup"] =
-        json!({"id": b.id, "sha256": b.sha256, "size": b.size, "expires_at": b.expires_at});
+    doc.backup = Some(BackupDoc {
+        id: b.id.clone(),
+        sha256: b.sha256.clone(),
+        size: b.size,
+        expires_at: b.expires_at,
+    });
     let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, bid);
     let (manifest, roots) = receipt::archive_roots(&path, &key)?;
-    let results: Vec<Value> = serde_json::from_value::<TaskResultDoc>(result.clone())
-        .map(|r| r.tables)
-        .unwrap_or_default();
-    let mut changes = Vec::new();
     for tm in &manifest.tables {
         let entry = body.entries.iter().find(|e| e.table == tm.table);
         let (rows, root) = roots
             .get(&tm.table)
             .copied()
             .unwrap_or((0, crate::proof::merkle::root(&[])));
-        let changed = results
-            .iter()
-            .find(|r| r["table"] == json!(tm.table))
-            .cloned()
-            .unwrap_or(Value::Null);
-        changes.push(json!({
-            "table": tm.table,
-            "action": tm.action,
-            "rows": rows,
-            "changed": changed.get("changed").cloned().unwrap_or(Value::Null),
-            "columns": tm.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-            "categories": entry.map(|e| e.categories.clone()).unwrap_or_default(),
-            "rule": entry.map(|e| e.rule.clone()),
-            "basis": entry.map(|e| e.basis.clone()),
-            "merkle_root": hex::encode(root),
-        }));
+        let action: Action =
+            serde_json::from_value(Value::String(tm.action.clone())).map_err(|e| {
+                Error::new(
+                    Code::Io,
+                    format!("backup {bid}: table {} has no known action: {e}", tm.table),
+                )
+            })?;
+        doc.changes.push(ChangeDoc {
+            table: tm.table.clone(),
+            action,
+            rows,
+            changed: result
+                .tables
+                .iter()
+                .find(|r| r.table == tm.table)
+                .map(|r| r.changed),
+            columns: tm.columns.iter().map(|c| c.name.clone()).collect(),
+            categories: entry.map(|e| e.categories.clone()).unwrap_or_default(),
+            rule: entry.map(|e| e.rule.clone()),
+            basis: entry.map(|e| e.basis.clone()),
+            merkle_root: hex::encode(root),
+        });
     }
-    doc["changes"] = Value::Array(changes);
     Ok(doc)
-}
-
-/// The part of a stored task result (`execute::TaskResult`) a receipt repeats.
-#[derive(serde::Deserialize)]
-struct TaskResultDoc {
-    #[serde(default)]
-    tables: Vec<Value>,
 }

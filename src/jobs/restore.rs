@@ -111,10 +111,14 @@ pub async fn restore(
             vars.clone(),
             Vec::new(),
         )?;
-        mails.extend(
-            ctx.mail
-                .to_dpo(Some(&req.id), crate::mail::MessageKind::Restored, vars)?,
-        );
+        mails.extend(ctx.mail.to_dpo(
+            crate::mail::Concerns::Request {
+                id: &req.id,
+                kind: req.kind,
+            },
+            crate::mail::MessageKind::Restored,
+            vars,
+        )?);
         state_changed = ctx
             .store
             .restore_request(&req.id, actor, reason, &mails, now)

@@ -59,7 +59,7 @@ pub(crate) struct Part {
 }
 
 /// What a finished task did, per table.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TableResult {
     pub table: String,
     pub action: String,
@@ -124,4 +124,16 @@ pub(crate) fn after_values(tm: &TableManifest, backed: &[Option<String>]) -> Vec
             None => old.clone(),
         })
         .collect()
+}
+
+/// A task's result as stored, read back typed: what any kind of task records (a task
+/// that changes rows its tables and re-check; a manual one who confirmed it).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StoredResult {
+    #[serde(default)]
+    pub tables: Vec<TableResult>,
+    #[serde(default)]
+    pub recheck: Option<String>,
+    #[serde(default)]
+    pub confirmed_by: Option<String>,
 }

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::Request;
 use crate::error::Result;
-use crate::mail::{MessageKind, compose};
-use crate::policy::IdentityKind;
+use crate::mail::{Concerns, MessageKind, compose};
+use crate::policy::{IdentityKind, RequestKind};
 use crate::store::outbox::{MailAttachment, NewMail};
 
 /// What composing messages needs from the configuration.
@@ -31,7 +31,8 @@ impl MailSettings {
         }
     }
 
-    /// A message to the request's subject, when they gave an email address.
+    /// A message to the request's subject, when they gave an email address, in the words
+    /// of the request's kind.
     pub fn to_subject(
         &self,
         req: &Request,
@@ -39,7 +40,11 @@ impl MailSettings {
         vars: Value,
         attachments: Vec<MailAttachment>,
     ) -> Result<Vec<NewMail>> {
-        self.to_identities(&req.subject, &req.locale, &req.id, kind, vars, attachments)
+        let about = Concerns::Request {
+            id: &req.id,
+            kind: req.kind,
+        };
+        self.to_identities(&req.subject, &req.locale, about, kind, vars, attachments)
     }
 
     /// A message to whoever these identities name, when one is an email address.
@@ -47,7 +52,7 @@ impl MailSettings {
         &self,
         subject: &crate::policy::Identities,
         locale: &str,
-        request_id: &str,
+        about: Concerns<'_>,
         kind: MessageKind,
         vars: Value,
         attachments: Vec<MailAttachment>,
@@ -59,7 +64,7 @@ impl MailSettings {
             kind,
             locale,
             to,
-            Some(request_id),
+            about,
             &vars,
             attachments,
             self.templates_dir.as_deref(),
@@ -68,9 +73,9 @@ impl MailSettings {
     }
 
     /// A message to the DPO, when an address is configured (in English).
-    pub fn to_dpo(
+    pub fn to_dpo<'a>(
         &self,
-        request_id: Option<&str>,
+        about: impl Into<Concerns<'a>>,
         kind: MessageKind,
         vars: Value,
     ) -> Result<Vec<NewMail>> {
@@ -81,7 +86,7 @@ impl MailSettings {
             kind,
             "en",
             to,
-            request_id,
+            about.into(),
             &vars,
             Vec::new(),
             self.templates_dir.as_deref(),
@@ -92,7 +97,7 @@ impl MailSettings {
     pub fn to_owner(
         &self,
         owner: &str,
-        request_id: Option<&str>,
+        about: Concerns<'_>,
         kind: MessageKind,
         vars: Value,
     ) -> Result<Vec<NewMail>> {
@@ -100,7 +105,7 @@ impl MailSettings {
             kind,
             "en",
             owner,
-            request_id,
+            about,
             &vars,
             Vec::new(),
             self.templates_dir.as_deref(),
@@ -116,10 +121,12 @@ impl MailSettings {
         verify_token: Option<&str>,
         zone: crate::clock::Zone,
     ) -> Result<Vec<NewMail>> {
+        let kind: RequestKind = new.kind;
+        let about = Concerns::Request { id: &new.id, kind };
         let mut out = self.to_identities(
             subject,
             &new.locale,
-            &new.id,
+            about,
             MessageKind::Acknowledgement,
             json!({
                 "request_id": new.id,
@@ -134,7 +141,7 @@ impl MailSettings {
             out.extend(self.to_identities(
                 subject,
                 &new.locale,
-                &new.id,
+                about,
                 MessageKind::Verification,
                 json!({
                     "request_id": new.id,

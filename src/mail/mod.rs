@@ -33,13 +33,17 @@ pub use templates::{LOCALES, Rendered, render};
 pub use transport::{Delivery, DeliveryError, Mailer, Transport};
 
 use crate::error::{Code, Error, Result};
+use crate::policy::RequestKind;
 
 /// What a message is about. Each kind has its own templates and variables (all optional
-/// unless marked *required*; dates are strings, formatted by the caller):
+/// unless marked *required*; dates are strings, formatted by the caller). Every template
+/// also sees `request_kind` (`erasure`, `exit` or `access`), from the request the message
+/// concerns ([`Concerns`]), never from the caller's variables: every kind but
+/// `failure_alert` is written in the words of its request's kind, and cannot be rendered
+/// without it.
 ///
 /// - `acknowledgement` (to the requester): `request_id`*, `received`*, `deadline`
-///   (unset while the clock waits for verification), `request_kind` (`erasure`,
-///   `access`, `exit`), `verify_needed` (bool).
+///   (unset while the clock waits for verification), `verify_needed` (bool).
 /// - `verification` (to the requester): `request_id`*, `verify_url`*, `expires`.
 /// - `approval` (to the requester): `request_id`*, `scheduled`, `deadline`.
 /// - `refusal` (to the requester): `request_id`*, `reasons`* (a list, or one string),
@@ -52,10 +56,11 @@ use crate::error::{Code, Error, Result};
 /// - `completion` (to the requester; the receipt attached by the caller): `request_id`*,
 ///   `completed`*, `erased`* (list of `{category, system?, count?}`), `kept`* (list of
 ///   `{category, until, basis, system?, rule?}`), `backups_until`, `receipt_filename`.
-/// - `export_ready` (to the requester): `request_id`*, `download_url`*, `expires`*, `note`
-///   (how to open the encrypted file).
+/// - `export_ready` (to the requester): `request_id`*, `download_url`*, `expires`*. It
+///   never carries the file's passphrase: the download page shows it once the recipient
+///   has typed the address the message went to.
 /// - `reminder` (to the DPO): `request_id`*, `deadline`*, `days_left`* (negative when
-///   overdue), `state`, `request_kind`, `jurisdiction`, `request_url`.
+///   overdue), `state`, `jurisdiction`, `request_url`.
 /// - `failure_alert` (to the DPO): `error`*, `request_id` and/or `task_id`, `system`,
 ///   `attempts`, `request_url`.
 /// - `manual_task` (to a system owner): `system`*, `task_id`*, `action`* (what to do, in
@@ -111,6 +116,62 @@ impl MessageKind {
     }
 }
 
+impl MessageKind {
+    /// Whether the words of this kind depend on the kind of request it concerns, so that
+    /// it cannot be rendered without one. Only failure alerts (to the DPO, about a task,
+    /// perhaps of a sweep) read the same for every request kind.
+    pub fn worded_by_request_kind(self) -> bool {
+        match self {
+            MessageKind::Acknowledgement
+            | MessageKind::Verification
+            | MessageKind::Approval
+            | MessageKind::Refusal
+            | MessageKind::Extension
+            | MessageKind::Completion
+            | MessageKind::ExportReady
+            | MessageKind::Reminder
+            | MessageKind::ManualTask => true,
+            // Failure alerts; and restores, which only undo erasures and exits.
+            MessageKind::FailureAlert | MessageKind::Restored => false,
+        }
+    }
+}
+
+/// The request a message concerns: its id goes with the message (the outbox's
+/// `request_id`), and its kind chooses the message's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concerns<'a> {
+    /// A request, by id and kind.
+    Request { id: &'a str, kind: RequestKind },
+    /// A request known to the sender by its id only: enough for the kinds whose words do
+    /// not depend on the request's kind (failure alerts), refused by the others.
+    RequestId(&'a str),
+    /// No request (a failure alert about a sweep's task).
+    NoRequest,
+}
+
+impl<'a> Concerns<'a> {
+    pub fn request_id(self) -> Option<&'a str> {
+        match self {
+            Concerns::Request { id, .. } | Concerns::RequestId(id) => Some(id),
+            Concerns::NoRequest => None,
+        }
+    }
+
+    pub fn request_kind(self) -> Option<RequestKind> {
+        match self {
+            Concerns::Request { kind, .. } => Some(kind),
+            Concerns::RequestId(_) | Concerns::NoRequest => None,
+        }
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Concerns<'a> {
+    fn from(id: Option<&'a str>) -> Self {
+        id.map_or(Concerns::NoRequest, Concerns::RequestId)
+    }
+}
+
 impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -129,13 +190,13 @@ impl FromStr for MessageKind {
 }
 
 /// Render a message for one recipient into an outbox entry with a fresh id (not yet
-/// stored: pass it to [`enqueue_in`] or `Store::enqueue`). The locale stored is the one
-/// whose templates were used.
+/// stored: pass it to [`enqueue_in`] or `Store::enqueue`), in the words of the request
+/// it concerns. The locale stored is the one whose templates were used.
 pub fn compose(
     kind: MessageKind,
     locale: &str,
     recipient: &str,
-    request_id: Option<&str>,
+    concerns: Concerns<'_>,
     vars: &serde_json::Value,
     attachments: Vec<MailAttachment>,
     templates_dir: Option<&Path>,
@@ -148,10 +209,10 @@ pub fn compose(
         ));
     }
     let used = templates::resolve_locale(locale, kind, templates_dir);
-    let r = render(kind, &used, vars, templates_dir)?;
+    let r = render(kind, concerns.request_kind(), &used, vars, templates_dir)?;
     Ok(NewMail {
         id: crate::store::new_id(),
-        request_id: request_id.map(str::to_owned),
+        request_id: concerns.request_id().map(str::to_owned),
         kind: kind.as_str().to_owned(),
         recipient: recipient.to_owned(),
         locale: used,
@@ -181,11 +242,15 @@ mod tests {
     #[test]
     fn compose_checks_the_recipient() {
         let vars = serde_json::json!({"request_id": "r1", "verify_url": "https://x/v"});
+        let about = Concerns::Request {
+            id: "r1",
+            kind: RequestKind::Erasure,
+        };
         let bad = compose(
             MessageKind::Verification,
             "en",
             "not an address",
-            None,
+            about,
             &vars,
             vec![],
             None,
@@ -195,7 +260,7 @@ mod tests {
             MessageKind::Verification,
             "zh",
             "a@example.com",
-            Some("r1"),
+            about,
             &vars,
             vec![],
             None,
@@ -203,5 +268,30 @@ mod tests {
         .unwrap();
         assert_eq!(ok.locale, "zh-CN");
         assert_eq!(ok.kind, "verification");
+        assert_eq!(ok.request_id.as_deref(), Some("r1"));
+        // Words that depend on the request's kind need it.
+        let unknown = compose(
+            MessageKind::Verification,
+            "en",
+            "a@example.com",
+            Concerns::RequestId("r1"),
+            &vars,
+            vec![],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(unknown.code, Code::Internal);
+        let alert = serde_json::json!({"error": "boom", "task_id": "t1"});
+        let m = compose(
+            MessageKind::FailureAlert,
+            "en",
+            "dpo@example.com",
+            Concerns::NoRequest,
+            &alert,
+            vec![],
+            None,
+        )
+        .unwrap();
+        assert_eq!(m.request_id, None);
     }
 }

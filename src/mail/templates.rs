@@ -11,8 +11,9 @@
 //! The syntax is minijinja's (Jinja2). HTML templates are auto-escaped; text and subject
 //! templates are not. Printing a variable the caller did not give is an error (so a typo
 //! in a template shows at once), while `{% if name %}` on a missing one is simply false.
-//! Every template also sees `locale`, and the text and HTML templates see the rendered
-//! `subject`.
+//! Every template also sees `locale` and `request_kind` (`erasure`, `exit`, `access`; unset
+//! only for failure alerts not about a request), and the text and HTML templates see the
+//! rendered `subject`.
 
 use std::path::{Component, Path};
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use super::MessageKind;
 use crate::error::{Code, Error, Result};
+use crate::policy::RequestKind;
 
 /// The locales with built-in templates; the first is the fallback.
 pub const LOCALES: [&str; 2] = ["en", "zh-CN"];
@@ -159,21 +161,37 @@ fn template_error(name: &str, e: &minijinja::Error) -> Error {
     Error::new(Code::Config, msg)
 }
 
-/// Render a message of `kind` in `locale` (unknown locales fall back to `en`) with the
-/// caller's variables (a JSON object), the operator's templates first when
-/// `templates_dir` is given.
+/// Render a message of `kind` about a request of `request_kind`, in `locale` (unknown
+/// locales fall back to `en`) with the caller's variables (a JSON object), the
+/// operator's templates first when `templates_dir` is given. A kind whose words depend
+/// on the request's kind ([`MessageKind::worded_by_request_kind`]) is not rendered
+/// without one.
 pub fn render(
     kind: MessageKind,
+    request_kind: Option<RequestKind>,
     locale: &str,
     vars: &serde_json::Value,
     templates_dir: Option<&Path>,
 ) -> Result<Rendered> {
-    if !vars.is_object() {
+    let Some(given) = vars.as_object() else {
         return Err(Error::new(
             Code::Internal,
             format!("mail {kind}: the template variables must be a JSON object"),
         ));
+    };
+    if given.contains_key("request_kind") {
+        return Err(Error::new(
+            Code::Internal,
+            format!("mail {kind}: request_kind comes from the request, not the variables"),
+        ));
     }
+    if request_kind.is_none() && kind.worded_by_request_kind() {
+        return Err(Error::new(
+            Code::Internal,
+            format!("mail {kind}: its words depend on the request's kind, which is not given"),
+        ));
+    }
+    let request_kind = request_kind.map(RequestKind::as_str);
     let locale = resolve_locale(locale, kind, templates_dir);
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
@@ -201,7 +219,7 @@ pub fn render(
         tmpl.render(ctx).map_err(|e| template_error(&name, &e))
     };
 
-    let subject_ctx = context! { locale => &locale, ..base.clone() };
+    let subject_ctx = context! { locale => &locale, request_kind => request_kind, ..base.clone() };
     let subject = render_one(format!("{locale}/{kind}.subject.txt"), &subject_ctx)?;
     let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
     if subject.is_empty() {
@@ -210,7 +228,9 @@ pub fn render(
             format!("mail template {locale}/{kind}.subject.txt renders an empty subject"),
         ));
     }
-    let ctx = context! { locale => &locale, subject => &subject, ..base };
+    let ctx = context! {
+        locale => &locale, request_kind => request_kind, subject => &subject, ..base
+    };
     let text = render_one(format!("{locale}/{kind}.txt"), &ctx)?;
     let html = render_one(format!("{locale}/{kind}.html"), &ctx)?;
     Ok(Rendered {

@@ -18,6 +18,8 @@ use crate::config::{Role, TokenConfig};
 use crate::error::{Code, Error};
 use crate::intake::{self, Source};
 use crate::lifecycle::Context;
+use crate::policy::IdentityKind;
+use crate::store::exports::ExportRow;
 
 /// What the handlers share.
 pub struct AppState {
@@ -105,7 +107,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/log/checkpoint", get(checkpoint))
         .route("/keys/receipts.pub", get(public_key))
-        .route("/export/{token}", get(download_export))
+        .route("/export/{token}", get(export_page).post(export_form))
+        .route("/export/{token}/file", get(download_export))
         .route("/verify", get(verify_page).post(verify_form))
         .route("/confirm", get(confirm_page).post(confirm_form))
         .route("/api/v1/requests", post(create_request).get(list_requests))
@@ -162,32 +165,220 @@ async fn public_key(AxState(state): AxState<Arc<AppState>>) -> Response {
     serve_text(&state.public_key_file, "no signing key yet")
 }
 
-/// An encrypted export, by the token of its download link, until it expires.
+/// An export whose link still works: known, not expired or deleted, not locked by
+/// wrong addresses; else the page that says why (404, 410).
+async fn live_export(
+    state: &AppState,
+    token: &str,
+) -> Result<(ExportRow, crate::lifecycle::Request), Response> {
+    let hash = hex::encode(Sha256::digest(token.trim().as_bytes()));
+    let not_valid = || {
+        page(
+            StatusCode::NOT_FOUND,
+            "This link does not work",
+            "<p>This download link is not valid.</p>",
+        )
+    };
+    let e = match state.ctx.store.export_by_token(&hash).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return Err(not_valid()),
+        Err(e) => return Err(ApiError(e).into_response()),
+    };
+    let req = match state.ctx.request(&e.request_id).await {
+        Ok(r) => r,
+        Err(_) => return Err(not_valid()),
+    };
+    let w = Words::of(&req);
+    if e.deleted_at.is_some() || e.expires_at <= crate::clock::now() {
+        return Err(page(StatusCode::GONE, w.expired_title, w.expired));
+    }
+    if e.failed_checks >= crate::jobs::export::MAX_ADDRESS_CHECKS {
+        return Err(page(StatusCode::GONE, w.locked_title, w.locked));
+    }
+    Ok((e, req))
+}
+
+/// The words of the download pages, in the request's language.
+struct Words {
+    title: &'static str,
+    ask: &'static str,
+    email: &'static str,
+    submit: &'static str,
+    wrong: &'static str,
+    no_address: &'static str,
+    passphrase: &'static str,
+    download: &'static str,
+    how: &'static str,
+    legacy: &'static str,
+    expired_title: &'static str,
+    expired: &'static str,
+    locked_title: &'static str,
+    locked: &'static str,
+}
+
+impl Words {
+    fn of(req: &crate::lifecycle::Request) -> Words {
+        let locale = crate::mail::templates::resolve_locale(
+            &req.locale,
+            crate::mail::MessageKind::ExportReady,
+            None,
+        );
+        if locale == "zh-CN" {
+            Words {
+                title: "下载您的个人信息副本",
+                ask: "为确认是您本人，请输入本链接所发送至的电子邮件地址。确认后，页面将显示打开文件所需的口令。",
+                email: "电子邮件地址",
+                submit: "确认",
+                wrong: "该地址不是本链接所发送至的地址。多次输入错误后，链接将失效。",
+                no_address: "无法在此确认您的身份，请回复我们的邮件与我们联系。",
+                passphrase: "打开文件所需的口令：",
+                download: "下载加密文件",
+                how: "请使用 age（https://age-encryption.org）打开文件：运行 <code>age -d 文件名 &gt; export.html</code>，并在提示时输入上述口令。口令不会通过电子邮件发送，请勿转告他人。",
+                legacy: "打开文件所需的口令已随下载链接一并发送。",
+                expired_title: "链接已过期",
+                expired: "<p>此下载链接已过期，文件不再保留。如仍需要副本，请重新提出请求。</p>",
+                locked_title: "链接已失效",
+                locked: "<p>输入错误地址的次数过多，此下载链接已失效。如需副本，请与我们联系。</p>",
+            }
+        } else {
+            Words {
+                title: "Download the copy of your personal data",
+                ask: "To make sure it is you, type the email address this link was sent to. The page then shows the passphrase that opens the file.",
+                email: "Email address",
+                submit: "Confirm",
+                wrong: "That is not the address this link was sent to. After too many wrong tries the link stops working.",
+                no_address: "We cannot confirm here that it is you: please reply to our message.",
+                passphrase: "The passphrase that opens the file:",
+                download: "Download the encrypted file",
+                how: "Open the file with age (https://age-encryption.org): run <code>age -d FILE &gt; export.html</code> and type the passphrase above when asked. It is never sent by email; do not pass it on.",
+                legacy: "The passphrase that opens the file came with the message that brought you this link.",
+                expired_title: "This link has expired",
+                expired: "<p>This download link has expired and the file is no longer kept. Ask again if you still want a copy.</p>",
+                locked_title: "This link no longer works",
+                locked: "<p>Too many wrong addresses were typed, so this download link no longer works. Write to us if you still want a copy.</p>",
+            }
+        }
+    }
+}
+
+fn address_form(w: &Words, note: Option<&str>) -> String {
+    format!(
+        "{}<p>{}</p><form method=\"post\"><label>{} <input type=\"email\" name=\"email\" required autocomplete=\"email\"></label> \
+         <button type=\"submit\">{}</button></form>",
+        note.map(|n| format!("<p><strong>{n}</strong></p>"))
+            .unwrap_or_default(),
+        w.ask,
+        w.email,
+        w.submit
+    )
+}
+
+/// The link in the export_ready email: a page that asks for the subject's address (a link
+/// alone shows no passphrase).
+async fn export_page(
+    AxState(state): AxState<Arc<AppState>>,
+    Path(token): Path<String>,
+) -> Response {
+    match live_export(&state, &token).await {
+        Ok((_, req)) => {
+            let w = Words::of(&req);
+            page(StatusCode::OK, w.title, &address_form(&w, None))
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct AddressForm {
+    #[serde(default)]
+    email: String,
+}
+
+/// The address typed on the export page: the subject's shows the passphrase and the
+/// file's link; another is counted, and enough of them lock the link.
+async fn export_form(
+    AxState(state): AxState<Arc<AppState>>,
+    Path(token): Path<String>,
+    axum::Form(f): axum::Form<AddressForm>,
+) -> Response {
+    let (e, req) = match live_export(&state, &token).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let w = Words::of(&req);
+    let Some(expected) = req.subject.get(&IdentityKind::Email) else {
+        return page(
+            StatusCode::FORBIDDEN,
+            w.title,
+            &format!("<p>{}</p>", w.no_address),
+        );
+    };
+    if f.email.trim().is_empty() {
+        return page(StatusCode::OK, w.title, &address_form(&w, None));
+    }
+    let typed = crate::intake::identity::normalize(IdentityKind::Email, &f.email).ok();
+    if typed.as_deref() != Some(expected.as_str()) {
+        let failed = match state.ctx.store.export_check_failed(&e.id).await {
+            Ok(n) => n,
+            Err(err) => return ApiError(err).into_response(),
+        };
+        tracing::warn!(export = %e.id, failed, "a wrong address was typed on an export's page");
+        if failed >= crate::jobs::export::MAX_ADDRESS_CHECKS {
+            return page(StatusCode::GONE, w.locked_title, w.locked);
+        }
+        return page(
+            StatusCode::FORBIDDEN,
+            w.title,
+            &address_form(&w, Some(w.wrong)),
+        );
+    }
+    let shown = match &e.passphrase_sealed {
+        Some(sealed) => match crate::jobs::export::unseal(sealed, token.trim()) {
+            Ok(p) => format!(
+                "<p>{}</p><p style=\"font-size:1.3em\"><code id=\"passphrase\">{}</code></p>",
+                w.passphrase,
+                esc(&p)
+            ),
+            Err(err) => return ApiError(err).into_response(),
+        },
+        None => format!("<p>{}</p>", w.legacy),
+    };
+    tracing::info!(export = %e.id, request = %req.id, "an export's passphrase was shown");
+    let file_url = format!("{}/export/{}/file", state.ctx.mail.public_url, token.trim());
+    page(
+        StatusCode::OK,
+        w.title,
+        &format!(
+            "{shown}<p><a href=\"{}\">{}</a></p><p>{}</p>",
+            esc(&file_url),
+            w.download,
+            w.how
+        ),
+    )
+}
+
+/// An encrypted export's file, by the token of its download link, while the link works.
 async fn download_export(
     AxState(state): AxState<Arc<AppState>>,
     Path(token): Path<String>,
-) -> ApiResult<Response> {
-    let hash = hex::encode(Sha256::digest(token.trim().as_bytes()));
-    let e = state
-        .ctx
-        .store
-        .export_by_token(&hash)
-        .await?
-        .ok_or_else(|| Error::new(Code::NotFound, "this download link is not valid"))?;
-    if e.deleted_at.is_some() || e.expires_at <= crate::clock::now() {
-        return Ok((StatusCode::GONE, Json(json!({"error": {"code": "expired", "message": "this download link has expired; ask again"}}))).into_response());
-    }
-    let bytes = std::fs::read(&e.path)
-        .map_err(|_| Error::new(Code::NotFound, "the export is no longer there"))?;
+) -> Response {
+    let (e, _) = match live_export(&state, &token).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(bytes) = std::fs::read(&e.path) else {
+        return ApiError(Error::new(Code::NotFound, "the export is no longer there"))
+            .into_response();
+    };
     let disposition = format!("attachment; filename=\"export-{}.html.age\"", e.request_id);
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         bytes,
     )
-        .into_response())
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -306,6 +306,12 @@ pub fn fails(o: &Output) -> String {
 pub const EXIT_TICKET: &str = r#"{"kind":"exit","external_id":"HR-7","subject":{"email":"fang.wang@corp.example","employee_id":"E100"},"exit_date":"2026-12-31","successor":{"employee_id":"E200"},"jurisdiction":"PIPL"}"#;
 pub const ERASURE_TICKET: &str = r#"{"kind":"erasure","external_id":"T-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#;
 
+/// Words of erasures (and exits) that no message of an access request may hold, in
+/// lower case (English and Chinese).
+pub const ERASURE_WORDING: [&str; 9] = [
+    "eras", "delet", "anonymi", "backup", "destroy", "删除", "匿名", "备份", "销毁",
+];
+
 /// Where the demo CRM (the target system) lives in a test.
 pub enum CrmKind {
     Sqlite,
