@@ -312,7 +312,7 @@ async fn a_plan_the_policies_changed_after_approval_goes_back_to_the_dpo_and_not
         assert!(
             mails
                 .iter()
-                .any(|m| m.recipient == "dpo@corp.example" && m.kind == "failure_alert"),
+                .any(|m| m.recipient == "dpo@corp.example" && m.kind.as_str() == "failure_alert"),
             "{label}: {:?}",
             mails
                 .iter()
@@ -414,7 +414,7 @@ async fn a_follow_up_whose_rule_changed_after_completion_needs_attention_and_era
         assert!(
             mails
                 .iter()
-                .any(|m| m.recipient == "dpo@corp.example" && m.kind == "failure_alert"),
+                .any(|m| m.recipient == "dpo@corp.example" && m.kind.as_str() == "failure_alert"),
             "{label}"
         );
         ctx.store.close().await;

@@ -445,7 +445,10 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
     assert_eq!(notes["already_done"], 3, "{result}");
     // Her completion message says, in an exit's words, what was handed over and closed.
     let mails = ctx.store.outbox_of(&id).await.unwrap();
-    let done = mails.iter().find(|m| m.kind == "completion").unwrap();
+    let done = mails
+        .iter()
+        .find(|m| m.kind.as_str() == "completion")
+        .unwrap();
     for needle in [
         "The exit request",
         "What we erased:",
@@ -458,7 +461,10 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
             done.body_text
         );
     }
-    let copy = mails.iter().find(|m| m.kind == "export_ready").unwrap();
+    let copy = mails
+        .iter()
+        .find(|m| m.kind.as_str() == "export_ready")
+        .unwrap();
     assert!(
         copy.body_text.contains("as you leave"),
         "{}",

@@ -634,7 +634,7 @@ async fn the_file_transport_writes_each_message_once(#[case] backend: Backend) {
                 m.body_text.trim_end()
             );
             let attachments: Vec<_> = msg.attachments().collect();
-            if m.kind == "completion" {
+            if m.kind.as_str() == "completion" {
                 assert_eq!(attachments.len(), 1);
                 assert_eq!(attachments[0].attachment_name(), Some("receipt.json"));
                 assert_eq!(attachments[0].contents(), receipt().content.as_slice());
@@ -650,7 +650,7 @@ async fn the_file_transport_writes_each_message_once(#[case] backend: Backend) {
         let rows = store.outbox_of(&rid).await.unwrap();
         assert!(
             rows.iter()
-                .all(|r| r.state == "sent" && r.sent_at == Some(now))
+                .all(|r| r.state.as_str() == "sent" && r.sent_at == Some(now))
         );
 
         // A second pass sends nothing.
@@ -678,7 +678,10 @@ async fn the_file_transport_writes_each_message_once(#[case] backend: Backend) {
         assert_eq!(eml_files(&outbox).len(), 4);
         // The crashed sender's late mark changes nothing.
         assert!(!store.mail_sent(&m.id, "crashed", later).await.unwrap());
-        assert_eq!(store.outbox_mail(&m.id).await.unwrap().state, "sent");
+        assert_eq!(
+            store.outbox_mail(&m.id).await.unwrap().state.as_str(),
+            "sent"
+        );
 
         // A message that cannot be built fails at once (no retry can help).
         let mut bad = new_mail(MessageKind::Approval, to, None, true);
@@ -691,8 +694,13 @@ async fn the_file_transport_writes_each_message_once(#[case] backend: Backend) {
         let row = store.outbox_mail(&bad.id).await.unwrap();
         assert_eq!((row.state.as_str(), row.attempts), ("failed", 1));
         assert!(!row.last_error.unwrap_or_default().contains('@'));
-        let counts: HashMap<String, i64> =
-            store.outbox_counts().await.unwrap().into_iter().collect();
+        let counts: HashMap<String, i64> = store
+            .outbox_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
         assert_eq!(counts.get("sent"), Some(&4));
         assert_eq!(counts.get("failed"), Some(&1));
 
@@ -987,7 +995,7 @@ async fn smtp_to_a_real_server_on_loopback_loses_nothing_and_sends_nothing_twice
                 .await
                 .unwrap()
                 .iter()
-                .filter(|r| r.state != "sent")
+                .filter(|r| r.state.as_str() != "sent")
                 .count();
             if pending == 0 {
                 break;
@@ -1010,7 +1018,7 @@ async fn smtp_to_a_real_server_on_loopback_loses_nothing_and_sends_nothing_twice
                 .await
                 .unwrap()
                 .iter()
-                .all(|r| r.state == "sent")
+                .all(|r| r.state.as_str() == "sent")
         );
         ctx.store.close().await;
         kind.cleanup().await;
@@ -1045,7 +1053,7 @@ async fn intake_queues_the_acknowledgement_in_its_own_transaction(#[case] backen
             .id;
         let rows = ctx.store.outbox_of(&id).await.unwrap();
         assert_eq!(rows.len(), 1, "{}", kind.label());
-        assert_eq!(rows[0].kind, "acknowledgement");
+        assert_eq!(rows[0].kind.as_str(), "acknowledgement");
         assert_eq!(rows[0].recipient, "olivia.chen@example.com");
         // The same ticket again is the same request, and no second acknowledgement.
         intake::submit(&ctx, &ticket, common::ERASURE_TICKET, &src, now)

@@ -212,7 +212,7 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
                 return Err(ticket_err(origin, "the successor cannot be the leaver"));
             }
         }
-        _ => {
+        RequestKind::Erasure | RequestKind::Access => {
             if exit_date.is_some() || successor.is_some() || raw.copy {
                 return Err(ticket_err(
                     origin,

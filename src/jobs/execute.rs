@@ -439,7 +439,11 @@ async fn recheck(
     if let Some(t) = tables.iter().find(|t| t.wrong > 0) {
         return Ok(Some(match t.action {
             Action::Erase => format!("{}.{}: an erased row is still there", sys.name, t.table),
-            _ => format!(
+            Action::Anonymize
+            | Action::Reassign
+            | Action::Disable
+            | Action::Retain
+            | Action::Export => format!(
                 "{}.{}: a changed row does not hold its new values",
                 sys.name, t.table
             ),

@@ -132,7 +132,6 @@ impl MailSettings {
                 "request_id": new.id,
                 "received": zone.day_of(new.received_at),
                 "deadline": new.due_date.map(|d| zone.day(d)),
-                "request_kind": new.kind,
                 "verify_needed": verify_token.is_some(),
             }),
             Vec::new(),

@@ -66,8 +66,9 @@ use crate::policy::RequestKind;
 /// - `manual_task` (to a system owner): `system`*, `task_id`*, `action`* (what to do, in
 ///   categories and rule ids; the records themselves are behind the link), `request_id`,
 ///   `due`, `rule`, `basis`, `confirm_url`, `confirm_command`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum MessageKind {
     Acknowledgement,
     Verification,
@@ -213,7 +214,7 @@ pub fn compose(
     Ok(NewMail {
         id: crate::store::new_id(),
         request_id: concerns.request_id().map(str::to_owned),
-        kind: kind.as_str().to_owned(),
+        kind,
         recipient: recipient.to_owned(),
         locale: used,
         subject: r.subject,
@@ -267,7 +268,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.locale, "zh-CN");
-        assert_eq!(ok.kind, "verification");
+        assert_eq!(ok.kind, MessageKind::Verification);
         assert_eq!(ok.request_id.as_deref(), Some("r1"));
         // Words that depend on the request's kind need it.
         let unknown = compose(

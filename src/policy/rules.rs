@@ -243,7 +243,7 @@ impl Rule {
             Action::Retain => (3, self.period.map(|p| p.approx_days()).unwrap_or(0)),
             Action::Anonymize => (2, 0),
             Action::Erase => (0, 0),
-            _ => (1, 0),
+            Action::Reassign | Action::Disable | Action::Export => (1, 0),
         }
     }
 

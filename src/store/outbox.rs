@@ -79,8 +79,7 @@ pub struct NewMail {
     /// The outbox id; also the left-hand side of the `Message-ID`.
     pub id: String,
     pub request_id: Option<String>,
-    /// A `MessageKind` name (`acknowledgement`, ...).
-    pub kind: String,
+    pub kind: crate::mail::MessageKind,
     /// One address.
     pub recipient: String,
     pub locale: String,
@@ -90,12 +89,40 @@ pub struct NewMail {
     pub attachments: Vec<MailAttachment>,
 }
 
+/// Where a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum OutboxState {
+    /// To be sent (retried with backoff).
+    Pending,
+    Sent,
+    /// Given up after `mail.max_attempts`.
+    Failed,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Sent => "sent",
+            OutboxState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for OutboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A message as stored.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct OutboxRow {
     pub id: String,
     pub request_id: Option<String>,
-    pub kind: String,
+    pub kind: crate::mail::MessageKind,
     pub recipient: String,
     pub locale: String,
     pub subject: String,
@@ -104,8 +131,7 @@ pub struct OutboxRow {
     /// JSON list of `{filename, content_type, content (base64)}`, or NULL.
     #[serde(skip)]
     pub attachments: Option<String>,
-    /// `pending`, `sent` or `failed`.
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
     pub lease_owner: Option<String>,
@@ -146,6 +172,8 @@ where
     for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> crate::mail::MessageKind: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> OutboxState: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
     let attachments = attachments_to_json(&m.attachments)
@@ -153,11 +181,11 @@ where
     sqlx::query(
         "INSERT INTO outbox (id, request_id, kind, recipient, locale, subject, body_text, body_html, attachments, \
          state, attempts, next_attempt_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, 0, $10, $10)",
     )
     .bind(m.id.clone())
     .bind(m.request_id.clone())
-    .bind(m.kind.clone())
+    .bind(m.kind)
     .bind(m.recipient.clone())
     .bind(m.locale.clone())
     .bind(m.subject.clone())
@@ -165,6 +193,7 @@ where
     .bind(m.body_html.clone())
     .bind(attachments)
     .bind(now)
+    .bind(OutboxState::Pending)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -196,10 +225,11 @@ impl Store {
         };
         let sql = format!(
             "UPDATE outbox SET lease_owner = $1, lease_expires_at = $3 WHERE id IN ( \
-               SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $2 \
+               SELECT id FROM outbox WHERE state = '{pending}' AND next_attempt_at <= $2 \
                AND (lease_expires_at IS NULL OR lease_expires_at < $2) \
                ORDER BY next_attempt_at, created_at, id LIMIT $4{lock}) \
-             RETURNING {OUTBOX_COLUMNS}"
+             RETURNING {OUTBOX_COLUMNS}",
+            pending = OutboxState::Pending,
         );
         let mut rows: Vec<OutboxRow> = on_pool!(self, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
@@ -217,9 +247,9 @@ impl Store {
     /// message over after this one's lease expired).
     pub async fn mail_sent(&self, id: &str, worker: &str, now: DateTime<Utc>) -> Result<bool> {
         let n = on_pool!(self, pool => {
-            sqlx::query("UPDATE outbox SET state = 'sent', sent_at = $3, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL \
-                         WHERE id = $1 AND lease_owner = $2 AND state = 'pending'")
-                .bind(id).bind(worker).bind(now).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE outbox SET state = $4, sent_at = $3, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL \
+                         WHERE id = $1 AND lease_owner = $2 AND state = $5")
+                .bind(id).bind(worker).bind(now).bind(OutboxState::Sent).bind(OutboxState::Pending).execute(pool).await?.rows_affected()
         });
         Ok(n == 1)
     }
@@ -238,15 +268,15 @@ impl Store {
         let gave_up: bool = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
-                let row: Option<(i64,)> = sqlx::query_as("SELECT attempts FROM outbox WHERE id = $1 AND lease_owner = $2 AND state = 'pending'")
-                    .bind(id).bind(worker).fetch_optional(&mut *tx).await?;
+                let row: Option<(i64,)> = sqlx::query_as("SELECT attempts FROM outbox WHERE id = $1 AND lease_owner = $2 AND state = $3")
+                    .bind(id).bind(worker).bind(OutboxState::Pending).fetch_optional(&mut *tx).await?;
                 let Some((attempts,)) = row else {
                     tx.commit().await?;
                     return Ok::<bool, sqlx::Error>(false);
                 };
                 let attempts = attempts + 1;
                 let give_up = attempts >= max_attempts;
-                let state = if give_up { "failed" } else { "pending" };
+                let state = if give_up { OutboxState::Failed } else { OutboxState::Pending };
                 sqlx::query("UPDATE outbox SET attempts = $3, last_error = $4, next_attempt_at = $5, state = $6, \
                              lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
                     .bind(id).bind(worker).bind(attempts).bind(error).bind(now + backoff(attempts)).bind(state)
@@ -287,7 +317,7 @@ impl Store {
     }
 
     /// How many messages are in each state (`pending`, `sent`, `failed`).
-    pub async fn outbox_counts(&self) -> Result<Vec<(String, i64)>> {
+    pub async fn outbox_counts(&self) -> Result<Vec<(OutboxState, i64)>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")
                 .fetch_all(pool).await?

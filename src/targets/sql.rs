@@ -578,7 +578,7 @@ pub fn leading_index_columns(d: Dialect, table: &str) -> Statement {
     };
     let binds = match d {
         Dialect::Sqlite => vec![table.to_owned(), table.to_owned()],
-        _ => vec![table.to_owned()],
+        Dialect::Postgres | Dialect::Mysql => vec![table.to_owned()],
     };
     Statement {
         sql: sql.to_owned(),

@@ -482,12 +482,31 @@ async fn confirm_page(
                 ),
             )
         }
-        Ok(Some(_)) => page(
-            StatusCode::OK,
-            "Already confirmed",
-            "<p>This task is confirmed already. Thank you.</p>",
-        ),
-        _ => page(
+        Ok(Some(t)) => {
+            use crate::jobs::TaskState as S;
+            match t.state {
+                S::Done => page(
+                    StatusCode::OK,
+                    "Already confirmed",
+                    "<p>This task is confirmed already. Thank you.</p>",
+                ),
+                S::Cancelled => page(
+                    StatusCode::GONE,
+                    "This task was cancelled",
+                    "<p>Its request was cancelled or restored: there is nothing to do.</p>",
+                ),
+                S::WaitingKeys
+                | S::Pending
+                | S::BackedUp
+                | S::WaitingConfirmation
+                | S::NeedsAttention => page(
+                    StatusCode::CONFLICT,
+                    "This task does not wait for you",
+                    "<p>This task does not wait for a confirmation now.</p>",
+                ),
+            }
+        }
+        Ok(None) | Err(_) => page(
             StatusCode::NOT_FOUND,
             "This link does not work",
             "<p>No task waits for this link.</p>",
