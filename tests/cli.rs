@@ -650,7 +650,7 @@ async fn every_date_a_person_reads_is_in_the_policy_zone_and_labelled(#[case] ba
             .find(|(s, t)| s.starts_with("We received") && t.contains(&erasure))
             .unwrap();
         assert!(
-            ack.1.contains("request on 2026-12-02 (Asia/Shanghai)"),
+            ack.1.contains(" on 2026-12-02 (Asia/Shanghai)"),
             "{label}: {}",
             ack.1
         );

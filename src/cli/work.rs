@@ -137,7 +137,10 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                 for l in &report.lost {
                     println!(
                         "cannot come back: backup {} of {} task {} expired and was crypto-shredded on {}",
-                        l.backup, l.kind, l.task, l.shredded
+                        l.backup,
+                        l.kind.map_or("unknown", |k| k.as_str()),
+                        l.task,
+                        l.shredded
                     );
                 }
                 if report.state_changed {

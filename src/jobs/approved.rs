@@ -271,7 +271,7 @@ pub(super) async fn stop(
         "the policies changed since approval, and with them the plan: {}",
         diff.join("; ")
     );
-    use crate::mail::MessageKind;
+    use crate::mail::vars::{FailureAlert, Message};
     // An open request goes back to review; a later task of a completed request (a
     // retention follow-up), or of one held or closed, waits for a person.
     let back_to_review = crate::lifecycle::state::Event::PlanChanged.target(req.state);
@@ -285,9 +285,12 @@ pub(super) async fn stop(
                 id: &req.id,
                 kind: req.kind,
             },
-            MessageKind::FailureAlert,
-            serde_json::json!({
-                "error": why, "request_id": req.id, "task_id": task.id, "system": task.system,
+            Message::FailureAlert(FailureAlert {
+                request_id: Some(req.id.clone()),
+                error: why.clone(),
+                task_id: Some(task.id.clone()),
+                system: Some(task.system.clone()),
+                attempts: None,
             }),
         )?;
         for m in &alert {
@@ -302,10 +305,15 @@ pub(super) async fn stop(
                 id: &req.id,
                 kind: req.kind,
             },
-            MessageKind::FailureAlert,
-            serde_json::json!({
-                "request_id": req.id,
-                "error": format!("{why}. Nothing was carried out; the request is back in the review queue: approve the plan as it is now, or reject the request."),
+            Message::FailureAlert(FailureAlert {
+                request_id: Some(req.id.clone()),
+                error: format!(
+                    "{why}. Nothing was carried out; the request is back in the review queue: \
+                     approve the plan as it is now, or reject the request."
+                ),
+                task_id: None,
+                system: None,
+                attempts: None,
             }),
         )?;
         let changes = crate::store::Changes {

@@ -19,7 +19,6 @@ use super::task::{Step, TableResult, TaskResult, column};
 use super::{Settings, TaskBody};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::Context;
-use crate::mail::MessageKind;
 use crate::policy::{Jurisdiction, RequestKind, System};
 use crate::store::TaskRow;
 use crate::store::exports::ExportRow;
@@ -145,11 +144,10 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         .await?;
     let mails = ctx.mail.to_subject(
         &req,
-        MessageKind::ExportReady,
-        json!({
-            "request_id": req.id,
-            "download_url": format!("{}/export/{token}", ctx.mail.public_url),
-            "expires": ctx.zone().time(expires),
+        crate::mail::vars::Message::ExportReady(crate::mail::vars::ExportReady {
+            request_id: req.id.clone(),
+            download_url: format!("{}/export/{token}", ctx.mail.public_url),
+            expires: ctx.zone().time(expires),
         }),
         Vec::new(),
     )?;

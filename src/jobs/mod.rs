@@ -299,15 +299,14 @@ fn manual_task_mails(
                 id: &req.id,
                 kind: req.kind,
             },
-            crate::mail::MessageKind::ManualTask,
-            serde_json::json!({
-                "system": t.system,
-                "task_id": t.id,
-                "action": action.join("; "),
-                "request_id": req.id,
-                "due": ctx.zone().day_of(t.due_at),
-                "confirm_command": format!("quietus confirm {}", t.id),
-            "confirm_url": format!("{}/confirm?token={token}", ctx.mail.public_url),
+            crate::mail::vars::Message::ManualTask(crate::mail::vars::ManualTask {
+                request_id: req.id.clone(),
+                system: t.system.clone(),
+                task_id: t.id.clone(),
+                action: action.join("; "),
+                due: ctx.zone().day_of(t.due_at),
+                confirm_command: format!("quietus confirm {}", t.id),
+                confirm_url: format!("{}/confirm?token={token}", ctx.mail.public_url),
             }),
         )?);
     }
@@ -424,10 +423,16 @@ pub async fn run_one(
             if gave_up {
                 tracing::error!(task = %task.id, "task needs attention: the retry budget is spent");
                 summary.failed += 1;
-                let alert = ctx.mail.to_dpo(task.request_id.as_deref(), crate::mail::MessageKind::FailureAlert, serde_json::json!({
-                    "error": e.message, "request_id": task.request_id, "task_id": task.id, "system": task.system,
-                    "attempts": s.max_attempts,
-                }))?;
+                let alert = ctx.mail.to_dpo(
+                    task.request_id.as_deref(),
+                    crate::mail::vars::Message::FailureAlert(crate::mail::vars::FailureAlert {
+                        request_id: task.request_id.clone(),
+                        error: e.message.clone(),
+                        task_id: Some(task.id.clone()),
+                        system: Some(task.system.clone()),
+                        attempts: Some(s.max_attempts),
+                    }),
+                )?;
                 for m in &alert {
                     ctx.store.enqueue(m, crate::clock::now()).await?;
                 }
@@ -727,40 +732,62 @@ pub async fn worker_loop(
     for sch in &schedules {
         since.push(first_round_since(ctx, sch, catch_up, started).await);
     }
-    loop {
-        let now = crate::clock::now();
-        for (sch, since) in schedules.iter().zip(since.iter_mut()) {
-            let Some(tick) = sch.cron.latest_in(*since, now) else {
-                continue;
-            };
-            match ctx.store.claim_tick(sch.name, tick, &s.worker).await {
-                Ok(true) => {
-                    *since = now;
-                    fire(ctx, &s, sch.name, now).await;
+    // The ticks run beside the work, so a long round of work (a large exit) never holds a
+    // tick back; a tick that made work (a sweep) wakes the worker at once.
+    let woken = tokio::sync::Notify::new();
+    let s = &s;
+    let ticker = {
+        let mut stop = stop.clone();
+        let woken = &woken;
+        let schedules = &schedules;
+        async move {
+            loop {
+                let now = crate::clock::now();
+                for (sch, since) in schedules.iter().zip(since.iter_mut()) {
+                    let Some(tick) = sch.cron.latest_in(*since, now) else {
+                        continue;
+                    };
+                    match ctx.store.claim_tick(sch.name, tick, &s.worker).await {
+                        Ok(true) => {
+                            *since = now;
+                            fire(ctx, s, sch.name, now).await;
+                            woken.notify_one();
+                        }
+                        Ok(false) => *since = now, // another instance fired it
+                        // Not claimed: tried again at the next look.
+                        Err(e) => {
+                            tracing::warn!(schedule = %sch.name, code = %e.code, "cannot claim the tick at {tick}: {}", e.message)
+                        }
+                    }
                 }
-                Ok(false) => *since = now, // another instance fired it
-                // Not claimed: tried again next round.
-                Err(e) => {
-                    tracing::warn!(schedule = %sch.name, code = %e.code, "cannot claim the tick at {tick}: {}", e.message)
+                let now = crate::clock::now();
+                let wait = schedules
+                    .iter()
+                    .filter_map(|sch| sch.cron.next_after(now))
+                    .min()
+                    .and_then(|t| (t - now).to_std().ok())
+                    .map_or(every, |d| d.min(every))
+                    .max(std::time::Duration::from_millis(50));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
                 }
             }
         }
-        if let Err(e) = run_due(ctx, &s, &stop, &|_| {}).await {
-            tracing::warn!(code = %e.code, "work round failed: {}", e.message);
+    };
+    let work = async {
+        loop {
+            if let Err(e) = run_due(ctx, s, &stop, &|_| {}).await {
+                tracing::warn!(code = %e.code, "work round failed: {}", e.message);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = woken.notified() => {}
+                _ = stop.changed() => return,
+            }
         }
-        let now = crate::clock::now();
-        let wait = schedules
-            .iter()
-            .filter_map(|sch| sch.cron.next_after(now))
-            .min()
-            .and_then(|t| (t - now).to_std().ok())
-            .map_or(every, |d| d.min(every))
-            .max(std::time::Duration::from_millis(50));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
-        }
-    }
+    };
+    tokio::join!(ticker, work);
 }
 
 /// Where a schedule's first round looks for ticks from: the start, or (to catch up) a
@@ -844,10 +871,16 @@ async fn reminders(ctx: &Context, now: DateTime<Utc>) -> Result<String> {
             id: &i.id,
             kind: i.kind,
         };
-        let m = ctx.mail.to_dpo(about, crate::mail::MessageKind::Reminder, serde_json::json!({
-            "request_id": i.id, "deadline": i.due_date.map(|d| ctx.zone().day(d)), "days_left": i.days_left,
-            "state": i.state, "jurisdiction": i.jurisdiction,
-        }))?;
+        let m = ctx.mail.to_dpo(
+            about,
+            crate::mail::vars::Message::Reminder(crate::mail::vars::Reminder {
+                request_id: i.id.clone(),
+                deadline: i.due_date.map(|d| ctx.zone().day(d)),
+                days_left: i.days_left,
+                state: i.state,
+                jurisdiction: i.jurisdiction,
+            }),
+        )?;
         for m in &m {
             ctx.store.enqueue(m, now).await?;
         }

@@ -13,6 +13,7 @@ use super::task::StoredResult;
 use super::{Settings, TaskBody};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::{Context, State};
+use crate::mail::vars;
 use crate::plan::Plan;
 use crate::policy::Action;
 use crate::proof::note::KeyPair;
@@ -184,7 +185,7 @@ fn completion_vars(
     receipt_file: &str,
     zone: crate::clock::Zone,
     now: DateTime<Utc>,
-) -> Value {
+) -> vars::Completion {
     let (mut erased, mut handed_over, mut disabled) = (Vec::new(), Vec::new(), Vec::new());
     let mut backups_until: Option<DateTime<Utc>> = None;
     for t in &body.tasks {
@@ -200,31 +201,34 @@ fn completion_vars(
                 Action::Disable => &mut disabled,
                 Action::Retain | Action::Export => continue,
             };
-            into.push(
-                json!({"category": c.categories.join(", "), "system": t.system, "count": c.rows}),
-            );
+            into.push(vars::Changed {
+                category: c.categories.join(", "),
+                system: t.system.clone(),
+                count: c.rows,
+            });
         }
     }
-    let kept: Vec<Value> = body
+    let kept = body
         .retained
         .iter()
-        .map(|r| {
-            json!({
-                "category": r.categories.join(", "), "until": zone.day(r.until), "basis": r.basis,
-                "system": r.system, "rule": r.rule,
-            })
+        .map(|r| vars::Kept {
+            category: r.categories.join(", "),
+            until: zone.day(r.until),
+            basis: r.basis.clone(),
+            system: r.system.clone(),
+            rule: r.rule.clone(),
         })
         .collect();
-    json!({
-        "request_id": body.request.as_ref().map(|r| r.id.clone()),
-        "completed": zone.day_of(now),
-        "erased": erased,
-        "handed_over": handed_over,
-        "disabled": disabled,
-        "kept": kept,
-        "backups_until": backups_until.map(|b| zone.day_of(b)),
-        "receipt_filename": receipt_file,
-    })
+    vars::Completion {
+        request_id: body.request.as_ref().map(|r| r.id.clone()),
+        completed: zone.day_of(now),
+        erased,
+        handed_over,
+        disabled,
+        kept,
+        backups_until: backups_until.map(|b| zone.day_of(b)),
+        receipt_filename: receipt_file.to_owned(),
+    }
 }
 
 /// The receipt of a backup's crypto-shredding: which archive (by its SHA-256) and whose
@@ -257,7 +261,7 @@ async fn seal_and_store(
     id: &str,
     body: Value,
     task_ids: &[String],
-    completion: Option<(&crate::lifecycle::Request, Value)>,
+    completion: Option<(&crate::lifecycle::Request, vars::Completion)>,
     now: DateTime<Utc>,
 ) -> Result<PathBuf> {
     let canonical = receipt::canonical(&body)?;
@@ -282,12 +286,8 @@ async fn seal_and_store(
                 content_type: "application/json".into(),
                 content: doc.clone().into_bytes(),
             };
-            ctx.mail.to_subject(
-                req,
-                crate::mail::MessageKind::Completion,
-                vars,
-                vec![attachment],
-            )?
+            ctx.mail
+                .to_subject(req, vars::Message::Completion(vars), vec![attachment])?
         }
         None => Vec::new(),
     };

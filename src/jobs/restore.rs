@@ -29,14 +29,7 @@ pub struct Restored {
     pub changed_since: u64,
 }
 
-/// A backup that expired before the restore: what it held cannot come back.
-#[derive(Debug, Clone, Serialize)]
-pub struct Lost {
-    pub backup: String,
-    pub task: String,
-    pub kind: String,
-    pub shredded: String,
-}
+pub use crate::mail::vars::Lost;
 
 /// What a restore did (or would do).
 #[derive(Debug, Clone, Serialize)]
@@ -82,12 +75,8 @@ pub async fn restore(
                     b.shredded_at.map(|at| Lost {
                         backup: b.id.clone(),
                         task: b.task_id.clone(),
-                        kind: tasks
-                            .iter()
-                            .find(|t| t.id == b.task_id)
-                            .map(|t| t.kind.to_string())
-                            .unwrap_or_default(),
-                        shredded: zone.day_of(at).to_string(),
+                        kind: tasks.iter().find(|t| t.id == b.task_id).map(|t| t.kind),
+                        shredded: zone.day_of(at),
                     })
                 })
                 .collect()
@@ -101,23 +90,19 @@ pub async fn restore(
             &ctx.store.backups_of(&req.id).await?,
             &ctx.store.tasks_of(&req.id).await?,
         );
-        let vars = serde_json::json!({
-            "request_id": req.id, "restored": zone.day_of(now).to_string(), "reason": reason,
-            "lost": lost,
+        let message = crate::mail::vars::Message::Restored(crate::mail::vars::Restored {
+            request_id: req.id.clone(),
+            restored: zone.day_of(now),
+            reason: reason.to_owned(),
+            lost,
         });
-        let mut mails = ctx.mail.to_subject(
-            &req,
-            crate::mail::MessageKind::Restored,
-            vars.clone(),
-            Vec::new(),
-        )?;
+        let mut mails = ctx.mail.to_subject(&req, message.clone(), Vec::new())?;
         mails.extend(ctx.mail.to_dpo(
             crate::mail::Concerns::Request {
                 id: &req.id,
                 kind: req.kind,
             },
-            crate::mail::MessageKind::Restored,
-            vars,
+            message,
         )?);
         state_changed = ctx
             .store

@@ -235,19 +235,22 @@ impl Context {
             Decision::Cancel => changes.cancel_open_tasks = true,
             Decision::Reject | Decision::Extend => {}
         }
-        use crate::mail::MessageKind;
+        use crate::mail::vars::{self, Message};
         changes.mails = match d {
             Decision::Approve => self.mail.to_subject(
                 &req,
-                MessageKind::Approval,
-                serde_json::json!({"request_id": req.id, "deadline": req.due_date.map(|d| self.zone().day(d))}),
+                Message::Approval(vars::Approval {
+                    request_id: req.id.clone(),
+                    deadline: req.due_date.map(|d| self.zone().day(d)),
+                }),
                 Vec::new(),
             )?,
             Decision::Reject => self.mail.to_subject(
                 &req,
-                MessageKind::Refusal,
-                serde_json::json!({
-                    "request_id": req.id, "reasons": reason.unwrap_or_default(), "jurisdiction": req.jurisdiction,
+                Message::Refusal(vars::Refusal {
+                    request_id: req.id.clone(),
+                    reasons: reason.unwrap_or_default().to_owned(),
+                    jurisdiction: req.jurisdiction,
                 }),
                 Vec::new(),
             )?,
@@ -303,10 +306,12 @@ impl Context {
         )?;
         let mails = self.mail.to_subject(
             &req,
-            crate::mail::MessageKind::Extension,
-            serde_json::json!({
-                "request_id": req.id, "deadline": self.zone().day(dl.due), "reason": reason,
-                "original_deadline": self.zone().day(original), "jurisdiction": req.jurisdiction,
+            crate::mail::vars::Message::Extension(crate::mail::vars::Extension {
+                request_id: req.id.clone(),
+                deadline: self.zone().day(dl.due),
+                reason: reason.to_owned(),
+                original_deadline: self.zone().day(original),
+                jurisdiction: req.jurisdiction,
             }),
             Vec::new(),
         )?;

@@ -4,11 +4,10 @@
 
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
-
 use super::Request;
 use crate::error::Result;
-use crate::mail::{Concerns, MessageKind, compose};
+use crate::mail::vars::{self, Message};
+use crate::mail::{Concerns, compose};
 use crate::policy::{IdentityKind, RequestKind};
 use crate::store::outbox::{MailAttachment, NewMail};
 
@@ -36,15 +35,14 @@ impl MailSettings {
     pub fn to_subject(
         &self,
         req: &Request,
-        kind: MessageKind,
-        vars: Value,
+        message: Message,
         attachments: Vec<MailAttachment>,
     ) -> Result<Vec<NewMail>> {
         let about = Concerns::Request {
             id: &req.id,
             kind: req.kind,
         };
-        self.to_identities(&req.subject, &req.locale, about, kind, vars, attachments)
+        self.to_identities(&req.subject, &req.locale, about, message, attachments)
     }
 
     /// A message to whoever these identities name, when one is an email address.
@@ -53,19 +51,18 @@ impl MailSettings {
         subject: &crate::policy::Identities,
         locale: &str,
         about: Concerns<'_>,
-        kind: MessageKind,
-        vars: Value,
+        message: Message,
         attachments: Vec<MailAttachment>,
     ) -> Result<Vec<NewMail>> {
         let Some(to) = subject.get(&IdentityKind::Email) else {
             return Ok(Vec::new());
         };
         let m = compose(
-            kind,
+            message.kind(),
             locale,
             to,
             about,
-            &vars,
+            &message.vars()?,
             attachments,
             self.templates_dir.as_deref(),
         )?;
@@ -76,18 +73,17 @@ impl MailSettings {
     pub fn to_dpo<'a>(
         &self,
         about: impl Into<Concerns<'a>>,
-        kind: MessageKind,
-        vars: Value,
+        message: Message,
     ) -> Result<Vec<NewMail>> {
         let Some(to) = &self.dpo else {
             return Ok(Vec::new());
         };
         Ok(vec![compose(
-            kind,
+            message.kind(),
             "en",
             to,
             about.into(),
-            &vars,
+            &message.vars()?,
             Vec::new(),
             self.templates_dir.as_deref(),
         )?])
@@ -98,15 +94,14 @@ impl MailSettings {
         &self,
         owner: &str,
         about: Concerns<'_>,
-        kind: MessageKind,
-        vars: Value,
+        message: Message,
     ) -> Result<Vec<NewMail>> {
         Ok(vec![compose(
-            kind,
+            message.kind(),
             "en",
             owner,
             about,
-            &vars,
+            &message.vars()?,
             Vec::new(),
             self.templates_dir.as_deref(),
         )?])
@@ -127,12 +122,11 @@ impl MailSettings {
             subject,
             &new.locale,
             about,
-            MessageKind::Acknowledgement,
-            json!({
-                "request_id": new.id,
-                "received": zone.day_of(new.received_at),
-                "deadline": new.due_date.map(|d| zone.day(d)),
-                "verify_needed": verify_token.is_some(),
+            Message::Acknowledgement(vars::Acknowledgement {
+                request_id: new.id.clone(),
+                received: zone.day_of(new.received_at),
+                deadline: new.due_date.map(|d| zone.day(d)),
+                verify_needed: verify_token.is_some(),
             }),
             Vec::new(),
         )?;
@@ -141,10 +135,9 @@ impl MailSettings {
                 subject,
                 &new.locale,
                 about,
-                MessageKind::Verification,
-                json!({
-                    "request_id": new.id,
-                    "verify_url": format!("{}/verify?token={t}", self.public_url),
+                Message::Verification(vars::Verification {
+                    request_id: new.id.clone(),
+                    verify_url: format!("{}/verify?token={t}", self.public_url),
                 }),
                 Vec::new(),
             )?);

@@ -19,6 +19,7 @@ mod message;
 mod sender;
 pub mod templates;
 mod transport;
+pub mod vars;
 
 use std::fmt;
 use std::path::Path;
