@@ -60,6 +60,16 @@ async fn mail_kinds(env: &Env, id: &str) -> Vec<String> {
     kinds
 }
 
+/// The CRM account status of an employee (the demo CRM on SQLite).
+async fn account_status(env: &Env, emp_no: &str) -> Option<String> {
+    env.crm_value(
+        &CrmKind::Sqlite,
+        "status",
+        &format!("FROM employees WHERE emp_no = '{emp_no}'"),
+    )
+    .await
+}
+
 fn state_of(env: &Env, id: &str, at: &str) -> String {
     let shown = json(&ok(&env.run_at(&["show", id, "--json"], Some(at), None)));
     shown["request"]["state"].as_str().unwrap().to_owned()
@@ -107,13 +117,7 @@ async fn a_future_exit_stays_open_until_its_exit_date_then_completes_once(
             "{label}: no completion email before the work"
         );
         assert_eq!(
-            env.crm_value(
-                &CrmKind::Sqlite,
-                "status",
-                "FROM employees WHERE emp_no = 'E105'"
-            )
-            .await
-            .as_deref(),
+            account_status(&env, "E105").await.as_deref(),
             Some("active"),
             "{label}"
         );
@@ -139,13 +143,7 @@ async fn a_future_exit_stays_open_until_its_exit_date_then_completes_once(
             .count();
         assert_eq!(completions, 1, "{label}");
         assert_eq!(
-            env.crm_value(
-                &CrmKind::Sqlite,
-                "status",
-                "FROM employees WHERE emp_no = 'E105'"
-            )
-            .await
-            .as_deref(),
+            account_status(&env, "E105").await.as_deref(),
             Some("disabled"),
             "{label}"
         );
@@ -424,13 +422,7 @@ async fn restore_records_its_state_cancels_pending_tasks_and_tells_people(
             "{label}: follow-ups of a restored request never run"
         );
         assert_eq!(
-            env.crm_value(
-                &CrmKind::Sqlite,
-                "status",
-                "FROM employees WHERE emp_no = 'E100'"
-            )
-            .await
-            .as_deref(),
+            account_status(&env, "E100").await.as_deref(),
             Some("active"),
             "{label}"
         );
@@ -682,13 +674,7 @@ async fn a_held_request_runs_nothing_until_released_and_a_cancelled_one_never(
         assert_eq!(run["done"], 0, "{label}: {run}");
         assert_eq!(state_of(&env, &id, exit), "on_hold", "{label}");
         assert_eq!(
-            env.crm_value(
-                &CrmKind::Sqlite,
-                "status",
-                "FROM employees WHERE emp_no = 'E100'"
-            )
-            .await
-            .as_deref(),
+            account_status(&env, "E100").await.as_deref(),
             Some("active"),
             "{label}: nothing of a held request runs"
         );
@@ -718,13 +704,7 @@ async fn a_held_request_runs_nothing_until_released_and_a_cancelled_one_never(
             assert_eq!(t["state"], "cancelled", "{label}: {t}");
         }
         assert_eq!(
-            env.crm_value(
-                &CrmKind::Sqlite,
-                "status",
-                "FROM employees WHERE emp_no = 'E105'"
-            )
-            .await
-            .as_deref(),
+            account_status(&env, "E105").await.as_deref(),
             Some("active"),
             "{label}: nothing of a cancelled request runs"
         );
@@ -766,13 +746,7 @@ async fn restoring_a_held_half_done_exit_cancels_its_work_and_sends_no_completio
     env.run_at(&["run"], Some(exit), None);
     assert_eq!(state_of(&env, &id, exit), "failed", "{label}");
     assert_eq!(
-        env.crm_value(
-            &CrmKind::Sqlite,
-            "status",
-            "FROM employees WHERE emp_no = 'E100'"
-        )
-        .await
-        .as_deref(),
+        account_status(&env, "E100").await.as_deref(),
         Some("disabled"),
         "{label}"
     );
@@ -790,13 +764,7 @@ async fn restoring_a_held_half_done_exit_cancels_its_work_and_sends_no_completio
     ));
     assert_eq!(state_of(&env, &id, exit), "restored", "{label}");
     assert_eq!(
-        env.crm_value(
-            &CrmKind::Sqlite,
-            "status",
-            "FROM employees WHERE emp_no = 'E100'"
-        )
-        .await
-        .as_deref(),
+        account_status(&env, "E100").await.as_deref(),
         Some("active"),
         "{label}: the account is open again"
     );
@@ -827,13 +795,7 @@ async fn restoring_a_held_half_done_exit_cancels_its_work_and_sends_no_completio
         "{label}: no completion email for a restored request: {kinds:?}"
     );
     assert_eq!(
-        env.crm_value(
-            &CrmKind::Sqlite,
-            "status",
-            "FROM employees WHERE emp_no = 'E100'"
-        )
-        .await
-        .as_deref(),
+        account_status(&env, "E100").await.as_deref(),
         Some("active"),
         "{label}"
     );
