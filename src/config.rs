@@ -311,7 +311,7 @@ impl ScheduleName {
 
 impl std::fmt::Display for ScheduleName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -34,8 +34,8 @@ pub const FORMAT: u32 = 1;
 pub struct TableManifest {
     pub table: String,
     pub key: Column,
-    /// erase | anonymize | reassign | disable
-    pub action: String,
+    /// erase | anonymize | reassign | disable (an unknown action does not open).
+    pub action: crate::policy::Action,
     /// The columns backed up (for erase: every column of the row).
     pub columns: Vec<Column>,
     /// For updates: the value each changed column gets (null: NULL).
@@ -412,7 +412,7 @@ mod tests {
                     name: "id".into(),
                     sql_type: "integer".into(),
                 },
-                action: "erase".into(),
+                action: crate::policy::Action::Erase,
                 columns: vec![Column {
                     name: "body".into(),
                     sql_type: "text".into(),

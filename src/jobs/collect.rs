@@ -302,7 +302,7 @@ async fn write_archive(
             .map(|p| TableManifest {
                 table: p.table.name.clone(),
                 key: p.key.clone(),
-                action: p.action.as_str().into(),
+                action: p.action,
                 columns: p.columns.clone(),
                 set: p
                     .set

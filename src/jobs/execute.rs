@@ -231,8 +231,10 @@ async fn apply(
         .iter()
         .map(|t| TableResult {
             table: t.table.clone(),
-            action: t.action.clone(),
-            ..Default::default()
+            action: t.action,
+            backed_up: 0,
+            changed: 0,
+            already_done: 0,
         })
         .collect();
     let mut batch: Vec<Record> = Vec::new();

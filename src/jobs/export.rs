@@ -252,7 +252,7 @@ async fn write_page(
         w.write_all(html.as_bytes()).map_err(|e| io(tmp, e))?;
         out.push(TableResult {
             table: table.name.clone(),
-            action: "export".into(),
+            action: crate::policy::Action::Export,
             backed_up: 0,
             changed: 0,
             already_done: n,

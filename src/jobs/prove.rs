@@ -346,16 +346,9 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<TaskDoc> {
             .get(&tm.table)
             .copied()
             .unwrap_or((0, crate::proof::merkle::root(&[])));
-        let action: Action =
-            serde_json::from_value(Value::String(tm.action.clone())).map_err(|e| {
-                Error::new(
-                    Code::Io,
-                    format!("backup {bid}: table {} has no known action: {e}", tm.table),
-                )
-            })?;
         doc.changes.push(ChangeDoc {
             table: tm.table.clone(),
-            action,
+            action: tm.action,
             rows,
             changed: result
                 .tables

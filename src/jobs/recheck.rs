@@ -50,12 +50,7 @@ pub(crate) async fn archive(
     let manifest = reader.manifest.clone();
     let mut out: Vec<ArchiveTable> = Vec::new();
     for tm in manifest.tables.iter().filter(|m| !skip.contains(&m.table)) {
-        let action = parse_action(&tm.action).ok_or_else(|| {
-            crate::error::Error::new(
-                crate::error::Code::Io,
-                format!("backup: {} has an unknown action {:?}", tm.table, tm.action),
-            )
-        })?;
+        let action = tm.action;
         out.push(ArchiveTable {
             table: tm.table.clone(),
             action,
@@ -133,10 +128,6 @@ pub(crate) async fn archive(
         }
     }
     Ok((manifest, out))
-}
-
-fn parse_action(s: &str) -> Option<Action> {
-    serde_json::from_value(Value::String(s.to_owned())).ok()
 }
 
 /// What a re-check of a table by the archive says, in words.

@@ -18,12 +18,12 @@ use crate::targets::Target;
 use crate::targets::sql::{self, Column};
 
 /// What a restore did (or, with `--dry-run`, would do) to one table.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Restored {
     pub backup: String,
     pub system: String,
     pub table: String,
-    pub action: String,
+    pub action: crate::policy::Action,
     pub restored: u64,
     pub already: u64,
     pub changed_since: u64,
@@ -147,8 +147,10 @@ pub async fn restore(
                     backup: b.id.clone(),
                     system: sys.name.clone(),
                     table: tm.table.clone(),
-                    action: tm.action.clone(),
-                    ..Default::default()
+                    action: tm.action,
+                    restored: 0,
+                    already: 0,
+                    changed_since: 0,
                 };
                 let mut reader = backup::Reader::open(&path, &key)?;
                 let mut batch: Vec<Record> = Vec::new();
@@ -231,8 +233,18 @@ async fn restore_batch(
             .cloned()
             .zip(backed.iter().cloned())
             .collect();
-        match (tm.action.as_str(), cur) {
-            ("erase", None) => {
+        use crate::policy::Action as A;
+        match (tm.action, cur) {
+            (A::Retain | A::Export, _) => {
+                return Err(Error::new(
+                    Code::Io,
+                    format!(
+                        "backup: {} records {}, which changes no row",
+                        tm.table, tm.action
+                    ),
+                ));
+            }
+            (A::Erase, None) => {
                 if !dry_run {
                     tx.execute(&sql::insert_row(
                         d,
@@ -245,7 +257,7 @@ async fn restore_batch(
                 }
                 r.restored += 1;
             }
-            ("erase", Some(_)) => r.already += 1,
+            (A::Erase, Some(_)) => r.already += 1,
             (_, None) => r.changed_since += 1,
             (_, Some(c)) if c == backed => r.already += 1,
             (_, Some(c)) if c == after_values(tm, &backed) => {

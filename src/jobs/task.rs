@@ -59,10 +59,10 @@ pub(crate) struct Part {
 }
 
 /// What a finished task did, per table.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableResult {
     pub table: String,
-    pub action: String,
+    pub action: crate::policy::Action,
     pub backed_up: u64,
     pub changed: u64,
     pub already_done: u64,

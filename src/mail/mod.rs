@@ -176,7 +176,7 @@ impl<'a> From<Option<&'a str>> for Concerns<'a> {
 
 impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
