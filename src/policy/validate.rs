@@ -113,10 +113,10 @@ pub(super) fn systems(
                 ),
             )),
             (Driver::Manual, _, Some(_)) => {}
-            (_, None, _) => {
+            (Driver::Sqlite | Driver::Postgres | Driver::Mysql, None, _) => {
                 problems.push(p("driver", format!("system {}: url is missing", sys.name)))
             }
-            _ => {}
+            (Driver::Sqlite | Driver::Postgres | Driver::Mysql, Some(_), _) => {}
         }
         let mut tables: BTreeSet<&str> = BTreeSet::new();
         for t in &sys.tables {
