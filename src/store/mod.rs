@@ -657,7 +657,10 @@ impl Store {
 
 // After the macro, so that it is in scope there.
 pub mod tasks;
-pub use tasks::{BackupRow, NewTask, TaskRow};
+pub use tasks::{NewTask, TaskRow};
+pub mod backups;
+pub use backups::BackupRow;
+pub mod history;
 pub mod log;
 pub mod outbox;
 pub use outbox::{MailAttachment, NewMail, OutboxRow};

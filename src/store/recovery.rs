@@ -95,7 +95,7 @@ impl Store {
                 let state: Option<(crate::lifecycle::State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
                     .bind(rid).fetch_optional(&mut *tx).await?;
                 if let Some((state,)) = state {
-                    super::tasks::history_in(&mut tx, rid, now, "quietus", state, state, Some(&reason)).await?;
+                    super::history::history_in(&mut tx, rid, now, "quietus", state, state, Some(&reason)).await?;
                 }
             }
             tx.commit().await?;

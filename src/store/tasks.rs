@@ -7,6 +7,8 @@
 
 use chrono::{DateTime, Utc};
 
+use super::BackupRow;
+use super::history::{apply_event_in, complete_in, history_in};
 use super::{Pool, Store};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::state::{Event, State};
@@ -165,21 +167,6 @@ pub struct NewTask {
     pub state: TaskState,
     /// Manual tasks: SHA-256 of the token of the owner's confirmation link.
     pub confirm_token_sha256: Option<String>,
-}
-
-/// A backup as stored.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct BackupRow {
-    pub id: String,
-    pub request_id: Option<String>,
-    pub task_id: String,
-    pub path: String,
-    pub sha256: String,
-    pub size: i64,
-    pub rows: i64,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub shredded_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -677,60 +664,6 @@ impl Store {
         });
         Ok(n == 1)
     }
-
-    pub async fn backups_of(&self, request_id: &str) -> Result<Vec<BackupRow>> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, request_id, task_id, path, sha256, size, rows, created_at, expires_at, shredded_at FROM backups WHERE request_id = $1 ORDER BY created_at, id")
-                .bind(request_id).fetch_all(pool).await?
-        }))
-    }
-
-    pub async fn backup(&self, id: &str) -> Result<Option<BackupRow>> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, request_id, task_id, path, sha256, size, rows, created_at, expires_at, shredded_at FROM backups WHERE id = $1")
-                .bind(id).fetch_optional(pool).await?
-        }))
-    }
-
-    pub async fn expired_backups(&self, now: DateTime<Utc>) -> Result<Vec<BackupRow>> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, request_id, task_id, path, sha256, size, rows, created_at, expires_at, shredded_at FROM backups WHERE shredded_at IS NULL AND expires_at <= $1 ORDER BY expires_at")
-                .bind(now).fetch_all(pool).await?
-        }))
-    }
-
-    /// Record that a backup's key and archive were destroyed, with a history line.
-    pub async fn backup_shredded(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE backups SET shredded_at = $2 WHERE id = $1 AND shredded_at IS NULL").bind(id).bind(now).execute(&mut *tx).await?;
-            let rid: Option<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM backups WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
-            if let Some((Some(rid),)) = rid {
-                let state: (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_one(&mut *tx).await?;
-                let why = format!("backup {id} expired: its key was destroyed (crypto-shredded) and the archive removed");
-                history_in(&mut tx, &rid, now, "quietus", state.0, state.0, Some(&why)).await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    /// Add a history line to a request without changing its state.
-    pub async fn note(
-        &self,
-        request_id: &str,
-        actor: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let state: (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(request_id).fetch_one(&mut *tx).await?;
-            history_in(&mut tx, request_id, now, actor, state.0, state.0, Some(reason)).await?;
-            tx.commit().await?;
-        });
-        Ok(())
-    }
 }
 
 async fn insert_task<'c, DB>(
@@ -765,125 +698,6 @@ where
     .bind(t.confirm_token_sha256.clone())
     .execute(&mut **tx)
     .await?;
-    Ok(())
-}
-
-/// A history line, in the caller's transaction.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn history_in<'c, DB>(
-    tx: &mut sqlx::Transaction<'c, DB>,
-    request_id: &str,
-    at: DateTime<Utc>,
-    actor: &str,
-    from: State,
-    to: State,
-    reason: Option<&str>,
-) -> std::result::Result<(), sqlx::Error>
-where
-    DB: sqlx::Database,
-    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
-    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-{
-    sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(request_id.to_owned())
-        .bind(at)
-        .bind(actor.to_owned())
-        .bind(from)
-        .bind(to)
-        .bind(reason.map(str::to_owned))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Move a request to `completed` with its completion receipt due, in the caller's
-/// transaction.
-async fn complete_in<'c, DB>(
-    tx: &mut sqlx::Transaction<'c, DB>,
-    request_id: &str,
-    now: DateTime<Utc>,
-    from: State,
-    to: State,
-    why: &str,
-) -> std::result::Result<bool, sqlx::Error>
-where
-    DB: sqlx::Database,
-    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
-    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-{
-    let moved: Option<(String,)> = sqlx::query_as(
-        "UPDATE requests SET state = $2, updated_at = $3, receipt_due = $4 WHERE id = $1 AND state = $5 RETURNING id",
-    )
-    .bind(request_id.to_owned())
-    .bind(to)
-    .bind(now)
-    .bind(true)
-    .bind(from)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if moved.is_none() {
-        return Ok(false);
-    }
-    history_in(tx, request_id, now, "quietus", from, to, Some(why)).await?;
-    Ok(true)
-}
-
-/// Apply a lifecycle event to a request, in the caller's transaction: the lifecycle's
-/// rule ([`Event::target`]) says where it leads; an event that changes nothing records
-/// nothing.
-async fn apply_event_in<'c, DB>(
-    tx: &mut sqlx::Transaction<'c, DB>,
-    request_id: &str,
-    now: DateTime<Utc>,
-    actor: &str,
-    event: Event,
-    why: &str,
-) -> std::result::Result<(), sqlx::Error>
-where
-    DB: sqlx::Database,
-    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
-    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> State: sqlx::Encode<'q, DB> + sqlx::Type<DB> + sqlx::Decode<'q, DB>,
-    for<'r> (State,): sqlx::FromRow<'r, DB::Row>,
-    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-{
-    let from: Option<(State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
-        .bind(request_id.to_owned())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some((from,)) = from else { return Ok(()) };
-    let Some(to) = event.target(from) else {
-        return Ok(());
-    };
-    if to == from {
-        return Ok(());
-    }
-    let moved: Option<(String,)> = sqlx::query_as(
-        "UPDATE requests SET state = $2, updated_at = $3 WHERE id = $1 AND state = $4 RETURNING id",
-    )
-    .bind(request_id.to_owned())
-    .bind(to)
-    .bind(now)
-    .bind(from)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if moved.is_some() {
-        let why = (!why.is_empty()).then_some(why);
-        history_in(tx, request_id, now, actor, from, to, why).await?;
-    }
     Ok(())
 }
 
