@@ -663,6 +663,7 @@ pub use backups::BackupRow;
 pub mod history;
 pub mod log;
 pub mod outbox;
+pub mod restore;
 pub use outbox::{MailAttachment, NewMail, OutboxRow};
 pub mod exports;
 pub mod recovery;
