@@ -338,6 +338,17 @@ pub fn verify(
     key_path: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<BTreeMap<String, u64>> {
+    verify_each(path, key_path, expected_sha256, |_, _| Ok(()))
+}
+
+/// [`verify`], showing each row to `each` on the way (with the manifest): whatever else
+/// needs every row (the receipt's row digests) comes from this one read-back.
+pub fn verify_each(
+    path: &Path,
+    key_path: &Path,
+    expected_sha256: Option<&str>,
+    mut each: impl FnMut(&Manifest, &Record) -> Result<()>,
+) -> Result<BTreeMap<String, u64>> {
     if let Some(want) = expected_sha256 {
         let (got, _) = file_sha256(path)?;
         if got != want {
@@ -366,6 +377,7 @@ pub fn verify(
                 ));
             }
         }
+        each(&r.manifest, &rec)?;
     }
     Ok(counts)
 }

@@ -13,6 +13,7 @@ use crate::error::{Code, Error, Result};
 use crate::lifecycle::Context;
 use crate::policy::datamap::split_target;
 use crate::policy::{Action, FollowUp, Identities, System};
+use crate::proof::receipt::{Roots, RootsBuilder};
 use crate::store::{BackupRow, TaskRow};
 use crate::targets::exec::TextRow;
 use crate::targets::sql::{self, Which};
@@ -225,7 +226,7 @@ pub(super) async fn collect(
     subject: &Identities,
     target: &Target,
     now: DateTime<Utc>,
-) -> Result<BackupRow> {
+) -> Result<(BackupRow, Roots)> {
     let id = crate::store::new_id();
     ctx.store
         .archive_intent(&id, &task.id, task.request_id.as_deref(), &s.worker, now)
@@ -285,7 +286,7 @@ async fn write_archive(
     subject: &Identities,
     target: &Target,
     now: DateTime<Utc>,
-) -> Result<BackupRow> {
+) -> Result<(BackupRow, Roots)> {
     use rand::Rng;
     let id = id.to_owned();
     let digest_key: [u8; 32] = rand::rng().random();
@@ -365,7 +366,7 @@ async fn write_archive(
     }
     super::task::stop_point("writing_archive");
     let written = w.finish()?;
-    let counts = backup::verify(&written.path, &written.key_path, Some(&written.sha256))?;
+    let (counts, roots) = read_back(&written.path, &written.key_path, &written.sha256)?;
     for (t, n) in &expected {
         if counts.get(t).copied().unwrap_or(0) != *n {
             return Err(Error::new(
@@ -378,7 +379,7 @@ async fn write_archive(
         }
     }
     tracing::info!(task = %task.id, backup = %id, rows = written.rows, "backup written and verified");
-    Ok(BackupRow {
+    let row = BackupRow {
         id,
         request_id: task.request_id.clone(),
         task_id: task.id.clone(),
@@ -393,7 +394,34 @@ async fn write_archive(
             .map(|d| d.and_time(now.time()).and_utc())
             .unwrap_or(now),
         shredded_at: None,
-    })
+    };
+    Ok((row, roots))
+}
+
+/// Read an archive back whole and check it (its recorded SHA-256, the trailer, the
+/// tables): rows per table, and the receipt's per-table roots from the same pass.
+pub(super) fn read_back(
+    path: &std::path::Path,
+    key_path: &std::path::Path,
+    sha256: &str,
+) -> Result<(BTreeMap<String, u64>, Roots)> {
+    let mut roots: Option<RootsBuilder> = None;
+    let counts = backup::verify_each(path, key_path, Some(sha256), |m, rec| {
+        let b = match &mut roots {
+            Some(b) => b,
+            None => roots.insert(RootsBuilder::new(m)?),
+        };
+        b.add(rec)
+    })?;
+    let roots = match roots {
+        Some(b) => b.finish(),
+        // No rows: the roots of empty tables.
+        None => counts
+            .keys()
+            .map(|t| (t.clone(), (0, crate::proof::merkle::root(&[]))))
+            .collect(),
+    };
+    Ok((counts, roots))
 }
 
 fn record(p: &Part, row: TextRow) -> Record {

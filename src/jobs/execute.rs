@@ -147,8 +147,8 @@ async fn run_on(
     apply_order(sys, &mut parts);
 
     use super::TaskState as S;
-    let (backup_id, just_verified) = match (task.state, &task.backup_id) {
-        (S::BackedUp, Some(b)) => (b.clone(), false),
+    let (backup_id, roots) = match (task.state, &task.backup_id) {
+        (S::BackedUp, Some(b)) => (b.clone(), None),
         (
             S::WaitingKeys | S::WaitingConfirmation | S::Done | S::Cancelled | S::NeedsAttention,
             _,
@@ -161,7 +161,7 @@ async fn run_on(
         (S::Pending, _) | (S::BackedUp, None) => {
             // Keys of retained rows first, while the subject can still be found.
             super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;
-            let b =
+            let (b, roots) =
                 super::collect::collect(ctx, s, task, sys, &parts, subject, target, now).await?;
             stop_point("before_record");
             if let Err(e) = ctx.store.task_backed_up(&task.id, &s.worker, &b, now).await {
@@ -175,7 +175,7 @@ async fn run_on(
             }
             stop_point("after_backup");
             // `collect` read the archive back whole before recording it.
-            (b.id, true)
+            (b.id, Some(roots))
         }
     };
     let row = ctx.store.backup(&backup_id).await?.ok_or_else(|| {
@@ -186,9 +186,10 @@ async fn run_on(
     })?;
     let (path, key_path) = backup::paths(&s.backup_dir, &s.keys_dir, &backup_id);
     // Never act on an archive that does not verify (on a resume, check it again).
-    if !just_verified {
-        backup::verify(&path, &key_path, Some(&row.sha256))?;
-    }
+    let roots = match roots {
+        Some(r) => r,
+        None => super::collect::read_back(&path, &key_path, &row.sha256)?.1,
+    };
     let mut results = match apply(ctx, s, task, sys, &parts, target, &path, &key_path).await? {
         Applied::Tables(r) => r,
         // Someone changed a row since the backup (say, while a crashed worker's task
@@ -202,6 +203,12 @@ async fn run_on(
     }
     for r in &mut results {
         r.backed_up = r.changed + r.already_done;
+        r.digest = roots
+            .get(&r.table)
+            .map(|&(rows, root)| super::task::TableDigest {
+                rows,
+                merkle_root: hex::encode(root),
+            });
     }
     Ok(Step::Done(TaskResult {
         backup: Some(backup_id),
@@ -235,6 +242,7 @@ async fn apply(
             backed_up: 0,
             changed: 0,
             already_done: 0,
+            digest: None,
         })
         .collect();
     let mut batch: Vec<Record> = Vec::new();

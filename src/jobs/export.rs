@@ -256,6 +256,7 @@ async fn write_page(
             backed_up: 0,
             changed: 0,
             already_done: n,
+            digest: None,
         });
     }
     let data = serde_json::to_string_pretty(

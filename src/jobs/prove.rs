@@ -339,13 +339,31 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<TaskDoc> {
         expires_at: b.expires_at,
     });
     let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, bid);
-    let (manifest, roots) = receipt::archive_roots(&path, &key)?;
+    // The roots taken by the read-back before anything changed; a task recorded without
+    // them (by an earlier version) has its archive read for them.
+    let manifest = crate::backup::Reader::open(&path, &key)?.manifest;
+    let recorded: Option<BTreeMap<String, (u64, String)>> = manifest
+        .tables
+        .iter()
+        .map(|tm| {
+            let d = result.tables.iter().find(|r| r.table == tm.table)?.digest.as_ref()?;
+            Some((tm.table.clone(), (d.rows, d.merkle_root.clone())))
+        })
+        .collect();
+    let roots = match recorded {
+        Some(r) => r,
+        None => receipt::archive_roots(&path, &key)?
+            .1
+            .into_iter()
+            .map(|(t, (n, root))| (t, (n, hex::encode(root))))
+            .collect(),
+    };
     for tm in &manifest.tables {
         let entry = body.entries.iter().find(|e| e.table == tm.table);
         let (rows, root) = roots
             .get(&tm.table)
-            .copied()
-            .unwrap_or((0, crate::proof::merkle::root(&[])));
+            .cloned()
+            .unwrap_or_else(|| (0, hex::encode(crate::proof::merkle::root(&[]))));
         doc.changes.push(ChangeDoc {
             table: tm.table.clone(),
             action: tm.action,
@@ -359,7 +377,7 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<TaskDoc> {
             categories: entry.map(|e| e.categories.clone()).unwrap_or_default(),
             rule: entry.map(|e| e.rule.clone()),
             basis: entry.map(|e| e.basis.clone()),
-            merkle_root: hex::encode(root),
+            merkle_root: root,
         });
     }
     Ok(doc)

@@ -66,6 +66,20 @@ pub struct TableResult {
     pub backed_up: u64,
     pub changed: u64,
     pub already_done: u64,
+    /// The rows of this table in the backup and the Merkle root of their digests, taken
+    /// by the read-back that verified the backup before anything changed (the receipt
+    /// uses them; tasks finished before this was recorded have none, and their receipt
+    /// reads the archive for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<TableDigest>,
+}
+
+/// One table's share of a backup, as the receipt states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDigest {
+    pub rows: u64,
+    /// Hex.
+    pub merkle_root: String,
 }
 
 /// The result of a task, stored with it.

@@ -162,26 +162,48 @@ pub type Roots = BTreeMap<String, (u64, Hash)>;
 /// archive order). One pass over the archive.
 pub fn archive_roots(path: &Path, key_path: &Path) -> Result<(backup::Manifest, Roots)> {
     let mut reader = backup::Reader::open(path, key_path)?;
-    let key = hex::decode(&reader.manifest.digest_key)
-        .map_err(|_| Error::new(Code::Io, "backup: malformed digest key"))?;
-    let mut leaves: BTreeMap<String, Vec<Hash>> = reader
-        .manifest
-        .tables
-        .iter()
-        .map(|t| (t.table.clone(), Vec::new()))
-        .collect();
+    let mut roots = RootsBuilder::new(&reader.manifest)?;
     while let Some(rec) = reader.next_row()? {
-        let d = row_digest(&key, &rec)?;
-        leaves
+        roots.add(&rec)?;
+    }
+    Ok((reader.manifest, roots.finish()))
+}
+
+/// The per-table roots of an archive, built row by row as the archive is read (by the
+/// read-back that verifies it, so that no pass over the archive is made for them alone).
+#[derive(Debug, Clone)]
+pub struct RootsBuilder {
+    key: Vec<u8>,
+    leaves: BTreeMap<String, Vec<Hash>>,
+}
+
+impl RootsBuilder {
+    pub fn new(manifest: &backup::Manifest) -> Result<RootsBuilder> {
+        let key = hex::decode(&manifest.digest_key)
+            .map_err(|_| Error::new(Code::Io, "backup: malformed digest key"))?;
+        let leaves = manifest
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), Vec::new()))
+            .collect();
+        Ok(RootsBuilder { key, leaves })
+    }
+
+    pub fn add(&mut self, rec: &backup::Record) -> Result<()> {
+        let d = row_digest(&self.key, rec)?;
+        self.leaves
             .entry(rec.t.clone())
             .or_default()
             .push(merkle::leaf_hash(&d));
+        Ok(())
     }
-    let roots = leaves
-        .into_iter()
-        .map(|(t, l)| (t, (l.len() as u64, merkle::root(&l))))
-        .collect();
-    Ok((reader.manifest, roots))
+
+    pub fn finish(self) -> Roots {
+        self.leaves
+            .into_iter()
+            .map(|(t, l)| (t, (l.len() as u64, merkle::root(&l))))
+            .collect()
+    }
 }
 
 /// Sign a body and attach its place in the log.
