@@ -119,6 +119,19 @@ fn push(frontier: &mut Vec<Hash>, size: u64, leaf: Hash) {
     frontier.push(h);
 }
 
+/// The frontier of the tree of `size` leaves whose frontier is `frontier`, with `leaves`
+/// appended; `None` when the frontier does not fit the size.
+pub fn extend_frontier(size: u64, frontier: &[Hash], leaves: &[Hash]) -> Option<Vec<Hash>> {
+    if !frontier_fits(size, frontier) {
+        return None;
+    }
+    let mut f = frontier.to_vec();
+    for (i, leaf) in leaves.iter().enumerate() {
+        push(&mut f, size + i as u64, *leaf);
+    }
+    Some(f)
+}
+
 /// The root of a tree given its frontier: the perfect subtrees folded from the right.
 pub fn frontier_root(frontier: &[Hash]) -> Hash {
     let mut it = frontier.iter().rev();
@@ -186,14 +199,10 @@ pub fn extend(size: u64, frontier: &[Hash], leaves: &[Hash]) -> Option<Extended>
         tree.path(size + i, 0, total, &mut out)?;
         proofs.push(out);
     }
-    let mut next = frontier.to_vec();
-    for (i, leaf) in leaves.iter().enumerate() {
-        push(&mut next, size + i as u64, *leaf);
-    }
     Some(Extended {
         size: total,
         root,
-        frontier: next,
+        frontier: extend_frontier(size, frontier, leaves)?,
         proofs,
     })
 }
@@ -469,7 +478,11 @@ mod tests {
         let all = random_leaves(old + batch, seed);
         let f = frontier(&all[..old]);
         assert!(frontier_fits(old as u64, &f));
-        assert_eq!(frontier_root(&f), root(&all[..old]), "root of {old} from its frontier");
+        assert_eq!(
+            frontier_root(&f),
+            root(&all[..old]),
+            "root of {old} from its frontier"
+        );
         let e = extend(old as u64, &f, &all[old..]).unwrap();
         let n = all.len();
         assert_eq!(e.size, n as u64);
