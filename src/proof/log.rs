@@ -338,3 +338,50 @@ pub async fn verify(store: &Store, key: &PublicKey) -> Result<LogReport> {
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(size: u64) -> String {
+        format!("test.example/log\n{size}\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n— sig\n")
+    }
+
+    #[test]
+    fn an_older_checkpoint_never_replaces_a_newer_file_and_no_temporary_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log/checkpoint");
+        publish_checkpoint(&path, 5, &note(5)).unwrap();
+        publish_checkpoint(&path, 7, &note(7)).unwrap();
+        // A worker that finished before, writing after.
+        publish_checkpoint(&path, 6, &note(6)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(7));
+        publish_checkpoint(&path, 7, &note(7)).unwrap();
+        publish_checkpoint(&path, 8, &note(8)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(8));
+        let tmp: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(tmp.is_empty(), "{tmp:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_of_the_checkpoint_file_all_succeed_and_the_largest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let path = &path;
+                s.spawn(move || {
+                    for i in 0..50u64 {
+                        let size = i * 4 + t;
+                        publish_checkpoint(path, size, &note(size)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(199));
+    }
+}
