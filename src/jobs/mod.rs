@@ -390,6 +390,17 @@ pub async fn run_one(
             summary.done += 1;
             if completed && let Some(rid) = &task.request_id {
                 summary.completed_requests.push(rid.clone());
+                // Its completion receipt (and email) now, not after the round.
+                let issued = prove::issue_for_requests(
+                    ctx,
+                    s,
+                    std::slice::from_ref(rid),
+                    crate::clock::now(),
+                )
+                .await?;
+                summary
+                    .receipts
+                    .extend(issued.into_iter().map(|p| p.display().to_string()));
             }
         }
         Ok(task::Step::Rebackup(why)) => {
@@ -489,11 +500,10 @@ pub async fn run_due(
     let shredded = expire_backups(ctx, s, crate::clock::now()).await?;
     summary.shredded_backups = shredded.expired;
     summary.shredded_unrecorded += shredded.unrecorded;
-    summary.receipts = prove::issue_missing(ctx, s, &s.prover, crate::clock::now())
-        .await?
-        .into_iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let missing = prove::issue_missing(ctx, s, &s.prover, crate::clock::now()).await?;
+    summary
+        .receipts
+        .extend(missing.into_iter().map(|p| p.display().to_string()));
     let sent = crate::mail::send_due(
         &ctx.store,
         &s.mailer,

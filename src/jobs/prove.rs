@@ -1,7 +1,11 @@
 //! Issuing receipts: when a request completes, one receipt for its finished tasks; later
 //! tasks (retention follow-ups, sweeps) get receipts of their own. Issuing is a durable
 //! step of its own: finished tasks no receipt covers are found again and again until one
-//! does, so a crash between finishing and proving loses no receipt.
+//! does, so a crash between finishing and proving loses no receipt. Receipt work is
+//! claimed before it is built (as tasks are leased), and a batch of receipts, their log
+//! entries and checkpoint, and their completion emails commit in one transaction only
+//! while the claims are still this worker's: each receipt is issued once across
+//! instances.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use crate::proof::note::KeyPair;
 use crate::proof::receipt::{BackupDoc, ChangeDoc, RequestDoc, RetainedDoc, TaskDoc, WorkBody};
 use crate::proof::{log, receipt};
 use crate::store::TaskRow;
+use crate::store::log::NewReceipt;
 
 /// What issuing needs: the signing key and where things go.
 #[derive(Debug, Clone)]
@@ -41,65 +46,153 @@ impl Prover {
     }
 }
 
-/// Issue receipts for every finished task no receipt covers yet (tasks of requests that
-/// are not completed wait). Returns the receipt files written.
+/// How long a receipt claim holds before another worker may take the work over.
+fn claim_until(s: &Settings, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300))
+}
+
+/// Issue every receipt still to issue: the completion receipts due (a request that
+/// completed and whose receipt a crash, or a lost claim, left unissued), then finished
+/// tasks no receipt covers (retention follow-ups, sweeps, and the work of a request that a
+/// restore undid before it completed), claimed first so that no two workers issue the
+/// same. Returns the receipt files written.
 pub async fn issue_missing(
     ctx: &Context,
     s: &Settings,
     p: &Prover,
     now: DateTime<Utc>,
 ) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    // Completion receipts first: one per completed request, covering every task that
-    // answered it (none, when there was nothing to change).
-    for rid in ctx.store.receipts_due().await? {
-        let tasks = ctx.store.unreceipted_tasks_of(&rid).await?;
-        written.push(issue(ctx, s, p, Some(&rid), &tasks, now).await?);
-    }
-    // Then what finished later: retention follow-ups, sweeps, and the work of a request
-    // that a restore undid before it completed.
-    let mut groups: BTreeMap<Option<String>, Vec<TaskRow>> = BTreeMap::new();
-    for t in ctx.store.unreceipted_tasks().await? {
-        groups.entry(t.request_id.clone()).or_default().push(t);
-    }
-    for (rid, tasks) in groups {
-        match rid {
-            Some(rid) => {
-                let req = ctx.request(&rid).await?;
-                match req.state {
-                    State::Completed | State::Restored => {}
-                    State::Unverified
-                    | State::PendingReview
-                    | State::Approved
-                    | State::Scheduled
-                    | State::Running
-                    | State::Rejected
-                    | State::OnHold
-                    | State::Cancelled
-                    | State::Failed
-                    | State::NeedsAttention => continue,
-                }
-                written.push(issue(ctx, s, p, Some(&rid), &tasks, now).await?);
-            }
-            // Sweeps belong to no request: one receipt each.
-            None => {
-                for t in tasks {
-                    written.push(issue(ctx, s, p, None, std::slice::from_ref(&t), now).await?);
+    let due = ctx.store.receipts_due().await?;
+    let mut written = issue_for_requests_with(ctx, s, p, &due, now).await?;
+    loop {
+        let tasks = ctx
+            .store
+            .claim_unreceipted_tasks(&s.worker, now, claim_until(s, now), CLAIM_BATCH)
+            .await?;
+        if tasks.is_empty() {
+            break;
+        }
+        let claimed: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        let more = tasks.len() as i64 == CLAIM_BATCH;
+        let mut groups: BTreeMap<Option<String>, Vec<TaskRow>> = BTreeMap::new();
+        for t in tasks {
+            groups.entry(t.request_id.clone()).or_default().push(t);
+        }
+        let built = async {
+            let mut drafts = Vec::new();
+            for (rid, tasks) in groups {
+                match rid {
+                    Some(rid) => drafts.push(draft(ctx, s, Some(&rid), &tasks, false, now).await?),
+                    // Sweeps belong to no request: one receipt each.
+                    None => {
+                        for t in tasks {
+                            drafts.push(
+                                draft(ctx, s, None, std::slice::from_ref(&t), false, now).await?,
+                            );
+                        }
+                    }
                 }
             }
+            issue_batch(ctx, p, drafts, Some(&s.worker), now).await
+        }
+        .await;
+        match built {
+            Ok(Some(files)) => written.extend(files),
+            Ok(None) => {
+                tracing::info!("receipt claims were taken over by another worker; it issues them");
+                break;
+            }
+            Err(e) => {
+                ctx.store
+                    .release_receipt_claims(&s.worker, &[], &claimed)
+                    .await?;
+                return Err(e);
+            }
+        }
+        if !more {
+            break;
         }
     }
     Ok(written)
 }
 
-async fn issue(
+/// How many unreceipted tasks a worker claims at once.
+const CLAIM_BATCH: i64 = 200;
+
+/// Issue the completion receipts of `request_ids` (those due that no other worker has
+/// claimed), as one batch: one log checkpoint, one transaction with their completion
+/// emails. Called as requests complete; [`issue_missing`] finds whatever is left.
+pub async fn issue_for_requests(
+    ctx: &Context,
+    s: &Settings,
+    request_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<PathBuf>> {
+    issue_for_requests_with(ctx, s, &s.prover, request_ids, now).await
+}
+
+async fn issue_for_requests_with(
     ctx: &Context,
     s: &Settings,
     p: &Prover,
+    request_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<PathBuf>> {
+    if request_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let claimed = ctx
+        .store
+        .claim_completion_receipts(request_ids, &s.worker, now, claim_until(s, now))
+        .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let built = async {
+        let mut drafts = Vec::with_capacity(claimed.len());
+        for rid in &claimed {
+            // One receipt per completed request, covering every task that answered it
+            // (none, when there was nothing to change).
+            let tasks = ctx.store.unreceipted_tasks_of(rid).await?;
+            drafts.push(draft(ctx, s, Some(rid), &tasks, true, now).await?);
+        }
+        issue_batch(ctx, p, drafts, Some(&s.worker), now).await
+    }
+    .await;
+    match built {
+        Ok(Some(files)) => Ok(files),
+        Ok(None) => {
+            tracing::info!("a completion receipt was issued or taken over by another worker");
+            Ok(Vec::new())
+        }
+        Err(e) => {
+            ctx.store
+                .release_receipt_claims(&s.worker, &claimed, &[])
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+/// A receipt made, not yet sealed nor in the log.
+struct Draft {
+    id: String,
+    rid: Option<String>,
+    body: Value,
+    task_ids: Vec<String>,
+    completion: bool,
+    /// The completion message's recipient (the request) and words.
+    notify: Option<(crate::lifecycle::Request, vars::Completion)>,
+}
+
+async fn draft(
+    ctx: &Context,
+    s: &Settings,
     rid: Option<&str>,
     tasks: &[TaskRow],
+    completion: bool,
     now: DateTime<Utc>,
-) -> Result<PathBuf> {
+) -> Result<Draft> {
     let id = crate::store::new_id();
     let mut body = WorkBody {
         quietus_receipt: receipt::FORMAT,
@@ -111,8 +204,15 @@ async fn issue(
         retained: Vec::new(),
         tasks: Vec::new(),
     };
+    // The first receipt of a request (its completion receipt, or the receipt of the work
+    // a restore undid before it completed) says what was kept, until when and why.
+    let first = match rid {
+        Some(rid) => completion || ctx.store.receipts_of(rid).await?.is_empty(),
+        None => false,
+    };
+    let mut req = None;
     if let Some(rid) = rid {
-        let req = ctx.request(rid).await?;
+        let r = ctx.request(rid).await?;
         let history = ctx.store.history(rid).await?;
         let approved = history.iter().rev().find(|h| h.to_state == State::Approved);
         let completed = history
@@ -120,16 +220,14 @@ async fn issue(
             .rev()
             .find(|h| h.to_state == State::Completed);
         body.request = Some(RequestDoc {
-            id: req.id.clone(),
-            kind: req.kind,
-            jurisdiction: req.jurisdiction,
-            received_at: req.received_at,
+            id: r.id.clone(),
+            kind: r.kind,
+            jurisdiction: r.jurisdiction,
+            received_at: r.received_at,
             approved_at: approved.map(|h| h.at),
             approved_by: approved.map(|h| h.actor.clone()),
             completed_at: completed.map(|h| h.at),
         });
-        // The completion receipt says what was kept, until when and why.
-        let first = ctx.store.receipts_of(rid).await?.is_empty();
         if first && let Some(saved) = ctx.store.latest_plan(rid).await? {
             let plan: Plan = serde_json::from_str(&saved.body)?;
             body.policy_digest = plan.policy_digest.clone();
@@ -157,25 +255,114 @@ async fn issue(
                 })
                 .collect();
         }
+        req = Some(r);
     }
     for t in tasks {
         body.tasks.push(task_doc(ctx, s, t).await?);
     }
-    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
-    // The first receipt of a request is its completion: the subject is told, in words,
-    // what was erased and what was kept, with the receipt attached. A restored request's
-    // subject was told of the restore instead.
-    let notify = match rid {
-        Some(rid) if ctx.store.receipts_of(rid).await?.is_empty() => {
-            Some(ctx.request(rid).await?).filter(|r| r.state == State::Completed)
-        }
-        _ => None,
+    // The completion receipt: the subject is told, in words, what was erased and what
+    // was kept, with the receipt attached. A restored request's subject was told of the
+    // restore instead.
+    let notify = req
+        .filter(|r| completion && r.state == State::Completed)
+        .map(|r| {
+            let words = completion_vars(&body, &format!("receipt-{id}.json"), ctx.zone(), now);
+            (r, words)
+        });
+    Ok(Draft {
+        id,
+        rid: rid.map(str::to_owned),
+        body: serde_json::to_value(&body)?,
+        task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+        completion,
+        notify,
+    })
+}
+
+/// Seal drafts into the log as one batch: one checkpoint, one transaction with the
+/// receipts, the tasks they cover and their messages; the receipt files and the
+/// checkpoint file once it committed. `None` when a claim of `worker` no longer held, and
+/// nothing was written.
+async fn issue_batch(
+    ctx: &Context,
+    p: &Prover,
+    drafts: Vec<Draft>,
+    worker: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<Vec<PathBuf>>> {
+    if drafts.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let canonical = drafts
+        .iter()
+        .map(|d| receipt::canonical(&d.body))
+        .collect::<Result<Vec<String>>>()?;
+    let entries: Vec<log::Entry<'_>> = drafts
+        .iter()
+        .zip(&canonical)
+        .map(|(d, c)| log::Entry {
+            request_id: d.rid.as_deref(),
+            body: c,
+        })
+        .collect();
+    let signing = log::Signing {
+        key: &p.key,
+        origin: &p.origin,
+        checkpoint_file: &p.checkpoint_file,
     };
-    let vars = notify
-        .as_ref()
-        .map(|_| completion_vars(&body, &format!("receipt-{id}.json"), ctx.zone(), now));
-    let body = serde_json::to_value(&body)?;
-    seal_and_store(ctx, p, rid, &id, body, &ids, notify.as_ref().zip(vars), now).await
+    let mut docs: Vec<String> = Vec::with_capacity(drafts.len());
+    let appended = log::append(&ctx.store, signing, &entries, worker, now, |proofs| {
+        let mut out = Vec::with_capacity(drafts.len());
+        for (d, proof) in drafts.iter().zip(proofs) {
+            let log_idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
+            let sealed = receipt::seal(d.body.clone(), &p.key, proof.clone())?;
+            let doc = serde_json::to_string_pretty(&sealed)?;
+            let mails = match &d.notify {
+                Some((req, words)) => {
+                    let attachment = crate::store::outbox::MailAttachment {
+                        filename: format!("receipt-{}.json", d.id),
+                        content_type: "application/json".into(),
+                        content: doc.clone().into_bytes(),
+                    };
+                    ctx.mail.to_subject(
+                        req,
+                        vars::Message::Completion(words.clone()),
+                        vec![attachment],
+                    )?
+                }
+                None => Vec::new(),
+            };
+            out.push(NewReceipt {
+                id: d.id.clone(),
+                request_id: d.rid.clone(),
+                completion: d.completion,
+                log_idx,
+                document: doc.clone(),
+                task_ids: d.task_ids.clone(),
+                mails,
+            });
+            docs.push(doc);
+        }
+        Ok(out)
+    })
+    .await?;
+    let Some(appended) = appended else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&p.receipts_dir)?;
+    let mut written = Vec::with_capacity(drafts.len());
+    for ((d, doc), proof) in drafts.iter().zip(&docs).zip(&appended.proofs) {
+        let path = p.receipts_dir.join(format!(
+            "{}-{}.json",
+            d.rid.as_deref().unwrap_or("sweep"),
+            d.id
+        ));
+        std::fs::write(&path, doc)?;
+        tracing::info!(receipt = %d.id, log_index = proof.index, "receipt issued");
+        written.push(path);
+    }
+    log::publish_checkpoint(&p.checkpoint_file, appended.size, &appended.note)?;
+    Ok(Some(written))
 }
 
 /// The completion message's words: what was erased, handed over and disabled, and what
@@ -250,52 +437,18 @@ pub async fn shred_receipt(
         "backup": {"id": b.id, "sha256": b.sha256, "size": b.size, "rows": b.rows, "created_at": b.created_at, "expired_at": b.expires_at},
         "shredded_at": now,
     });
-    seal_and_store(ctx, p, b.request_id.as_deref(), &id, body, &[], None, now).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn seal_and_store(
-    ctx: &Context,
-    p: &Prover,
-    rid: Option<&str>,
-    id: &str,
-    body: Value,
-    task_ids: &[String],
-    completion: Option<(&crate::lifecycle::Request, vars::Completion)>,
-    now: DateTime<Utc>,
-) -> Result<PathBuf> {
-    let canonical = receipt::canonical(&body)?;
-    let signing = log::Signing {
-        key: &p.key,
-        origin: &p.origin,
-        checkpoint_file: &p.checkpoint_file,
+    let d = Draft {
+        id,
+        rid: b.request_id.clone(),
+        body,
+        task_ids: Vec::new(),
+        completion: false,
+        notify: None,
     };
-    let proof = log::append(&ctx.store, signing, "receipt", rid, &canonical, now).await?;
-    let idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
-    let sealed = receipt::seal(body, &p.key, proof)?;
-    let doc = serde_json::to_string_pretty(&sealed)?;
-    std::fs::create_dir_all(&p.receipts_dir)?;
-    let path = p
-        .receipts_dir
-        .join(format!("{}-{id}.json", rid.unwrap_or("sweep")));
-    std::fs::write(&path, &doc)?;
-    let mails = match completion {
-        Some((req, vars)) => {
-            let attachment = crate::store::outbox::MailAttachment {
-                filename: format!("receipt-{id}.json"),
-                content_type: "application/json".into(),
-                content: doc.clone().into_bytes(),
-            };
-            ctx.mail
-                .to_subject(req, vars::Message::Completion(vars), vec![attachment])?
-        }
-        None => Vec::new(),
-    };
-    ctx.store
-        .save_receipt(id, rid, idx, &doc, task_ids, &mails, now)
-        .await?;
-    tracing::info!(receipt = %id, log_index = idx, "receipt issued");
-    Ok(path)
+    issue_batch(ctx, p, vec![d], None, now)
+        .await?
+        .and_then(|w| w.into_iter().next())
+        .ok_or_else(|| Error::new(Code::Internal, "the shredding receipt was not written"))
 }
 
 async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<TaskDoc> {

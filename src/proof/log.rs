@@ -1,6 +1,7 @@
 //! The transparency log: an append-only RFC 6962 Merkle log of receipts, with a signed
-//! checkpoint (C2SP tlog-checkpoint) written after each append, to the state store and to
-//! a file that can be copied to a witness.
+//! checkpoint (C2SP tlog-checkpoint) written with each batch appended, to the state store
+//! and to a file that can be copied to a witness. Each checkpoint stores the tree's
+//! frontier, so an append costs O(log n), not a read of every leaf.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use super::merkle::{self, Hash};
 use super::note::{Checkpoint, KeyPair, PublicKey};
 use crate::error::{Code, Error, Result};
 use crate::store::Store;
+use crate::store::log::{LogKind, LogTip, NewCheckpoint, NewEntry, NewReceipt, Sealed};
 
 /// Where an entry sits in the log, and the proof of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,58 +55,185 @@ pub struct Signing<'a> {
     pub checkpoint_file: &'a Path,
 }
 
-/// Append `body` to the log, checkpoint the new tree, and prove the entry's inclusion.
-pub async fn append(
-    store: &Store,
-    signing: Signing<'_>,
-    kind: &str,
-    request_id: Option<&str>,
-    body: &str,
-    now: DateTime<Utc>,
-) -> Result<LogProof> {
-    let Signing {
-        key,
-        origin,
-        checkpoint_file,
-    } = signing;
-    let leaf = merkle::leaf_hash(body.as_bytes());
-    let idx = store
-        .log_append(kind, request_id, &hex::encode(leaf), body, now)
-        .await?;
-    let all = leaves(store, i64::MAX).await?;
-    let size = all.len();
-    let root = merkle::root(&all);
-    let cp = Checkpoint {
-        origin: origin.to_owned(),
-        size: size as u64,
-        root,
-    };
-    let note = key.sign_note(&cp.body())?;
-    store
-        .save_checkpoint(size as i64, &hex::encode(root), &note, now)
-        .await?;
-    write_atomically(checkpoint_file, note.as_bytes())?;
-    let index = usize::try_from(idx).map_err(|_| Error::new(Code::Store, "negative log index"))?;
-    let proof = merkle::inclusion_proof(index, &all)
-        .ok_or_else(|| Error::new(Code::Internal, "entry not in its own log"))?;
-    Ok(LogProof {
-        origin: origin.to_owned(),
-        index: index as u64,
-        tree_size: size as u64,
-        root: B64.encode(root),
-        inclusion: proof.iter().map(|h| B64.encode(h)).collect(),
-        checkpoint: note,
-    })
+/// An entry to append: the canonical body of a receipt, and whose request it is of.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub request_id: Option<&'a str>,
+    pub body: &'a str,
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
+/// A batch appended: each entry's place and proof, and the batch's checkpoint.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub proofs: Vec<LogProof>,
+    pub size: u64,
+    pub note: String,
+    /// How many stored leaf hashes the append read (see [`AppendStats`]).
+    pub leaves_read: usize,
+}
+
+fn encode_frontier(f: &[Hash]) -> String {
+    f.iter().map(hex::encode).collect()
+}
+
+fn decode_frontier(s: &str) -> Result<Vec<Hash>> {
+    if !s.len().is_multiple_of(64) {
+        return Err(Error::new(
+            Code::Store,
+            "a checkpoint holds a malformed frontier",
+        ));
     }
-    let tmp: PathBuf = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
-    std::fs::rename(&tmp, path)?;
+    (0..s.len() / 64)
+        .map(|i| decode_hash(s.get(i * 64..(i + 1) * 64).unwrap_or_default()))
+        .collect()
+}
+
+/// Append a batch of entries to the log with one signed checkpoint, in one store
+/// transaction under the log lock, together with what `seal` makes of the entries' proofs
+/// (the receipts that cite them, and their messages). The new root, the frontier and the
+/// inclusion proofs come from the latest checkpoint's frontier and the new entries alone:
+/// an append reads no other leaf. `worker`: whose claims the receipts carry out; `None`
+/// when a claim no longer holds, and nothing was written. The checkpoint file is not
+/// written here: see [`publish_checkpoint`], once what cites it is in place.
+pub async fn append<F>(
+    store: &Store,
+    signing: Signing<'_>,
+    entries: &[Entry<'_>],
+    worker: Option<&str>,
+    now: DateTime<Utc>,
+    seal: F,
+) -> Result<Option<Appended>>
+where
+    F: FnOnce(&[LogProof]) -> Result<Vec<NewReceipt>>,
+{
+    let Signing { key, origin, .. } = signing;
+    let leaves: Vec<Hash> = entries
+        .iter()
+        .map(|e| merkle::leaf_hash(e.body.as_bytes()))
+        .collect();
+    let rows: Vec<NewEntry> = entries
+        .iter()
+        .zip(&leaves)
+        .map(|(e, h)| NewEntry {
+            kind: LogKind::Receipt,
+            request_id: e.request_id.map(str::to_owned),
+            leaf_hash: hex::encode(h),
+            body: e.body.to_owned(),
+        })
+        .collect();
+    let mut made: Option<(Vec<LogProof>, u64, String)> = None;
+    let stats = store
+        .append_log(&rows, worker, now, |tip: &LogTip, first: i64| {
+            let from = u64::try_from(tip.from)
+                .map_err(|_| Error::new(Code::Store, "a checkpoint has a negative size"))?;
+            let tail = tip
+                .tail
+                .iter()
+                .map(|h| decode_hash(h))
+                .collect::<Result<Vec<Hash>>>()?;
+            // Entries after the latest frontier (a log whose checkpoints predate
+            // frontiers: all of them, once) extend it first.
+            let frontier = merkle::extend_frontier(from, &decode_frontier(&tip.frontier)?, &tail)
+                .ok_or_else(|| {
+                Error::new(Code::Store, "a checkpoint's frontier does not fit its size")
+            })?;
+            let size = from + tail.len() as u64;
+            if u64::try_from(first).ok() != Some(size) {
+                return Err(Error::new(
+                    Code::Internal,
+                    "the log's tip moved under its lock",
+                ));
+            }
+            let ext = merkle::extend(size, &frontier, &leaves)
+                .ok_or_else(|| Error::new(Code::Internal, "the log's frontier does not fit"))?;
+            let cp = Checkpoint {
+                origin: origin.to_owned(),
+                size: ext.size,
+                root: ext.root,
+            };
+            let note = key.sign_note(&cp.body())?;
+            let proofs: Vec<LogProof> = ext
+                .proofs
+                .iter()
+                .enumerate()
+                .map(|(j, p)| LogProof {
+                    origin: origin.to_owned(),
+                    index: size + j as u64,
+                    tree_size: ext.size,
+                    root: B64.encode(ext.root),
+                    inclusion: p.iter().map(|h| B64.encode(h)).collect(),
+                    checkpoint: note.clone(),
+                })
+                .collect();
+            let receipts = seal(&proofs)?;
+            let checkpoint = NewCheckpoint {
+                size: i64::try_from(ext.size)
+                    .map_err(|_| Error::new(Code::Internal, "the log is too large"))?,
+                root: hex::encode(ext.root),
+                note: note.clone(),
+                frontier: encode_frontier(&ext.frontier),
+            };
+            made = Some((proofs, ext.size, note));
+            Ok(Sealed {
+                checkpoint,
+                receipts,
+            })
+        })
+        .await?;
+    let (Some(stats), Some((proofs, size, note))) = (stats, made) else {
+        return Ok(None);
+    };
+    Ok(Some(Appended {
+        proofs,
+        size,
+        note,
+        leaves_read: stats.leaves_read,
+    }))
+}
+
+/// Write a checkpoint to the file a witness copies, atomically: under a unique temporary
+/// name in the same folder, synced, renamed over the file, the folder synced. Workers
+/// finishing out of order never put an older checkpoint over a newer one: under a lock on
+/// the folder's lock file, the file is replaced only by a checkpoint at least as large.
+pub fn publish_checkpoint(path: &Path, size: u64, note: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        Some(_) | None => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", crate::store::new_id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, note.as_bytes())?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!(".{name}.lock")))?;
+    lock.lock()?;
+    let there = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| Checkpoint::parse_body(&t).ok())
+        .map(|c| c.size);
+    if there.is_some_and(|s| s > size) {
+        std::fs::remove_file(&tmp)?;
+        return Ok(());
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    std::fs::File::open(&dir).and_then(|d| d.sync_all())?;
     Ok(())
 }
 
@@ -208,4 +337,51 @@ pub async fn verify(store: &Store, key: &PublicKey) -> Result<LogReport> {
         previous = Some((cp.size, cp.root));
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(size: u64) -> String {
+        format!("test.example/log\n{size}\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n— sig\n")
+    }
+
+    #[test]
+    fn an_older_checkpoint_never_replaces_a_newer_file_and_no_temporary_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log/checkpoint");
+        publish_checkpoint(&path, 5, &note(5)).unwrap();
+        publish_checkpoint(&path, 7, &note(7)).unwrap();
+        // A worker that finished before, writing after.
+        publish_checkpoint(&path, 6, &note(6)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(7));
+        publish_checkpoint(&path, 7, &note(7)).unwrap();
+        publish_checkpoint(&path, 8, &note(8)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(8));
+        let tmp: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(tmp.is_empty(), "{tmp:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_of_the_checkpoint_file_all_succeed_and_the_largest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let path = &path;
+                s.spawn(move || {
+                    for i in 0..50u64 {
+                        let size = i * 4 + t;
+                        publish_checkpoint(path, size, &note(size)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(199));
+    }
 }

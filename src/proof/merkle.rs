@@ -95,6 +95,173 @@ pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
     Some(out)
 }
 
+/// The frontier (a "compact range") of a tree of `size` leaves: the roots of the perfect
+/// subtrees its binary decomposition makes, largest (leftmost) first, one per bit set in
+/// `size`. It is all a log needs to append leaves and compute the new root.
+pub fn frontier(leaves: &[Hash]) -> Vec<Hash> {
+    let mut f = Vec::new();
+    for (size, leaf) in leaves.iter().enumerate() {
+        push(&mut f, size as u64, *leaf);
+    }
+    f
+}
+
+/// Append one leaf to the frontier of a tree of `size` leaves (a binary counter: equal
+/// subtrees merge as the carry runs).
+fn push(frontier: &mut Vec<Hash>, size: u64, leaf: Hash) {
+    let mut h = leaf;
+    let mut s = size;
+    while s & 1 == 1 {
+        let Some(left) = frontier.pop() else { break };
+        h = node_hash(&left, &h);
+        s >>= 1;
+    }
+    frontier.push(h);
+}
+
+/// The frontier of the tree of `size` leaves whose frontier is `frontier`, with `leaves`
+/// appended; `None` when the frontier does not fit the size.
+pub fn extend_frontier(size: u64, frontier: &[Hash], leaves: &[Hash]) -> Option<Vec<Hash>> {
+    if !frontier_fits(size, frontier) {
+        return None;
+    }
+    let mut f = frontier.to_vec();
+    for (i, leaf) in leaves.iter().enumerate() {
+        push(&mut f, size + i as u64, *leaf);
+    }
+    Some(f)
+}
+
+/// The root of a tree given its frontier: the perfect subtrees folded from the right.
+pub fn frontier_root(frontier: &[Hash]) -> Hash {
+    let mut it = frontier.iter().rev();
+    let Some(last) = it.next() else {
+        return root(&[]);
+    };
+    it.fold(*last, |acc, left| node_hash(left, &acc))
+}
+
+/// Whether `frontier` has the shape of the frontier of a tree of `size` leaves.
+pub fn frontier_fits(size: u64, frontier: &[Hash]) -> bool {
+    frontier.len() == size.count_ones() as usize
+}
+
+/// What appending leaves to a tree known by its frontier gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extended {
+    /// The new tree's size, root and frontier.
+    pub size: u64,
+    pub root: Hash,
+    pub frontier: Vec<Hash>,
+    /// The inclusion proof of each new leaf in the new tree, in order.
+    pub proofs: Vec<Vec<Hash>>,
+}
+
+/// Append `leaves` to the tree of `size` leaves whose frontier is `frontier`: the new
+/// root, frontier and the inclusion proof of each new leaf, from the frontier and the new
+/// leaves only (O(new + log size) hashes for the root and frontier, O(log size) more per
+/// proof). `None` when the frontier does not fit the size.
+///
+/// Every node an inclusion proof of a new leaf needs lies either wholly among the new
+/// leaves, or is one of the frontier's perfect subtrees, or spans both and is built from
+/// them: a perfect subtree of the old leaves that is a node of the new tree and not inside
+/// the subtree being proved is always one of the frontier's (the frontier's subtrees are
+/// the maximal aligned ones, and nodes of an RFC 6962 tree never straddle them).
+pub fn extend(size: u64, frontier: &[Hash], leaves: &[Hash]) -> Option<Extended> {
+    if !frontier_fits(size, frontier) {
+        return None;
+    }
+    // The tree as segments: the frontier's subtrees, then each new leaf.
+    let mut segments: Vec<(u64, u64, Hash)> = Vec::with_capacity(frontier.len() + leaves.len());
+    let mut start = 0u64;
+    for (bit, h) in (0..64).rev().filter(|b| size >> b & 1 == 1).zip(frontier) {
+        let len = 1u64 << bit;
+        segments.push((start, start + len, *h));
+        start += len;
+    }
+    for (i, h) in leaves.iter().enumerate() {
+        let at = size + i as u64;
+        segments.push((at, at + 1, *h));
+    }
+    let total = size + leaves.len() as u64;
+    let mut tree = Segments {
+        segments,
+        memo: std::collections::HashMap::new(),
+    };
+    let root = if total == 0 {
+        self::root(&[])
+    } else {
+        tree.node(0, total)?
+    };
+    let mut proofs = Vec::with_capacity(leaves.len());
+    for i in 0..leaves.len() as u64 {
+        let mut out = Vec::new();
+        tree.path(size + i, 0, total, &mut out)?;
+        proofs.push(out);
+    }
+    Some(Extended {
+        size: total,
+        root,
+        frontier: extend_frontier(size, frontier, leaves)?,
+        proofs,
+    })
+}
+
+/// A tree known by segments (the old tree's frontier subtrees and the new leaves), with
+/// the hashes of the nodes computed so far.
+struct Segments {
+    segments: Vec<(u64, u64, Hash)>,
+    memo: std::collections::HashMap<(u64, u64), Hash>,
+}
+
+impl Segments {
+    /// The hash of node [a, b); `None` when it cuts a segment (a frontier that does not
+    /// belong to this tree).
+    fn node(&mut self, a: u64, b: u64) -> Option<Hash> {
+        if let Some(h) = self.memo.get(&(a, b)) {
+            return Some(*h);
+        }
+        let at = self.segments.partition_point(|s| s.0 < a);
+        let h = match self.segments.get(at) {
+            Some(&(sa, sb, h)) if sa == a && sb == b => h,
+            Some(&(sa, sb, _)) if sa == a && sb < b && b - a > 1 => {
+                let k = split_u64(b - a);
+                let left = self.node(a, a + k)?;
+                let right = self.node(a + k, b)?;
+                node_hash(&left, &right)
+            }
+            Some(_) | None => return None,
+        };
+        self.memo.insert((a, b), h);
+        Some(h)
+    }
+
+    /// PATH(m, D[a..b]) over the segments.
+    fn path(&mut self, m: u64, a: u64, b: u64, out: &mut Vec<Hash>) -> Option<()> {
+        if b - a <= 1 {
+            return Some(());
+        }
+        let k = split_u64(b - a);
+        if m < a + k {
+            self.path(m, a, a + k, out)?;
+            out.push(self.node(a + k, b)?);
+        } else {
+            self.path(m, a + k, b, out)?;
+            out.push(self.node(a, a + k)?);
+        }
+        Some(())
+    }
+}
+
+/// The largest power of two smaller than `n` (n > 1).
+fn split_u64(n: u64) -> u64 {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
 /// Verify an inclusion proof (RFC 9162 §2.1.3.2).
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
     if index >= size {
@@ -296,6 +463,72 @@ mod tests {
                 &h(ROOTS[n]),
                 &p
             ));
+        }
+    }
+
+    fn random_leaves(n: usize, seed: u64) -> Vec<Hash> {
+        (0..n as u64)
+            .map(|i| leaf_hash(&[seed.to_le_bytes(), i.to_le_bytes()].concat()))
+            .collect()
+    }
+
+    /// Appending from the frontier gives what the full leaves give: the root, the new
+    /// frontier, and each new leaf's inclusion proof (which verifies).
+    fn check_extend(old: usize, batch: usize, seed: u64) {
+        let all = random_leaves(old + batch, seed);
+        let f = frontier(&all[..old]);
+        assert!(frontier_fits(old as u64, &f));
+        assert_eq!(
+            frontier_root(&f),
+            root(&all[..old]),
+            "root of {old} from its frontier"
+        );
+        let e = extend(old as u64, &f, &all[old..]).unwrap();
+        let n = all.len();
+        assert_eq!(e.size, n as u64);
+        assert_eq!(e.root, root(&all), "{old} + {batch}");
+        assert_eq!(e.frontier, frontier(&all), "{old} + {batch}");
+        assert_eq!(frontier_root(&e.frontier), e.root);
+        assert_eq!(e.proofs.len(), batch);
+        for (j, p) in e.proofs.iter().enumerate() {
+            let i = old + j;
+            assert_eq!(
+                Some(p),
+                inclusion_proof(i, &all).as_ref(),
+                "leaf {i} of {old} + {batch}"
+            );
+            assert!(verify_inclusion(i as u64, n as u64, &all[i], p, &e.root));
+        }
+    }
+
+    #[test]
+    fn appending_from_the_frontier_matches_the_full_tree_for_every_small_size() {
+        for old in 0..40 {
+            for batch in 0..12 {
+                check_extend(old, batch, (old * 100 + batch) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frontier_that_does_not_fit_its_size_is_refused() {
+        let l = random_leaves(6, 1);
+        let f = frontier(&l);
+        assert_eq!(f.len(), 2);
+        assert!(extend(7, &f, &l[..1]).is_none());
+        assert!(extend(4, &f, &l[..1]).is_none());
+        assert!(extend(6, &f, &l[..1]).is_some());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        #[test]
+        fn appending_from_the_frontier_matches_the_full_tree(
+            old in 0usize..1100,
+            batch in 0usize..40,
+            seed in proptest::num::u64::ANY,
+        ) {
+            check_extend(old, batch, seed);
         }
     }
 
