@@ -384,3 +384,74 @@ async fn a_missing_sqlite_file_is_an_error_not_a_new_database() {
     assert!(err.contains("does not exist"), "{err}");
     assert!(!Path::new(&dir.path().join("absent.db")).exists());
 }
+
+/// A `fetch_text` runs its query once, on the pool and in a transaction: a query that
+/// takes the next value of a sequence advances it by one (the rows of each `SELECT … FOR
+/// UPDATE`, catalog lookup and re-check were once read by running the query twice).
+#[rstest]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::mysql(Backend::Mysql)]
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_text_runs_its_query_once(#[case] backend: Backend) {
+    let (db, driver, next) = match backend {
+        Backend::Postgres => (
+            Db::postgres().await,
+            "postgres",
+            "SELECT CAST(nextval('once') AS TEXT)",
+        ),
+        Backend::Mysql => (
+            Db::mysql().await,
+            "mysql",
+            "SELECT CAST(NEXTVAL(once) AS CHAR)",
+        ),
+        Backend::Sqlite => unreachable!("SQLite has no sequences"),
+    };
+    let sys: System = toml::from_str(&format!(
+        "name = \"q\"\ndriver = \"{driver}\"\nurl = {:?}\n",
+        db.url
+    ))
+    .unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let target = connect(&sys, base.path()).await;
+    let st = |sql: &str| Statement {
+        sql: sql.to_owned(),
+        binds: vec![],
+    };
+    let mut tx = target.begin().await.unwrap();
+    tx.execute(&st("CREATE SEQUENCE once")).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let on_pool = target.fetch_text(&st(next)).await;
+    let mut tx = target.begin().await.unwrap();
+    let in_tx = tx.fetch_text(&st(next)).await;
+    tx.commit().await.unwrap();
+    let after = target.fetch_text(&st(next)).await;
+    target.close().await;
+    db.drop_now().await;
+
+    let value = |r: &Result<Vec<Vec<Option<String>>>, quietus::error::Error>| {
+        r.as_ref().unwrap()[0][0].clone().unwrap()
+    };
+    assert_eq!(
+        value(&on_pool),
+        "1",
+        "Target::fetch_text ran its query twice"
+    );
+    assert_eq!(value(&in_tx), "2", "Tx::fetch_text ran its query twice");
+    assert_eq!(value(&after), "3");
+}
+
+/// A target of its own for a test.
+async fn connect(sys: &System, base: &Path) -> Target {
+    Target::connect(sys, base)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", sys.name))
+}
