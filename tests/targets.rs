@@ -9,10 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Backend, Db};
+use common::{Backend, Db, OwnTarget};
 use quietus::demo::{CRM_SCHEMA_MYSQL, CRM_SCHEMA_POSTGRES, CRM_SEED};
 use quietus::policy::{Identities, IdentityKind, System};
-use quietus::targets::{Statement, SuccessorCheck, SystemSurvey, TableCounts, Target, survey};
+use quietus::targets::{Pools, Statement, SuccessorCheck, SystemSurvey, TableCounts, survey};
 use rstest::rstest;
 
 /// The shipped data map of the demo CRM.
@@ -142,7 +142,7 @@ async fn drop_all(crms: Vec<Crm>) {
 
 /// Row counts of every table, read on a connection of its own.
 async fn row_counts(c: &Crm) -> BTreeMap<String, i64> {
-    let target = Target::connect(&c.system, c.base.path())
+    let target = OwnTarget::open(&c.system, c.base.path())
         .await
         .unwrap_or_else(|e| panic!("[{}] connect: {e}", c.label));
     let mut out = BTreeMap::new();
@@ -175,13 +175,9 @@ fn ids(pairs: &[(IdentityKind, &str)]) -> Identities {
 }
 
 async fn survey_one(c: &Crm, subject: &Identities, successor: Option<&Identities>) -> SystemSurvey {
-    let mut s = survey(
-        std::slice::from_ref(&c.system),
-        c.base.path(),
-        subject,
-        successor,
-    )
-    .await;
+    let pools = Pools::new(c.base.path(), 4);
+    let mut s = survey(&pools, std::slice::from_ref(&c.system), subject, successor).await;
+    pools.close().await;
     assert_eq!(s.len(), 1, "[{}] one system surveyed", c.label);
     s.remove(0)
 }
@@ -378,7 +374,7 @@ async fn identity_values_never_become_sql(#[case] backend: Backend) {
 async fn a_missing_sqlite_file_is_an_error_not_a_new_database() {
     let dir = tempfile::tempdir().unwrap();
     let sys = crm_system("sqlite", "sqlite://absent.db");
-    let s = survey(&[sys], dir.path(), &leaver(), None).await;
+    let s = survey(&Pools::new(dir.path(), 4), &[sys], &leaver(), None).await;
     assert_eq!(s.len(), 1);
     let err = s[0].error.as_deref().expect("an error");
     assert!(err.contains("does not exist"), "{err}");
@@ -450,8 +446,8 @@ async fn fetch_text_runs_its_query_once(#[case] backend: Backend) {
 }
 
 /// A target of its own for a test.
-async fn connect(sys: &System, base: &Path) -> Target {
-    Target::connect(sys, base)
+async fn connect(sys: &System, base: &Path) -> OwnTarget {
+    OwnTarget::open(sys, base)
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", sys.name))
 }
