@@ -142,3 +142,52 @@ impl Pools {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system(url: &str) -> System {
+        toml::from_str(&format!("name = \"crm\"\ndriver = \"sqlite\"\nurl = {url:?}\n"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A system that cannot be reached gives its error, naming it, and is tried again next
+    /// time; once open, its pool is reused; a changed URL gets a pool of its own.
+    #[tokio::test]
+    async fn failures_are_not_kept_and_pools_are_reused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+        let pools = Pools::new(dir.path(), 2);
+        let sys = system("sqlite://crm.db");
+        let Err(e) = pools.get(&sys).await else {
+            panic!("a missing SQLite file connected");
+        };
+        assert!(
+            e.message.contains("system crm") && e.message.contains("does not exist"),
+            "{}",
+            e.message
+        );
+        assert_eq!(pools.opened(), 0);
+
+        crate::demo::create_crm_sqlite(&dir.path().join("crm.db")).await?;
+        let a = pools.get(&sys).await?;
+        let b = pools.clone().get(&sys).await?;
+        assert_eq!(pools.opened(), 1, "the second use reuses the pool");
+        let (Target::Sqlite(a), Target::Sqlite(b)) = (&a, &b) else {
+            panic!("a SQLite target");
+        };
+        assert_eq!(a.options().get_max_connections(), 2);
+        assert!(!b.is_closed());
+
+        // The same system at another URL (the old pool closes with its last user).
+        crate::demo::create_crm_sqlite(&dir.path().join("other.db")).await?;
+        let c = pools.get(&system("sqlite://other.db")).await?;
+        assert_eq!(pools.opened(), 2, "a new URL, a new pool");
+        pools.close().await;
+        let Target::Sqlite(c) = &c else {
+            panic!("a SQLite target");
+        };
+        assert!(c.is_closed());
+        Ok(())
+    }
+}
