@@ -39,7 +39,7 @@ impl App {
             store,
             policies,
             calendar,
-            base_dir: config.base_dir.clone(),
+            targets: crate::targets::Pools::new(&config.base_dir, config.targets.max_connections),
             intake: config.intake.clone(),
         };
         Ok((App { config, ctx }, opened))
@@ -52,7 +52,7 @@ impl App {
     }
 
     pub async fn close(&self) {
-        self.ctx.store.close().await;
+        self.ctx.close().await;
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::{Code, Error, Result};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub store: StoreConfig,
+    pub targets: TargetsConfig,
     pub policies: PoliciesConfig,
     pub inbox: InboxConfig,
     pub intake: IntakeConfig,
@@ -58,6 +59,22 @@ impl Default for StoreConfig {
             url: "sqlite://var/quietus.db".into(),
             url_file: None,
             max_connections: 8,
+        }
+    }
+}
+
+/// The target systems (the data maps name them): how they are connected to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetsConfig {
+    /// Connections in each system's pool (one pool per system for the process's life).
+    pub max_connections: u32,
+}
+
+impl Default for TargetsConfig {
+    fn default() -> Self {
+        TargetsConfig {
+            max_connections: crate::targets::pools::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -451,6 +468,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             store: StoreConfig::default(),
+            targets: TargetsConfig::default(),
             policies: PoliciesConfig::default(),
             inbox: InboxConfig::default(),
             intake: IntakeConfig::default(),
@@ -517,7 +535,13 @@ impl Config {
 
     /// Numbers out of their range are errors, never quietly replaced by another value.
     fn check_bounds(&self) -> Result<()> {
-        let bounds: [(&str, i128, i128, i128); 6] = [
+        let bounds: [(&str, i128, i128, i128); 7] = [
+            (
+                "targets.max_connections",
+                self.targets.max_connections.into(),
+                1,
+                1_000,
+            ),
             // A lease is renewed every third of it: shorter ones are taken over mid-task.
             (
                 "jobs.lease_seconds",

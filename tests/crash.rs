@@ -177,7 +177,7 @@ impl TableDump {
 
 type Dump = BTreeMap<String, TableDump>;
 
-async fn crm_target(env: &Env, crm: &CrmKind) -> quietus::targets::Target {
+async fn crm_target(env: &Env, crm: &CrmKind) -> common::OwnTarget {
     let (driver, url) = crm.driver_url();
     let url = if driver == "sqlite" {
         format!("sqlite://{}", env.path().join("crm.db").display())
@@ -188,9 +188,7 @@ async fn crm_target(env: &Env, crm: &CrmKind) -> quietus::targets::Target {
         "name = \"q\"\ndriver = \"{driver}\"\nurl = {url:?}\n"
     ))
     .unwrap();
-    quietus::targets::Target::connect(&sys, env.path())
-        .await
-        .unwrap()
+    common::OwnTarget::open(&sys, env.path()).await.unwrap()
 }
 
 /// Every row of every CRM table, every column cast to text, by primary key.

@@ -36,7 +36,7 @@ fn s(v: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------
 // The CRM, read directly.
 
-async fn connect(env: &Env, crm: &CrmKind) -> quietus::targets::Target {
+async fn connect(env: &Env, crm: &CrmKind) -> common::OwnTarget {
     let (driver, url) = crm.driver_url();
     let url = if url.starts_with("sqlite:") {
         format!("sqlite://{}", env.path().join("crm.db").display())
@@ -47,9 +47,7 @@ async fn connect(env: &Env, crm: &CrmKind) -> quietus::targets::Target {
         "name = \"q\"\ndriver = \"{driver}\"\nurl = {url:?}\n"
     ))
     .unwrap();
-    quietus::targets::Target::connect(&sys, env.path())
-        .await
-        .unwrap()
+    common::OwnTarget::open(&sys, env.path()).await.unwrap()
 }
 
 async fn rows(t: &quietus::targets::Target, sql: String) -> Vec<Vec<Option<String>>> {
@@ -1105,4 +1103,149 @@ async fn running_again_after_completion_does_nothing(#[case] backend: Backend) {
         assert_eq!(backups_after, backups_before, "{label}: no new archive");
         store.cleanup().await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// One pool per target system for a process's life.
+
+/// Sessions ever established to `db` (`pg_stat_database.sessions`), read once none of
+/// them is open any more (a backend's counts reach the statistics as it exits).
+async fn sessions_to(db: &common::Db) -> i64 {
+    let admin = sqlx::PgPool::connect(&db.admin).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (open,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&db.name)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} sessions to {} stay open",
+            db.name
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut c = admin.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(sessions, 0)::bigint FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
+    drop(c);
+    admin.close().await;
+    n
+}
+
+/// Five erasures approved and carried out in one process (surveys, backups, changes,
+/// re-checks) open one pool of the CRM, and the CRM's database sees no more connections
+/// than that pool holds. (A pool per survey and per task opened two connections each:
+/// twenty-odd here.)
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn one_process_keeps_one_pool_per_target_system() {
+    let crm = CrmKind::of(Backend::Postgres).await;
+    let env = Env::new(&StoreKind::Sqlite).await;
+    env.use_crm(&crm).await;
+    let CrmKind::Postgres(db) = &crm else {
+        unreachable!("a PostgreSQL CRM")
+    };
+    let before = sessions_to(db).await;
+
+    let config = quietus::config::Config::load(Some(&env.config)).unwrap();
+    let app = quietus::app::App::open(config).await.unwrap();
+    let (ctx, settings) = (&app.ctx, app.worker().unwrap());
+    let max = ctx.targets.max_connections();
+    let now = quietus::clock::now();
+    let source = quietus::intake::Source {
+        door: quietus::intake::Door::Cli,
+        actor: "test".into(),
+        trusted: true,
+    };
+    let emails = [
+        "olivia.chen@example.com",
+        "iris.xu@example.com",
+        "tangbo96@example.cn",
+        "huting86@example.cn",
+        "tony.lu@example.cn",
+    ];
+    let mut ids = Vec::new();
+    for (i, email) in emails.iter().enumerate() {
+        let raw = serde_json::json!({
+            "kind": "erasure",
+            "external_id": format!("P-{i}"),
+            "subject": { "email": email },
+            "jurisdiction": "GDPR",
+        })
+        .to_string();
+        let ticket = quietus::intake::parse_ticket(
+            raw.as_bytes(),
+            "ticket",
+            ctx.policies.handover_required(),
+        )
+        .unwrap();
+        let sub = quietus::intake::submit(ctx, &ticket, &raw, &source, now)
+            .await
+            .unwrap();
+        ctx.decide(
+            &sub.id,
+            quietus::lifecycle::Decision::Approve,
+            "dpo",
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+        ids.push(sub.id);
+    }
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let summary = quietus::jobs::run_due(ctx, &settings, &stop, &|_| {})
+        .await
+        .unwrap();
+    let mut states = Vec::new();
+    for id in &ids {
+        states.push(ctx.request(id).await.unwrap().state);
+    }
+    let opened = ctx.targets.opened();
+    let admin = sqlx::PgPool::connect(&db.admin).await.unwrap();
+    let (open_now,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&db.name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    admin.close().await;
+    app.close().await;
+    let during = sessions_to(db).await - before;
+    crm.cleanup().await;
+
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert!(
+        states
+            .iter()
+            .all(|s| *s == quietus::lifecycle::State::Completed),
+        "{states:?}"
+    );
+    assert!(
+        (1..=i64::from(max)).contains(&during),
+        "{during} connections were made to the CRM for five erasures (the pool holds {max})"
+    );
+    assert!(
+        (1..=i64::from(max)).contains(&open_now),
+        "{open_now} connections open to the CRM after the run (the pool holds {max})"
+    );
+    assert_eq!(opened, 1, "pools opened for one system");
 }

@@ -255,7 +255,9 @@ async fn demo_survey(
         .await
         .unwrap();
     let p = Policies::examples().unwrap();
-    let s = quietus::targets::survey(&p.systems, dir.path(), &subject, successor.as_ref()).await;
+    let pools = quietus::targets::Pools::new(dir.path(), 4);
+    let s = quietus::targets::survey(&pools, &p.systems, &subject, successor.as_ref()).await;
+    pools.close().await;
     (p, s)
 }
 

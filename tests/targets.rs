@@ -9,10 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Backend, Db};
+use common::{Backend, Db, OwnTarget};
 use quietus::demo::{CRM_SCHEMA_MYSQL, CRM_SCHEMA_POSTGRES, CRM_SEED};
 use quietus::policy::{Identities, IdentityKind, System};
-use quietus::targets::{Statement, SuccessorCheck, SystemSurvey, TableCounts, Target, survey};
+use quietus::targets::{Pools, Statement, SuccessorCheck, SystemSurvey, TableCounts, survey};
 use rstest::rstest;
 
 /// The shipped data map of the demo CRM.
@@ -142,7 +142,7 @@ async fn drop_all(crms: Vec<Crm>) {
 
 /// Row counts of every table, read on a connection of its own.
 async fn row_counts(c: &Crm) -> BTreeMap<String, i64> {
-    let target = Target::connect(&c.system, c.base.path())
+    let target = OwnTarget::open(&c.system, c.base.path())
         .await
         .unwrap_or_else(|e| panic!("[{}] connect: {e}", c.label));
     let mut out = BTreeMap::new();
@@ -175,13 +175,9 @@ fn ids(pairs: &[(IdentityKind, &str)]) -> Identities {
 }
 
 async fn survey_one(c: &Crm, subject: &Identities, successor: Option<&Identities>) -> SystemSurvey {
-    let mut s = survey(
-        std::slice::from_ref(&c.system),
-        c.base.path(),
-        subject,
-        successor,
-    )
-    .await;
+    let pools = Pools::new(c.base.path(), 4);
+    let mut s = survey(&pools, std::slice::from_ref(&c.system), subject, successor).await;
+    pools.close().await;
     assert_eq!(s.len(), 1, "[{}] one system surveyed", c.label);
     s.remove(0)
 }
@@ -378,9 +374,80 @@ async fn identity_values_never_become_sql(#[case] backend: Backend) {
 async fn a_missing_sqlite_file_is_an_error_not_a_new_database() {
     let dir = tempfile::tempdir().unwrap();
     let sys = crm_system("sqlite", "sqlite://absent.db");
-    let s = survey(&[sys], dir.path(), &leaver(), None).await;
+    let s = survey(&Pools::new(dir.path(), 4), &[sys], &leaver(), None).await;
     assert_eq!(s.len(), 1);
     let err = s[0].error.as_deref().expect("an error");
     assert!(err.contains("does not exist"), "{err}");
     assert!(!Path::new(&dir.path().join("absent.db")).exists());
+}
+
+/// A `fetch_text` runs its query once, on the pool and in a transaction: a query that
+/// takes the next value of a sequence advances it by one (the rows of each `SELECT … FOR
+/// UPDATE`, catalog lookup and re-check were once read by running the query twice).
+#[rstest]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::mysql(Backend::Mysql)]
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_text_runs_its_query_once(#[case] backend: Backend) {
+    let (db, driver, next) = match backend {
+        Backend::Postgres => (
+            Db::postgres().await,
+            "postgres",
+            "SELECT CAST(nextval('once') AS TEXT)",
+        ),
+        Backend::Mysql => (
+            Db::mysql().await,
+            "mysql",
+            "SELECT CAST(NEXTVAL(once) AS CHAR)",
+        ),
+        Backend::Sqlite => unreachable!("SQLite has no sequences"),
+    };
+    let sys: System = toml::from_str(&format!(
+        "name = \"q\"\ndriver = \"{driver}\"\nurl = {:?}\n",
+        db.url
+    ))
+    .unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let target = connect(&sys, base.path()).await;
+    let st = |sql: &str| Statement {
+        sql: sql.to_owned(),
+        binds: vec![],
+    };
+    let mut tx = target.begin().await.unwrap();
+    tx.execute(&st("CREATE SEQUENCE once")).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let on_pool = target.fetch_text(&st(next)).await;
+    let mut tx = target.begin().await.unwrap();
+    let in_tx = tx.fetch_text(&st(next)).await;
+    tx.commit().await.unwrap();
+    let after = target.fetch_text(&st(next)).await;
+    target.close().await;
+    db.drop_now().await;
+
+    let value = |r: &Result<Vec<Vec<Option<String>>>, quietus::error::Error>| {
+        r.as_ref().unwrap()[0][0].clone().unwrap()
+    };
+    assert_eq!(
+        value(&on_pool),
+        "1",
+        "Target::fetch_text ran its query twice"
+    );
+    assert_eq!(value(&in_tx), "2", "Tx::fetch_text ran its query twice");
+    assert_eq!(value(&after), "3");
+}
+
+/// A target of its own for a test.
+async fn connect(sys: &System, base: &Path) -> OwnTarget {
+    OwnTarget::open(sys, base)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", sys.name))
 }

@@ -316,7 +316,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let dir = config.policies_dir();
             let policies = Policies::load(&dir)
                 .map_err(|p| Error::from(p).context(format!("policy folder {}", dir.display())))?;
-            let findings = crate::targets::doctor::check(&policies.systems, &config.base_dir).await;
+            let pools =
+                crate::targets::Pools::new(&config.base_dir, config.targets.max_connections);
+            let findings = crate::targets::doctor::check(&pools, &policies.systems).await;
+            pools.close().await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&findings)?);
             } else {

@@ -75,7 +75,7 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
         Ok(r) => r?,
         Err(e) => return Err(Error::new(Code::Internal, format!("HTTP task: {e}"))),
     }
-    state.ctx.store.close().await;
+    state.ctx.close().await;
     Ok(())
 }
 

@@ -201,7 +201,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             }
         }
     }
-    ctx.store.close().await;
+    ctx.close().await;
 
     if json_out {
         let v = json!({

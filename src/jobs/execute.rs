@@ -106,8 +106,8 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         }
         None => (Identities::new(), None),
     };
-    let target = Target::connect(&sys, &ctx.base_dir).await?;
-    let result = run_on(
+    let target = ctx.targets.get(&sys).await?;
+    run_on(
         ctx,
         s,
         task,
@@ -118,9 +118,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         &target,
         now,
     )
-    .await;
-    target.close().await;
-    result
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -122,10 +122,8 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
     let path = dir.join(format!("{id}.html.age"));
     let tmp = dir.join(format!(".{id}.tmp"));
     let passphrase = random_text(5);
-    let target = Target::connect(&sys, &ctx.base_dir).await?;
-    let written = write_page(ctx, &sys, &body, &req, &target, &tmp, &passphrase, now).await;
-    target.close().await;
-    let tables = written?;
+    let target = ctx.targets.get(&sys).await?;
+    let tables = write_page(ctx, &sys, &body, &req, &target, &tmp, &passphrase, now).await?;
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
     let token = random_text(6);
     let expires = now + Duration::days(EXPORT_DAYS);

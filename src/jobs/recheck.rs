@@ -179,7 +179,7 @@ pub async fn receipt(
             )));
             continue;
         };
-        let target = match Target::connect(sys, &ctx.base_dir).await {
+        let target = match ctx.targets.get(sys).await {
             Ok(target) => target,
             Err(e) => {
                 out.push(fail(format!("{system}: {}", e.message)));
@@ -196,7 +196,6 @@ pub async fn receipt(
             (backup_dir, keys_dir, batch_size),
         )
         .await;
-        target.close().await;
         match checks {
             Ok(c) => out.extend(c),
             Err(e) => out.push(fail(format!("{system}: {}", e.message))),

@@ -133,7 +133,7 @@ pub async fn restore(
                 ),
             )
         })?;
-        let target = Target::connect(sys, &ctx.base_dir).await?;
+        let target = ctx.targets.get(sys).await?;
         let result = async {
             let mut here = Vec::new();
             for tm in manifest.tables.iter().rev() {
@@ -175,7 +175,6 @@ pub async fn restore(
             Ok::<_, Error>(here)
         }
         .await;
-        target.close().await;
         let here = result?;
         let n: u64 = here.iter().map(|r| r.restored).sum();
         if !dry_run && n > 0 {

@@ -10,8 +10,6 @@ pub mod deadline;
 pub mod notify;
 pub mod state;
 
-use std::path::PathBuf;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
@@ -24,12 +22,13 @@ use crate::policy::{ClockStart, Identities, Jurisdiction, Period, Policies, Requ
 use crate::store::{Changes, IdentityRow, NewPlan, RequestRow, Role, Store};
 
 /// What the lifecycle needs: the store, the validated policies, the calendar, and the
-/// folder relative system paths resolve against.
+/// target systems' pools (one per system for the process's life; every survey and task
+/// goes through them).
 pub struct Context {
     pub store: Store,
     pub policies: Policies,
     pub calendar: HolidayCalendar,
-    pub base_dir: PathBuf,
+    pub targets: crate::targets::Pools,
     pub mail: notify::MailSettings,
     /// Plausibility bounds of exit dates (`[intake]`).
     pub intake: crate::config::IntakeConfig,
@@ -125,6 +124,13 @@ impl Request {
 }
 
 impl Context {
+    /// Close the state store and every target pool (at the end of a command or of
+    /// `serve`).
+    pub async fn close(&self) {
+        self.targets.close().await;
+        self.store.close().await;
+    }
+
     /// "Today" where the policy counts days.
     pub fn today(&self, now: DateTime<Utc>) -> NaiveDate {
         deadline::local_date(now, self.policies.deadlines.timezone)
@@ -153,8 +159,8 @@ impl Context {
     /// Survey the target systems and make the plan of a request, as of `now`.
     pub async fn plan(&self, req: &Request, now: DateTime<Utc>) -> Plan {
         let survey = crate::targets::survey(
+            &self.targets,
             &self.policies.systems,
-            &self.base_dir,
             &req.subject,
             req.successor.as_ref(),
         )

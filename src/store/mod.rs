@@ -218,12 +218,14 @@ const FIRST_MIGRATION: &str =
 macro_rules! inspect {
     ($conn:expr, $tables_sql:expr, $ours:expr) => {
         async {
+            // Evaluated once, like every argument.
+            let conn = $conn;
             let tables: Vec<String> = sqlx::query_scalar($tables_sql)
-                .fetch_all(&mut *$conn)
+                .fetch_all(&mut *conn)
                 .await?;
             let first: Option<(i64, Vec<u8>)> = if tables.iter().any(|t| t == MIGRATIONS_TABLE) {
                 sqlx::query_as(FIRST_MIGRATION)
-                    .fetch_optional(&mut *$conn)
+                    .fetch_optional(&mut *conn)
                     .await?
             } else {
                 None

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use super::Target;
 use super::sql;
+use super::{Pools, Target};
 use crate::policy::datamap::split_target;
 use crate::policy::{Driver, System};
 
@@ -111,7 +111,7 @@ pub async fn lacking(target: &Target, sys: &System) -> Vec<Lack> {
 }
 
 /// Examine every system.
-pub async fn check(systems: &[System], base_dir: &std::path::Path) -> Vec<Finding> {
+pub async fn check(pools: &Pools, systems: &[System]) -> Vec<Finding> {
     let mut out = Vec::new();
     for sys in systems {
         let f = |level, message: String| Finding {
@@ -126,7 +126,7 @@ pub async fn check(systems: &[System], base_dir: &std::path::Path) -> Vec<Findin
             ));
             continue;
         }
-        let target = match Target::connect(sys, base_dir).await {
+        let target: Target = match pools.get(sys).await {
             Ok(t) => t,
             Err(e) => {
                 out.push(f("error", e.message));
@@ -165,7 +165,6 @@ pub async fn check(systems: &[System], base_dir: &std::path::Path) -> Vec<Findin
                 Err(e) => out.push(f("error", e.message)),
             }
         }
-        target.close().await;
     }
     out
 }

@@ -44,21 +44,25 @@ pub fn redact_quoted(msg: &str) -> String {
     out
 }
 
-/// A query with every value bound as text.
+/// A query with every value bound as text. Each argument of these macros is evaluated
+/// once (bound to a local first): an argument may be a query that runs on the target.
 macro_rules! query {
     ($st:expr) => {{
-        let mut q = sqlx::query(sqlx::AssertSqlSafe($st.sql.clone()));
-        for b in &$st.binds {
+        let st = &$st;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(st.sql.clone()));
+        for b in &st.binds {
             q = q.bind(b.clone());
         }
         q
     }};
 }
 
+/// Rows read as text (`$rows`: the rows a query fetched, evaluated once).
 macro_rules! text_rows {
     ($rows:expr) => {{
-        let mut out = Vec::with_capacity($rows.len());
-        for row in $rows {
+        let rows = $rows;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
             let mut r = Vec::with_capacity(row.len());
             for i in 0..row.len() {
                 r.push(row.try_get::<Option<String>, _>(i).map_err(fail)?);
@@ -203,6 +207,44 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// `text_rows!` evaluates the rows it is given once: its argument is a query run
+    /// against the target, and each evaluation is one more round trip.
+    #[test]
+    fn text_rows_evaluates_its_argument_once() -> Result<()> {
+        let mut evaluations = 0;
+        let rows: Vec<TextRow> = text_rows!({
+            evaluations += 1;
+            Vec::<sqlx::sqlite::SqliteRow>::new()
+        });
+        assert!(rows.is_empty());
+        assert_eq!(
+            evaluations, 1,
+            "the rows expression ran {evaluations} times"
+        );
+        Ok(())
+    }
+
+    /// `query!` reads its statement once.
+    #[test]
+    fn query_evaluates_its_statement_once() {
+        let mut evaluations = 0;
+        let st = Statement {
+            sql: "SELECT ?".into(),
+            binds: vec!["x".into()],
+        };
+        let _q: sqlx::query::Query<'_, sqlx::Sqlite, <sqlx::Sqlite as sqlx::Database>::Arguments> =
+            query!({
+                evaluations += 1;
+                &st
+            });
+        assert_eq!(
+            evaluations, 1,
+            "the statement expression ran {evaluations} times"
+        );
+    }
+
     #[test]
     fn quoted_values_are_blanked() {
         assert_eq!(

@@ -5,6 +5,7 @@
 
 pub mod doctor;
 pub mod exec;
+pub mod pools;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -20,9 +21,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use crate::config::resolve_sqlite_url;
 use crate::error::{Code, Error, Result};
 use crate::policy::{Driver, Identities, System};
+pub use pools::Pools;
 pub use sql::{Dialect, Statement};
 
-/// An open connection pool to one target system.
+/// An open connection pool to one target system. Only [`Pools`] opens one: a process keeps
+/// one per system.
 #[derive(Debug, Clone)]
 pub enum Target {
     Sqlite(SqlitePool),
@@ -62,15 +65,17 @@ pub fn expand_env(s: &str) -> Result<String> {
 }
 
 impl Target {
-    /// Open a pool to `sys`. Relative SQLite paths are relative to `base_dir` (the config
-    /// file's folder). A SQLite file that does not exist is an error, never created.
-    pub async fn connect(sys: &System, base_dir: &Path) -> Result<Target> {
+    /// Open a pool of at most `max_connections` to `sys` at `url` (its url, expanded).
+    /// Relative SQLite paths are relative to `base_dir` (the config file's folder). A
+    /// SQLite file that does not exist is an error, never created. Only [`Pools`] calls
+    /// this.
+    async fn connect(
+        sys: &System,
+        url: &str,
+        base_dir: &Path,
+        max_connections: u32,
+    ) -> Result<Target> {
         let name = &sys.name;
-        let raw = sys
-            .url
-            .as_deref()
-            .ok_or_else(|| Error::new(Code::Config, format!("system {name} has no url")))?;
-        let url = expand_env(raw)?;
         let fail = |e: sqlx::Error| {
             Error::new(
                 Code::Target,
@@ -79,7 +84,7 @@ impl Target {
         };
         match sys.driver {
             Driver::Sqlite => {
-                let url = resolve_sqlite_url(&url, base_dir);
+                let url = resolve_sqlite_url(url, base_dir);
                 let opts = SqliteConnectOptions::from_str(&url)
                     .map_err(|e| Error::new(Code::Config, format!("system {name}: bad url: {e}")))?
                     .create_if_missing(false)
@@ -95,7 +100,7 @@ impl Target {
                     ));
                 }
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(max_connections)
                     .connect_with(opts)
                     .await
                     .map_err(fail)?;
@@ -103,18 +108,18 @@ impl Target {
             }
             Driver::Postgres => {
                 let pool = PgPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect(&url)
+                    .connect(url)
                     .await
                     .map_err(fail)?;
                 Ok(Target::Postgres(pool))
             }
             Driver::Mysql => {
                 let pool = MySqlPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect(&url)
+                    .connect(url)
                     .await
                     .map_err(fail)?;
                 Ok(Target::Mysql(pool))
@@ -166,7 +171,8 @@ impl Target {
         })
     }
 
-    pub async fn close(&self) {
+    /// Close the pool (only [`Pools::close`]: a pool is shared).
+    async fn close(&self) {
         match self {
             Target::Sqlite(p) => p.close().await,
             Target::Postgres(p) => p.close().await,
@@ -241,8 +247,8 @@ pub struct SystemSurvey {
 
 /// Count a subject's rows (and an exit successor's) in every mapped system.
 pub async fn survey(
+    pools: &Pools,
     systems: &[System],
-    base_dir: &Path,
     subject: &Identities,
     successor: Option<&Identities>,
 ) -> Vec<SystemSurvey> {
@@ -257,7 +263,7 @@ pub async fn survey(
             out.push(s);
             continue;
         }
-        match survey_one(sys, base_dir, subject, successor).await {
+        match survey_one(pools, sys, subject, successor).await {
             Ok(Surveyed::Counted(tables, succ)) => {
                 s.tables = tables;
                 s.successor = succ;
@@ -278,15 +284,14 @@ enum Surveyed {
 }
 
 async fn survey_one(
+    pools: &Pools,
     sys: &System,
-    base_dir: &Path,
     subject: &Identities,
     successor: Option<&Identities>,
 ) -> Result<Surveyed> {
-    let target = Target::connect(sys, base_dir).await?;
+    let target = pools.get(sys).await?;
     let lacks = doctor::lacking(&target, sys).await;
     if !lacks.is_empty() {
-        target.close().await;
         return Ok(Surveyed::Lacking(
             lacks.iter().map(|l| l.message_in(&sys.name)).collect(),
         ));
@@ -334,7 +339,6 @@ async fn survey_one(
         Ok::<_, Error>(succ)
     }
     .await;
-    target.close().await;
     Ok(Surveyed::Counted(tables, result?))
 }
 

@@ -312,6 +312,35 @@ pub const ERASURE_WORDING: [&str; 9] = [
     "eras", "delet", "anonymi", "backup", "destroy", "删除", "匿名", "备份", "销毁",
 ];
 
+/// A target system a test reads or changes directly, on pools of its own (as a process
+/// has them): use it as a [`quietus::targets::Target`]; `close` closes its pool.
+pub struct OwnTarget {
+    pools: quietus::targets::Pools,
+    target: quietus::targets::Target,
+}
+
+impl OwnTarget {
+    pub async fn open(
+        sys: &quietus::policy::System,
+        base_dir: &Path,
+    ) -> quietus::Result<OwnTarget> {
+        let pools = quietus::targets::Pools::new(base_dir, 4);
+        let target = pools.get(sys).await?;
+        Ok(OwnTarget { pools, target })
+    }
+
+    pub async fn close(self) {
+        self.pools.close().await;
+    }
+}
+
+impl std::ops::Deref for OwnTarget {
+    type Target = quietus::targets::Target;
+    fn deref(&self) -> &quietus::targets::Target {
+        &self.target
+    }
+}
+
 /// Where the demo CRM (the target system) lives in a test.
 pub enum CrmKind {
     Sqlite,
@@ -422,9 +451,7 @@ impl Env {
             url
         ))
         .unwrap();
-        let t = quietus::targets::Target::connect(&sys, self.path())
-            .await
-            .unwrap();
+        let t = OwnTarget::open(&sys, self.path()).await.unwrap();
         let st = quietus::targets::Statement {
             sql: sql.to_owned(),
             binds: vec![],
