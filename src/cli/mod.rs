@@ -81,9 +81,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a request whose plan is not blocked.
+    /// Approve requests whose plans are not blocked (one or several ids, in order; with
+    /// several, one that cannot be approved is reported and the others still are).
     Approve {
-        id: String,
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
         #[arg(long)]
         reason: Option<String>,
     },

@@ -37,9 +37,7 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Approve { id, reason } => {
-            decide(ctx, &id, Decision::Approve, reason.as_deref(), actor, now).await
-        }
+        Command::Approve { ids, reason } => approve(ctx, &ids, reason.as_deref(), actor).await,
         Command::Reject { id, reason } => {
             decide(ctx, &id, Decision::Reject, Some(&reason), actor, now).await
         }
@@ -339,6 +337,44 @@ async fn show(
                 .map(|r| format!("  ({r})"))
                 .unwrap_or_default()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Approve each id in turn, each at its own time. One id: its error is the command's.
+/// Several: each failure is reported on standard error and the rest go on; the exit code
+/// says whether any failed.
+async fn approve(
+    ctx: &Context,
+    ids: &[String],
+    reason: Option<&str>,
+    actor: &str,
+) -> Result<ExitCode> {
+    if let [id] = ids {
+        return decide(
+            ctx,
+            id,
+            Decision::Approve,
+            reason,
+            actor,
+            crate::clock::now(),
+        )
+        .await;
+    }
+    let mut failed = 0usize;
+    for id in ids {
+        let now = crate::clock::now();
+        match ctx.decide(id, Decision::Approve, actor, reason, now).await {
+            Ok(req) => println!("request {} is now {}", req.id, req.state),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {id}: {} (code: {})", e.message, e.code);
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} request(s) not approved", ids.len());
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
