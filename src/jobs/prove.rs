@@ -499,7 +499,12 @@ async fn task_doc(ctx: &Context, s: &Settings, t: &TaskRow) -> Result<TaskDoc> {
         .tables
         .iter()
         .map(|tm| {
-            let d = result.tables.iter().find(|r| r.table == tm.table)?.digest.as_ref()?;
+            let d = result
+                .tables
+                .iter()
+                .find(|r| r.table == tm.table)?
+                .digest
+                .as_ref()?;
             Some((tm.table.clone(), (d.rows, d.merkle_root.clone())))
         })
         .collect();

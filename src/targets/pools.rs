@@ -148,8 +148,10 @@ mod tests {
     use super::*;
 
     fn system(url: &str) -> System {
-        toml::from_str(&format!("name = \"crm\"\ndriver = \"sqlite\"\nurl = {url:?}\n"))
-            .unwrap_or_else(|e| panic!("{e}"))
+        toml::from_str(&format!(
+            "name = \"crm\"\ndriver = \"sqlite\"\nurl = {url:?}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A system that cannot be reached gives its error, naming it, and is tried again next
