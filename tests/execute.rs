@@ -1169,12 +1169,6 @@ async fn one_process_keeps_one_pool_per_target_system() {
     let app = quietus::app::App::open(config).await.unwrap();
     let (ctx, settings) = (&app.ctx, app.worker().unwrap());
     let max = ctx.targets.max_connections();
-    let now = quietus::clock::now();
-    let source = quietus::intake::Source {
-        door: quietus::intake::Door::Cli,
-        actor: "test".into(),
-        trusted: true,
-    };
     let emails = [
         "olivia.chen@example.com",
         "iris.xu@example.com",
@@ -1182,35 +1176,7 @@ async fn one_process_keeps_one_pool_per_target_system() {
         "huting86@example.cn",
         "tony.lu@example.cn",
     ];
-    let mut ids = Vec::new();
-    for (i, email) in emails.iter().enumerate() {
-        let raw = serde_json::json!({
-            "kind": "erasure",
-            "external_id": format!("P-{i}"),
-            "subject": { "email": email },
-            "jurisdiction": "GDPR",
-        })
-        .to_string();
-        let ticket = quietus::intake::parse_ticket(
-            raw.as_bytes(),
-            "ticket",
-            ctx.policies.handover_required(),
-        )
-        .unwrap();
-        let sub = quietus::intake::submit(ctx, &ticket, &raw, &source, now)
-            .await
-            .unwrap();
-        ctx.decide(
-            &sub.id,
-            quietus::lifecycle::Decision::Approve,
-            "dpo",
-            None,
-            now,
-        )
-        .await
-        .unwrap();
-        ids.push(sub.id);
-    }
+    let ids = common::approved_erasures(ctx, &emails, "P", quietus::clock::now()).await;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let summary = quietus::jobs::run_due(ctx, &settings, &stop, &|_| {})
         .await

@@ -44,41 +44,7 @@ async fn approve_all(env: &Env, emails: &[String]) -> Vec<String> {
         .await
         .unwrap();
     let ctx = &app.ctx;
-    let now = quietus::clock::now();
-    let source = quietus::intake::Source {
-        door: quietus::intake::Door::Cli,
-        actor: "test".into(),
-        trusted: true,
-    };
-    let mut ids = Vec::new();
-    for (i, email) in emails.iter().enumerate() {
-        let raw = serde_json::json!({
-            "kind": "erasure",
-            "external_id": format!("R-{i}"),
-            "subject": { "email": email },
-            "jurisdiction": "GDPR",
-        })
-        .to_string();
-        let ticket = quietus::intake::parse_ticket(
-            raw.as_bytes(),
-            "ticket",
-            ctx.policies.handover_required(),
-        )
-        .unwrap();
-        let sub = quietus::intake::submit(ctx, &ticket, &raw, &source, now)
-            .await
-            .unwrap();
-        ctx.decide(
-            &sub.id,
-            quietus::lifecycle::Decision::Approve,
-            "dpo",
-            None,
-            now,
-        )
-        .await
-        .unwrap();
-        ids.push(sub.id);
-    }
+    let ids = common::approved_erasures(ctx, emails, "R", quietus::clock::now()).await;
     app.close().await;
     ids
 }

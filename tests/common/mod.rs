@@ -533,3 +533,48 @@ pub fn stop(mut child: std::process::Child) {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
 }
+
+/// Submit an erasure per email (external ids `{prefix}-0`, `{prefix}-1`, …) through the
+/// library's CLI door, and approve each: the request ids, in order.
+pub async fn approved_erasures(
+    ctx: &Context,
+    emails: &[impl AsRef<str>],
+    prefix: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let source = quietus::intake::Source {
+        door: quietus::intake::Door::Cli,
+        actor: "test".into(),
+        trusted: true,
+    };
+    let mut ids = Vec::new();
+    for (i, email) in emails.iter().enumerate() {
+        let raw = serde_json::json!({
+            "kind": "erasure",
+            "external_id": format!("{prefix}-{i}"),
+            "subject": { "email": email.as_ref() },
+            "jurisdiction": "GDPR",
+        })
+        .to_string();
+        let ticket = quietus::intake::parse_ticket(
+            raw.as_bytes(),
+            "ticket",
+            ctx.policies.handover_required(),
+        )
+        .unwrap();
+        let sub = quietus::intake::submit(ctx, &ticket, &raw, &source, now)
+            .await
+            .unwrap();
+        ctx.decide(
+            &sub.id,
+            quietus::lifecycle::Decision::Approve,
+            "dpo",
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+        ids.push(sub.id);
+    }
+    ids
+}
