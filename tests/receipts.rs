@@ -326,3 +326,97 @@ async fn an_append_reads_no_leaf_but_once_on_a_log_without_frontiers(#[case] bac
     store.close().await;
     kind.cleanup().await;
 }
+
+/// A request is `completed` only together with its completion receipt: a worker that
+/// stops right after its last task is done (before the receipt) leaves the request
+/// running, with nothing for a DPO to hold or cancel; the next round issues the receipt
+/// and completes the request in one transaction, and the receipt's completion time is the
+/// one in the request's history.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_completes_only_with_its_receipt() {
+    use quietus::jobs::task::Step;
+    use quietus::lifecycle::{Decision, State};
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let crm = CrmKind::Sqlite;
+    env.use_crm(&crm).await;
+    let emails = subjects(&env, &crm, 1).await;
+    let ids = approve_all(&env, &emails).await;
+    let id = &ids[0];
+    let app = quietus::app::App::open(quietus::config::Config::load(Some(&env.config)).unwrap())
+        .await
+        .unwrap();
+    let ctx = &app.ctx;
+    let s = app.worker().unwrap();
+    let now = quietus::clock::now();
+    quietus::jobs::schedule_approved(ctx, "quietus", now)
+        .await
+        .unwrap();
+    // Every task of the request, run and recorded done, as a worker does, but the worker
+    // stops before it issues the receipt.
+    let mut done = 0;
+    loop {
+        let until = now + chrono::Duration::minutes(5);
+        let tasks = ctx
+            .store
+            .lease(&s.worker, quietus::clock::now(), until, 1, true)
+            .await
+            .unwrap();
+        let Some(task) = tasks.into_iter().next() else {
+            break;
+        };
+        match quietus::jobs::execute::run(ctx, &s, &task, quietus::clock::now())
+            .await
+            .unwrap()
+        {
+            Step::Done(mut result) => {
+                let mails = std::mem::take(&mut result.mails);
+                let stored = serde_json::to_string(&result).unwrap();
+                ctx.store
+                    .task_done(&task.id, &s.worker, &stored, &mails, quietus::clock::now())
+                    .await
+                    .unwrap();
+                done += 1;
+            }
+            other => panic!("task {} did not finish: {other:?}", task.id),
+        }
+    }
+    assert!(done > 0, "the erasure has tasks");
+    let req = ctx.store.request(id).await.unwrap();
+    assert_ne!(
+        req.state,
+        State::Completed,
+        "{id} is completed, but it has no receipt"
+    );
+    assert!(ctx.store.receipts_of(id).await.unwrap().is_empty());
+    // Its work is done: a hold or a cancel now would stop nothing, and is refused.
+    for d in [Decision::Hold, Decision::Cancel] {
+        let r = ctx
+            .decide(id, d, "dpo", Some("changed my mind"), quietus::clock::now())
+            .await;
+        assert!(r.is_err(), "{d:?} of a request whose work is done: {r:?}");
+    }
+    // The next round issues the receipt, and only then is the request completed.
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let summary = quietus::jobs::run_due(ctx, &s, &stop, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(summary.receipts.len(), 1, "{summary:?}");
+    let req = ctx.store.request(id).await.unwrap();
+    assert_eq!(req.state, State::Completed);
+    let docs = ctx.store.receipts_of(id).await.unwrap();
+    assert_eq!(docs.len(), 1);
+    let r: serde_json::Value = serde_json::from_str(&docs[0].1).unwrap();
+    let history = ctx.store.history(id).await.unwrap();
+    let completed = history
+        .iter()
+        .filter(|h| h.to_state == State::Completed)
+        .collect::<Vec<_>>();
+    assert_eq!(completed.len(), 1, "{history:?}");
+    let at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(r["request"]["completed_at"].clone()).unwrap();
+    assert_eq!(at, completed[0].at, "the receipt's completion time");
+    app.close().await;
+    drop(env);
+    kind.cleanup().await;
+}

@@ -215,10 +215,14 @@ async fn draft(
         let r = ctx.request(rid).await?;
         let history = ctx.store.history(rid).await?;
         let approved = history.iter().rev().find(|h| h.to_state == State::Approved);
+        // A request completes in its completion receipt's transaction, at `now` (one that
+        // an older version completed before its receipt keeps its time).
         let completed = history
             .iter()
             .rev()
-            .find(|h| h.to_state == State::Completed);
+            .find(|h| h.to_state == State::Completed)
+            .map(|h| h.at)
+            .or(completion.then_some(now));
         body.request = Some(RequestDoc {
             id: r.id.clone(),
             kind: r.kind,
@@ -226,7 +230,7 @@ async fn draft(
             received_at: r.received_at,
             approved_at: approved.map(|h| h.at),
             approved_by: approved.map(|h| h.actor.clone()),
-            completed_at: completed.map(|h| h.at),
+            completed_at: completed,
         });
         if first && let Some(saved) = ctx.store.latest_plan(rid).await? {
             let plan: Plan = serde_json::from_str(&saved.body)?;
@@ -264,7 +268,13 @@ async fn draft(
     // was kept, with the receipt attached. A restored request's subject was told of the
     // restore instead.
     let notify = req
-        .filter(|r| completion && r.state == State::Completed)
+        .filter(|r| {
+            completion
+                && (r.state == State::Completed
+                    || crate::lifecycle::state::Event::Complete
+                        .target(r.state)
+                        .is_some())
+        })
         .map(|r| {
             let words = completion_vars(&body, &format!("receipt-{id}.json"), ctx.zone(), now);
             (r, words)

@@ -59,15 +59,16 @@ where
     Ok(())
 }
 
-/// Move a request to `completed` with its completion receipt due, in the caller's
-/// transaction.
-pub(super) async fn complete_in<'c, DB>(
+/// A request's work is done: its completion receipt is due, in the caller's transaction.
+/// The request stays where it is (scheduled, running or failed) until the receipt is
+/// issued: it becomes `completed` in the receipt's own transaction
+/// ([`Store::append_log`](super::Store::append_log)), never before its receipt exists.
+/// False when the request is not in `from` (or its receipt is due already).
+pub(super) async fn work_done_in<'c, DB>(
     tx: &mut sqlx::Transaction<'c, DB>,
     request_id: &str,
     now: DateTime<Utc>,
     from: State,
-    to: State,
-    why: &str,
 ) -> std::result::Result<bool, sqlx::Error>
 where
     DB: sqlx::Database,
@@ -80,21 +81,20 @@ where
     for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
+    if Event::Complete.target(from).is_none() {
+        return Ok(false);
+    }
     let moved: Option<(String,)> = sqlx::query_as(
-        "UPDATE requests SET state = $2, updated_at = $3, receipt_due = $4 WHERE id = $1 AND state = $5 RETURNING id",
+        "UPDATE requests SET updated_at = $2, receipt_due = $3 WHERE id = $1 AND state = $4 AND receipt_due = $5 RETURNING id",
     )
     .bind(request_id.to_owned())
-    .bind(to)
     .bind(now)
     .bind(true)
     .bind(from)
+    .bind(false)
     .fetch_optional(&mut **tx)
     .await?;
-    if moved.is_none() {
-        return Ok(false);
-    }
-    history_in(tx, request_id, now, "quietus", from, to, Some(why)).await?;
-    Ok(true)
+    Ok(moved.is_some())
 }
 
 /// Apply a lifecycle event to a request, in the caller's transaction: the lifecycle's

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use super::outbox::NewMail;
 use super::{Pool, Store};
 use crate::error::{Code, Error, Result};
+use crate::lifecycle::state::{Event, State};
 
 /// What a log entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
@@ -183,16 +184,37 @@ impl Store {
                     .execute(&mut *tx).await?;
                 for r in &sealed.receipts {
                     if r.completion {
-                        // The claim on the request must still be this worker's, and the
-                        // receipt still due (a restore, or another worker, may have
-                        // settled it meanwhile).
-                        let held = sqlx::query("UPDATE requests SET receipt_due = $3, receipt_claimed_by = NULL, receipt_claim_until = NULL \
-                                                WHERE id = $1 AND receipt_due = $4 AND receipt_claimed_by = $2")
-                            .bind(r.request_id.as_deref()).bind(worker).bind(false).bind(true)
+                        // The request completes here, with its receipt, and not before.
+                        // The claim on it must still be this worker's, and the receipt
+                        // still due (a restore, or another worker, may have settled it
+                        // meanwhile).
+                        let Some(rid) = r.request_id.as_deref() else {
+                            return Err(Error::new(Code::Internal, format!("completion receipt {} names no request", r.id)));
+                        };
+                        let from: Option<(State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
+                            .bind(rid).fetch_optional(&mut *tx).await?;
+                        // (A request that an older version completed before its receipt
+                        // stays completed.)
+                        let to = from.and_then(|(f,)| Event::Complete.target(f).or((f == State::Completed).then_some(f)));
+                        let (Some((from,)), Some(to)) = (from, to) else {
+                            tx.rollback().await?;
+                            return Ok(Err(Lost::Claim));
+                        };
+                        let held = sqlx::query("UPDATE requests SET state = $5, updated_at = $6, receipt_due = $3, receipt_claimed_by = NULL, receipt_claim_until = NULL \
+                                                WHERE id = $1 AND receipt_due = $4 AND receipt_claimed_by = $2 AND state = $7")
+                            .bind(rid).bind(worker).bind(false).bind(true).bind(to).bind(now).bind(from)
                             .execute(&mut *tx).await?.rows_affected();
                         if held != 1 {
                             tx.rollback().await?;
                             return Ok(Err(Lost::Claim));
+                        }
+                        let why = if r.task_ids.is_empty() {
+                            format!("nothing to change: no mapped system holds data of the subject; receipt {}", r.id)
+                        } else {
+                            format!("every task that answers the request is done; receipt {}", r.id)
+                        };
+                        if from != to {
+                            super::history::history_in(&mut tx, rid, now, "quietus", from, to, Some(&why)).await?;
                         }
                     }
                     let inserted = sqlx::query("INSERT INTO receipts (id, request_id, log_idx, document, completion, created_at) VALUES ($1, $2, $3, $4, $5, $6)")

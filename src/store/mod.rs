@@ -282,6 +282,16 @@ fn not_a_store(why: &str) -> Error {
     )
 }
 
+/// How a decision's transition went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    Yes,
+    /// The request was no longer in the state the decision was taken on.
+    No,
+    /// Its work is done and its completion receipt is being issued.
+    WorkDone,
+}
+
 impl Store {
     /// Open the state store at `url` and apply its migrations; create it only when `open`
     /// allows. What the database holds is looked at first, without changing it: a
@@ -587,7 +597,7 @@ impl Store {
         now: DateTime<Utc>,
         c: &Changes,
     ) -> Result<()> {
-        let changed: u64 = on_pool!(self, pool => {
+        let changed: Moved = on_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
                 let n = sqlx::query(
@@ -599,14 +609,25 @@ impl Store {
                      original_due_date = COALESCE($10, original_due_date), \
                      extended_at = COALESCE($11, extended_at), \
                      extension_reason = COALESCE($12, extension_reason) \
-                     WHERE id = $1 AND state = $2",
+                     WHERE id = $1 AND state = $2 AND ($13 OR receipt_due = $14)",
                 )
                 .bind(id).bind(from).bind(to).bind(now)
                 .bind(c.held_from.is_some()).bind(c.held_from.flatten())
                 .bind(c.verified_at).bind(c.clock_start).bind(c.due_date).bind(c.original_due_date)
                 .bind(c.extended_at).bind(&c.extension_reason)
+                // A request whose work is done and whose receipt is being issued changes
+                // state only by completing (an extension, which keeps it, still may).
+                .bind(from == to).bind(false)
                 .execute(&mut *tx).await?
                 .rows_affected();
+                if n == 0 {
+                    let due: Option<(bool,)> = sqlx::query_as("SELECT receipt_due FROM requests WHERE id = $1 AND state = $2")
+                        .bind(id).bind(from).fetch_optional(&mut *tx).await?;
+                    if due.is_some_and(|(d,)| d) {
+                        tx.rollback().await?;
+                        return Ok::<Moved, sqlx::Error>(Moved::WorkDone);
+                    }
+                }
                 if n == 1 {
                     sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6)")
                         .bind(id).bind(now).bind(actor).bind(from).bind(to).bind(reason)
@@ -628,11 +649,19 @@ impl Store {
                     }
                 }
                 tx.commit().await?;
-                Ok::<u64, sqlx::Error>(n)
+                Ok::<Moved, sqlx::Error>(if n == 1 { Moved::Yes } else { Moved::No })
             }.await?
         });
-        if changed == 1 {
+        if changed == Moved::Yes {
             Ok(())
+        } else if changed == Moved::WorkDone {
+            Err(Error::new(
+                Code::IllegalTransition,
+                format!(
+                    "request {id}: its work is done and its completion receipt is being issued; it can no longer be {}",
+                    to.as_str()
+                ),
+            ))
         } else {
             Err(Error::new(
                 Code::IllegalTransition,

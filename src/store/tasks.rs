@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::BackupRow;
-use super::history::{apply_event_in, complete_in, history_in};
+use super::history::{apply_event_in, history_in, work_done_in};
 use super::{Pool, Store};
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::state::{Event, State};
@@ -205,8 +205,8 @@ impl Store {
                     }
                     let why = format!("{} task(s) scheduled", tasks.len());
                     history_in(&mut tx, request_id, now, actor, from, to, Some(&why)).await?;
-                    if nothing_to_do && let Some(done) = Event::Complete.target(to) {
-                        complete_in(&mut tx, request_id, now, to, done, "nothing to change: no mapped system holds data of the subject").await?;
+                    if nothing_to_do {
+                        work_done_in(&mut tx, request_id, now, to).await?;
                     }
                 }
                 tx.commit().await?;
@@ -439,9 +439,10 @@ impl Store {
         Ok(n.0)
     }
 
-    /// Finish a task with its result; returns whether its request completed with it: when
+    /// Finish a task with its result; returns whether its request's work is done with it:
     /// every task that answers the request, and every follow-up already due, is done. The
-    /// request's completion (with its receipt due) is written in the same transaction.
+    /// request's completion receipt is then due (in the same transaction); the request
+    /// itself completes when that receipt is issued.
     pub async fn task_done(
         &self,
         task_id: &str,
@@ -478,8 +479,8 @@ impl Store {
                             .fetch_one(&mut *tx).await?;
                         if open.0 == 0 {
                             let state: Option<(State,)> = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(&rid).fetch_optional(&mut *tx).await?;
-                            if let Some((from,)) = state && let Some(to) = Event::Complete.target(from) {
-                                completed = complete_in(&mut tx, &rid, now, from, to, "every task that answers the request is done").await?;
+                            if let Some((from,)) = state {
+                                completed = work_done_in(&mut tx, &rid, now, from).await?;
                             }
                         }
                     }
