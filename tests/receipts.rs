@@ -414,7 +414,7 @@ async fn a_request_completes_only_with_its_receipt() {
         .collect::<Vec<_>>();
     assert_eq!(completed.len(), 1, "{history:?}");
     let at: chrono::DateTime<chrono::Utc> =
-        serde_json::from_value(r["request"]["completed_at"].clone()).unwrap();
+        serde_json::from_value(r["body"]["request"]["completed_at"].clone()).unwrap();
     assert_eq!(at, completed[0].at, "the receipt's completion time");
     app.close().await;
     drop(env);
