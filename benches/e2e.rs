@@ -17,6 +17,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use quietus::store::BeginWrite as _;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -730,7 +731,7 @@ async fn floor_one(pool: &Pool, dir: &Path, i: u64) {
     }
     match pool {
         Pool::Pg(p) => {
-            let mut tx = p.begin().await.unwrap();
+            let mut tx = p.begin_write().await.unwrap();
             body!(
                 tx,
                 "SELECT c.id, row_to_json(c)::text FROM customers c WHERE c.email = $1 FOR UPDATE",
@@ -741,7 +742,7 @@ async fn floor_one(pool: &Pool, dir: &Path, i: u64) {
             tx.commit().await.unwrap();
         }
         Pool::My(p) => {
-            let mut tx = p.begin().await.unwrap();
+            let mut tx = p.begin_write().await.unwrap();
             let c = format!(
                 "SELECT id, CAST({CUSTOMER_JSON} AS CHAR) FROM customers WHERE email = ? FOR UPDATE"
             );

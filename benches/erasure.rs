@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use quietus::store::BeginWrite as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -40,7 +41,7 @@ async fn make_crm(path: &Path, notes: u64, other: u64) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = pool.begin_write().await.unwrap();
     // E100 is employees.id 5; other notes go to the 39 other employees.
     let mut id = 1_000_000u64;
     for (count, owner) in [(notes, None), (other, Some(()))] {
@@ -74,7 +75,7 @@ async fn raw(dir: &Path) -> f64 {
         .await
         .unwrap();
     let start = Instant::now();
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = pool.begin_write().await.unwrap();
     for sql in [
         "UPDATE employees SET status = 'disabled', left_at = '2026-11-24' WHERE id = 5",
         "UPDATE customers SET owner_id = 25 WHERE owner_id = 5 AND status = 'active'",

@@ -20,6 +20,7 @@
 
 mod common;
 
+use quietus::store::BeginWrite as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -943,7 +944,7 @@ async fn a_worker_that_lost_its_lease_leaves_no_unrecorded_backup() {
 
     // Hold a lock that every look-up of her rows waits for.
     let pool = sqlx::PgPool::connect(&crm_url).await.unwrap();
-    let mut lock = pool.begin().await.unwrap();
+    let mut lock = pool.begin_write().await.unwrap();
     sqlx::query("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await

@@ -644,3 +644,55 @@ columns = { contact_email = "user.contact.email" }
     );
     ctx.store.close().await;
 }
+
+/// A round of work that fails (here: the store refuses to record a task done) gives the
+/// lease of the task it was running back at once: the task is not stranded for the rest of
+/// its lease (five minutes by default), and the next round finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_round_releases_the_lease_of_its_task() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let app = quietus::app::App::open(quietus::config::Config::load(Some(&env.config)).unwrap())
+        .await
+        .unwrap();
+    let ctx = &app.ctx;
+    let s = app.worker().unwrap();
+    let now = quietus::clock::now();
+    let ids = common::approved_erasures(ctx, &["olivia.chen@example.com"], "L", now).await;
+    let quietus::store::Pool::Sqlite(pool) = &ctx.store.pool else {
+        unreachable!("a SQLite store")
+    };
+    sqlx::query(
+        "CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON tasks WHEN NEW.state = 'done' \
+         BEGIN SELECT RAISE(ABORT, 'injected: the store refuses'); END",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let e = quietus::jobs::run_due(ctx, &s, &stop, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("injected"), "{e}");
+    let leased: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT id, lease_owner FROM tasks WHERE lease_owner IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert!(leased.is_empty(), "tasks still leased: {leased:?}");
+    sqlx::query("DROP TRIGGER refuse_done")
+        .execute(pool)
+        .await
+        .unwrap();
+    let summary = quietus::jobs::run_due(ctx, &s, &stop, &|_| {})
+        .await
+        .unwrap();
+    assert!(summary.done > 0, "{summary:?}");
+    assert_eq!(
+        ctx.store.request(&ids[0]).await.unwrap().state,
+        quietus::lifecycle::State::Completed
+    );
+    app.close().await;
+    drop(env);
+    kind.cleanup().await;
+}

@@ -10,6 +10,7 @@
 
 mod common;
 
+use quietus::store::BeginWrite as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -539,18 +540,18 @@ async fn the_outbox_is_written_with_the_state_change_or_not_at_all(#[case] backe
         );
         match &ctx.store.pool {
             Pool::Sqlite(p) => {
-                let mut tx = p.begin().await.unwrap();
+                let mut tx = p.begin_write().await.unwrap();
                 mail::enqueue_in(&mut tx, &kept, now).await.unwrap();
                 tx.commit().await.unwrap();
-                let mut tx = p.begin().await.unwrap();
+                let mut tx = p.begin_write().await.unwrap();
                 mail::enqueue_in(&mut tx, &dropped, now).await.unwrap();
                 tx.rollback().await.unwrap();
             }
             Pool::Postgres(p) => {
-                let mut tx = p.begin().await.unwrap();
+                let mut tx = p.begin_write().await.unwrap();
                 mail::enqueue_in(&mut tx, &kept, now).await.unwrap();
                 tx.commit().await.unwrap();
-                let mut tx = p.begin().await.unwrap();
+                let mut tx = p.begin_write().await.unwrap();
                 mail::enqueue_in(&mut tx, &dropped, now).await.unwrap();
                 tx.rollback().await.unwrap();
             }

@@ -295,3 +295,54 @@ async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids(
         kind.cleanup().await;
     }
 }
+
+/// Two processes on one SQLite store (here: two connection pools on one file) writing at
+/// once never meet "database is locked": a transaction that reads and then writes takes
+/// the write lock when it begins (BEGIN IMMEDIATE), so it waits for the other writer
+/// (busy_timeout) instead of failing when its read snapshot went stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_on_one_sqlite_store_write_at_once_without_database_is_locked() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let a = env.context().await;
+    let b = env.context().await;
+    let src = Source {
+        door: quietus::intake::Door::Cli,
+        actor: "test".into(),
+        trusted: true,
+    };
+    let mut ids = Vec::new();
+    for (i, who) in ["one@example.com", "two@example.com"].iter().enumerate() {
+        let raw =
+            format!(r#"{{"kind":"erasure","external_id":"L-{i}","subject":{{"email":"{who}"}}}}"#);
+        let t = intake::parse_ticket(raw.as_bytes(), "t", true).unwrap();
+        ids.push(intake::submit(&a, &t, &raw, &src, now()).await.unwrap().id);
+    }
+    // Each note reads the request's state, then writes a history line.
+    let writer = |ctx: &quietus::lifecycle::Context, id: String| {
+        let store = ctx.store.clone();
+        async move {
+            let mut failures = Vec::new();
+            for k in 0..150 {
+                if let Err(e) = store.note(&id, "test", &format!("note {k}"), now()).await {
+                    failures.push(e.message);
+                }
+            }
+            failures
+        }
+    };
+    let (fa, fb) = tokio::join!(
+        tokio::spawn(writer(&a, ids[0].clone())),
+        tokio::spawn(writer(&b, ids[1].clone()))
+    );
+    let failures: Vec<String> = fa.unwrap().into_iter().chain(fb.unwrap()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 300 writes failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    a.store.close().await;
+    b.store.close().await;
+    kind.cleanup().await;
+}

@@ -6,6 +6,7 @@
 
 mod common;
 
+use quietus::store::BeginWrite as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -82,7 +83,7 @@ async fn load(backend: Backend) -> Crm {
         Backend::Postgres => {
             let db = Db::postgres().await;
             let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-            let mut tx = pool.begin().await.unwrap();
+            let mut tx = pool.begin_write().await.unwrap();
             sqlx::raw_sql(sqlx::AssertSqlSafe(CRM_SCHEMA_POSTGRES))
                 .execute(&mut *tx)
                 .await

@@ -2,6 +2,7 @@
 //! example policies and the demo CRM (SQLite), submits a realistic exit ticket and an
 //! erasure request, and shows their plans. Nothing outside DIR is touched.
 
+use crate::store::BeginWrite as _;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -33,7 +34,7 @@ pub async fn create_crm_sqlite(path: &Path) -> Result<()> {
         .max_connections(1)
         .connect_with(opts)
         .await?;
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_write().await?;
     sqlx::raw_sql(CRM_SCHEMA_SQLITE).execute(&mut *tx).await?;
     sqlx::raw_sql(CRM_SEED).execute(&mut *tx).await?;
     tx.commit().await?;

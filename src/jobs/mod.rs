@@ -494,7 +494,14 @@ pub async fn run_due(
             break;
         };
         on_task(&task);
-        run_one(ctx, s, &task, &mut summary).await?;
+        if let Err(e) = run_one(ctx, s, &task, &mut summary).await {
+            // The round stops here; its task is given back at once, not left leased for
+            // the rest of its lease (its effects so far are recorded, and resumed).
+            if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
+                tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease: {}", r.message);
+            }
+            return Err(e);
+        }
     }
     summary.waiting = ctx.store.waiting_on_leases(crate::clock::now()).await?;
     let shredded = expire_backups(ctx, s, crate::clock::now()).await?;

@@ -1,6 +1,7 @@
 //! Backups in the state store: what each task backed up, when it expires, and its
 //! crypto-shredding.
 
+use super::BeginWrite as _;
 use chrono::{DateTime, Utc};
 
 use super::Store;
@@ -48,7 +49,7 @@ impl Store {
     /// Record that a backup's key and archive were destroyed, with a history line.
     pub async fn backup_shredded(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE backups SET shredded_at = $2 WHERE id = $1 AND shredded_at IS NULL").bind(id).bind(now).execute(&mut *tx).await?;
             let rid: Option<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM backups WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
             if let Some((Some(rid),)) = rid {

@@ -2,6 +2,7 @@
 //! Every line is written here, in the transaction of the change it records; request
 //! transitions caused by work follow the lifecycle's rules ([`Event::target`]).
 
+use super::BeginWrite as _;
 use chrono::{DateTime, Utc};
 
 use super::Store;
@@ -18,7 +19,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let state: (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1").bind(request_id).fetch_one(&mut *tx).await?;
             history_in(&mut tx, request_id, now, actor, state.0, state.0, Some(reason)).await?;
             tx.commit().await?;

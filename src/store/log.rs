@@ -6,6 +6,7 @@
 //! Receipt work is claimed first, as tasks are leased; the transaction commits only while
 //! the claims are still its worker's, so a receipt is issued once across instances.
 
+use super::BeginWrite as _;
 use chrono::{DateTime, Utc};
 
 use super::outbox::NewMail;
@@ -112,14 +113,14 @@ trait LogLock {
 impl LogLock for sqlx::SqlitePool {
     type Db = sqlx::Sqlite;
     async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.begin_write().await?)
     }
 }
 
 impl LogLock for sqlx::PgPool {
     type Db = sqlx::Postgres;
     async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(6962)")
             .execute(&mut *tx)
             .await?;

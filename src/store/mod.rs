@@ -422,7 +422,7 @@ impl Store {
         }
         let result: std::result::Result<(), sqlx::Error> = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO requests (id, kind, external_id, ticket_digest, state, jurisdiction, locale, source, \
                      requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
@@ -599,7 +599,7 @@ impl Store {
     ) -> Result<()> {
         let changed: Moved = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE requests SET state = $3, updated_at = $4, \
                      held_from = CASE WHEN $5 THEN $6 ELSE held_from END, \
@@ -687,7 +687,9 @@ impl Store {
 }
 
 // After the macro, so that it is in scope there.
+mod begin;
 pub mod tasks;
+pub use begin::BeginWrite;
 pub use tasks::{NewTask, TaskRow};
 pub mod backups;
 pub use backups::BackupRow;

@@ -8,6 +8,7 @@
 //! backoff; past the attempt budget the message is `failed`. Every change is conditional on
 //! the lease, so a sender that lost its lease changes nothing.
 
+use super::BeginWrite as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
@@ -203,7 +204,7 @@ impl Store {
     /// Put a message in the outbox on its own (no state change goes with it).
     pub async fn enqueue(&self, m: &NewMail, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             enqueue_in(&mut tx, m, now).await?;
             tx.commit().await?;
         });
@@ -267,7 +268,7 @@ impl Store {
     ) -> Result<bool> {
         let gave_up: bool = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let row: Option<(i64,)> = sqlx::query_as("SELECT attempts FROM outbox WHERE id = $1 AND lease_owner = $2 AND state = $3")
                     .bind(id).bind(worker).bind(OutboxState::Pending).fetch_optional(&mut *tx).await?;
                 let Some((attempts,)) = row else {

@@ -2,6 +2,7 @@
 //! write (recorded before their first byte, so that one never recorded as a backup is
 //! found and crypto-shredded), and its leases (released once it is known to be gone).
 
+use super::BeginWrite as _;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
@@ -88,7 +89,7 @@ impl Store {
             a.id, a.task_id
         );
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let n = sqlx::query("UPDATE archive_intents SET shredded_at = $2 WHERE id = $1 AND shredded_at IS NULL")
                 .bind(&a.id).bind(now).execute(&mut *tx).await?.rows_affected();
             if n == 1 && let Some(rid) = &a.request_id {
@@ -107,7 +108,7 @@ impl Store {
     /// many tasks and messages it held.
     pub async fn release_leases_of(&self, worker: &str) -> Result<(u64, u64)> {
         Ok(on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let t = sqlx::query("UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
                 .bind(worker).execute(&mut *tx).await?.rows_affected();
             let m = sqlx::query("UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")

@@ -2,6 +2,7 @@
 //! that has not run is cancelled, in one transaction, or nothing changes while a worker
 //! holds one of its tasks.
 
+use super::BeginWrite as _;
 use chrono::{DateTime, Utc};
 
 use super::Store;
@@ -31,7 +32,7 @@ impl Store {
         }
         let outcome: Outcome = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let (from,): (State,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
                     .bind(request_id).fetch_one(&mut *tx).await?;
                 let to = match (from, Event::Restore.target(from)) {

@@ -5,6 +5,7 @@
 //! taken over by another worker once it expires. Every state change of a task is
 //! conditional on the lease, so a worker that lost its lease changes nothing.
 
+use super::BeginWrite as _;
 use chrono::{DateTime, Utc};
 
 use super::BackupRow;
@@ -192,7 +193,7 @@ impl Store {
         let nothing_to_do = !tasks.iter().any(|t| t.kind.answers_request());
         let moved: u64 = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let n = sqlx::query("UPDATE requests SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2")
                     .bind(request_id).bind(from).bind(to).bind(now)
                     .execute(&mut *tx).await?.rows_affected();
@@ -226,7 +227,7 @@ impl Store {
     /// Create tasks that belong to no request (retention sweeps).
     pub async fn insert_tasks(&self, tasks: &[NewTask], now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for t in tasks {
                 insert_task(&mut tx, t, now).await?;
             }
@@ -312,7 +313,7 @@ impl Store {
     ) -> Result<()> {
         let n: u64 = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let n = sqlx::query("UPDATE tasks SET state = $5, backup_id = $3, updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND state = $6")
                     .bind(task_id).bind(worker).bind(&b.id).bind(now).bind(TaskState::BackedUp).bind(TaskState::Pending)
                     .execute(&mut *tx).await?.rows_affected();
@@ -393,7 +394,7 @@ impl Store {
     ) -> Result<Option<String>> {
         let rid: Option<Option<String>> = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE tasks SET state = CASE WHEN backup_id IS NULL THEN $3 ELSE $4 END, \
                      attempts = 0, next_attempt_at = $2, updated_at = $2 WHERE id = $1 AND state = $5",
@@ -463,7 +464,7 @@ impl Store {
         );
         let (n, completed): (u64, bool) = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let req: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(lock_sql.clone())).bind(task_id).fetch_optional(&mut *tx).await?;
                 let n = sqlx::query("UPDATE tasks SET state = $5, result = $3, completed_at = $4, updated_at = $4, lease_owner = NULL, lease_expires_at = NULL, last_error = NULL WHERE id = $1 AND lease_owner = $2")
                     .bind(task_id).bind(worker).bind(result).bind(now).bind(TaskState::Done)
@@ -505,7 +506,7 @@ impl Store {
     ) -> Result<bool> {
         let gave_up: bool = on_pool!(self, pool => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let row: Option<(i64, Option<String>, TaskState)> = sqlx::query_as("SELECT attempts, request_id, state FROM tasks WHERE id = $1 AND lease_owner = $2")
                     .bind(task_id).bind(worker).fetch_optional(&mut *tx).await?;
                 let Some((attempts, rid, state)) = row else {
@@ -536,7 +537,7 @@ impl Store {
     /// `failed` request stays failed, retrying, until every task due is done).
     pub async fn request_running(&self, request_id: &str, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             apply_event_in(&mut tx, request_id, now, "quietus", Event::Start, "").await?;
             tx.commit().await?;
         });

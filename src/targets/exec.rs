@@ -1,5 +1,6 @@
 //! Running statements on a target: pages of rows as text, and transactions.
 
+use crate::store::BeginWrite as _;
 use sqlx::Row;
 
 use super::Target;
@@ -109,9 +110,9 @@ impl Target {
     /// Start a transaction (SQLite: take the write lock at once).
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
-            Target::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?),
-            Target::Postgres(p) => Tx::Postgres(p.begin().await.map_err(fail)?),
-            Target::Mysql(p) => Tx::Mysql(p.begin().await.map_err(fail)?),
+            Target::Sqlite(p) => Tx::Sqlite(p.begin_write().await.map_err(fail)?),
+            Target::Postgres(p) => Tx::Postgres(p.begin_write().await.map_err(fail)?),
+            Target::Mysql(p) => Tx::Mysql(p.begin_write().await.map_err(fail)?),
         })
     }
 }
