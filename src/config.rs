@@ -237,6 +237,8 @@ pub struct JobsConfig {
     pub batch_size: usize,
     /// Seconds between two looks for due work (`serve`).
     pub poll_seconds: u64,
+    /// Tasks a worker runs at once (each on its own connections to its system).
+    pub parallel: usize,
     /// Where the workers of this host hold their presence files (locked while they run):
     /// a worker that died is known at once, and its leases are released without waiting
     /// them out. Local storage, one per host.
@@ -250,6 +252,7 @@ impl Default for JobsConfig {
             max_attempts: 5,
             batch_size: 500,
             poll_seconds: 5,
+            parallel: 4,
             workers_dir: "var/workers".into(),
         }
     }
@@ -535,7 +538,7 @@ impl Config {
 
     /// Numbers out of their range are errors, never quietly replaced by another value.
     fn check_bounds(&self) -> Result<()> {
-        let bounds: [(&str, i128, i128, i128); 7] = [
+        let bounds: [(&str, i128, i128, i128); 8] = [
             (
                 "targets.max_connections",
                 self.targets.max_connections.into(),
@@ -561,6 +564,12 @@ impl Config {
                 self.jobs.poll_seconds.into(),
                 1,
                 86_400,
+            ),
+            (
+                "jobs.parallel",
+                i128::try_from(self.jobs.parallel).unwrap_or(i128::MAX),
+                1,
+                64,
             ),
             (
                 "inbox.poll_seconds",

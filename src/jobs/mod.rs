@@ -44,6 +44,8 @@ pub struct Settings {
     pub lease_seconds: u64,
     pub max_attempts: i64,
     pub batch_size: usize,
+    /// Tasks run at once.
+    pub parallel: usize,
     pub window: Option<schedule::Cron>,
     pub prover: prove::Prover,
     pub mailer: std::sync::Arc<crate::mail::Mailer>,
@@ -69,6 +71,7 @@ impl Settings {
             lease_seconds: c.jobs.lease_seconds,
             max_attempts: c.jobs.max_attempts,
             batch_size: c.jobs.batch_size,
+            parallel: c.jobs.parallel,
             window: schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?,
             prover: prove::Prover::from_config(c)?,
             mailer: std::sync::Arc::new(crate::mail::Mailer::from_config(c)?),
@@ -339,6 +342,39 @@ pub struct RunSummary {
     pub waiting: Vec<crate::store::recovery::LeaseWait>,
 }
 
+impl RunSummary {
+    /// Add what one task did to the round's summary.
+    fn absorb(&mut self, part: RunSummary) {
+        // Every field, by name: a new one cannot be forgotten here.
+        let RunSummary {
+            scheduled,
+            done,
+            retried,
+            failed,
+            completed_requests,
+            shredded_backups,
+            receipts,
+            mail_sent,
+            mail_failed,
+            released_leases,
+            shredded_unrecorded,
+            waiting,
+        } = part;
+        self.scheduled += scheduled;
+        self.done += done;
+        self.retried += retried;
+        self.failed += failed;
+        self.completed_requests.extend(completed_requests);
+        self.shredded_backups += shredded_backups;
+        self.receipts.extend(receipts);
+        self.mail_sent += mail_sent;
+        self.mail_failed += mail_failed;
+        self.released_leases += released_leases;
+        self.shredded_unrecorded += shredded_unrecorded;
+        self.waiting.extend(waiting);
+    }
+}
+
 /// Run one leased task to its next recorded state.
 pub async fn run_one(
     ctx: &Context,
@@ -458,8 +494,9 @@ pub async fn run_one(
     Ok(())
 }
 
-/// Everything due now: schedule approved requests, then lease and run tasks one at a
-/// time until none is due (or `stop` says so). `on_task` is told of each task taken.
+/// Everything due now: schedule approved requests, then lease and run tasks, up to
+/// `jobs.parallel` at once, until none is due (or `stop` says so); each request's receipt
+/// is issued as it completes. `on_task` is told of each task taken.
 pub async fn run_due(
     ctx: &Context,
     s: &Settings,
@@ -478,30 +515,51 @@ pub async fn run_due(
         completed_requests,
         ..RunSummary::default()
     };
+    // Up to `parallel` tasks at once: more are leased as tasks finish, until none is due
+    // (or `stop` says so). A task that fails the round has its lease given back at once,
+    // not left leased for the rest of its lease (its effects so far are recorded, and
+    // resumed); the round ends with its error once the others finished.
+    let parallel = s.parallel.max(1);
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut failure: Option<crate::error::Error> = None;
     loop {
-        if *stop.borrow() {
-            break;
+        if failure.is_none() && !*stop.borrow() && running.len() < parallel {
+            let now = crate::clock::now();
+            let window_open = s.window.as_ref().is_none_or(|w| w.includes(now));
+            let lease_until =
+                now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
+            let room = i64::try_from(parallel - running.len()).unwrap_or(1);
+            match ctx
+                .store
+                .lease(&s.worker, now, lease_until, room, window_open)
+                .await
+            {
+                Ok(tasks) => {
+                    for task in tasks {
+                        on_task(&task);
+                        running.push(async move {
+                            let mut part = RunSummary::default();
+                            let r = run_one(ctx, s, &task, &mut part).await;
+                            (task, part, r)
+                        });
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
         }
-        let now = crate::clock::now();
-        let window_open = s.window.as_ref().is_none_or(|w| w.includes(now));
-        let lease_until =
-            now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
-        let tasks = ctx
-            .store
-            .lease(&s.worker, now, lease_until, 1, window_open)
-            .await?;
-        let Some(task) = tasks.into_iter().next() else {
+        let Some((task, part, r)) = futures_util::StreamExt::next(&mut running).await else {
             break;
         };
-        on_task(&task);
-        if let Err(e) = run_one(ctx, s, &task, &mut summary).await {
-            // The round stops here; its task is given back at once, not left leased for
-            // the rest of its lease (its effects so far are recorded, and resumed).
+        summary.absorb(part);
+        if let Err(e) = r {
             if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
                 tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease: {}", r.message);
             }
-            return Err(e);
+            failure.get_or_insert(e);
         }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     summary.waiting = ctx.store.waiting_on_leases(crate::clock::now()).await?;
     let shredded = expire_backups(ctx, s, crate::clock::now()).await?;

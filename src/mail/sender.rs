@@ -55,10 +55,14 @@ impl SendSummary {
     }
 }
 
-/// Send every message that is due at `now`, one at a time, as `worker`: lease it, hand it
-/// to the transport, mark it sent, or count the failed attempt (retried after a backoff;
-/// after `max_attempts` attempts, or at once when the failure is permanent, `failed`).
-/// Messages that fail are not retried within the same pass.
+/// How many messages a sender hands to the transport at once.
+const AT_ONCE: i64 = 8;
+
+/// Send every message that is due at `now`, as `worker`, up to [`AT_ONCE`] at a time
+/// (delivered concurrently): lease them, hand them to the transport, mark each sent, or
+/// count its failed attempt (retried after a backoff; after `max_attempts` attempts, or
+/// at once when the failure is permanent, `failed`). Messages that fail are not retried
+/// within the same pass.
 pub async fn send_due(
     store: &Store,
     mailer: &Mailer,
@@ -69,43 +73,71 @@ pub async fn send_due(
     let mut summary = SendSummary::default();
     let mut seen = std::collections::HashSet::new();
     loop {
-        let leased = store.lease_mail(worker, now, now + LEASE, 1).await?;
-        let Some(row) = leased.into_iter().next() else {
-            break;
-        };
-        if !seen.insert(row.id.clone()) {
-            // Handed back to us in the same pass (a lease lost and expired): leave it to
-            // the next pass rather than loop.
-            store.release_mail(&row.id, worker).await?;
+        let leased = store.lease_mail(worker, now, now + LEASE, AT_ONCE).await?;
+        if leased.is_empty() {
             break;
         }
-        match mailer.deliver(&row, now).await {
-            Ok(delivery) => {
-                if delivery == Delivery::AlreadyThere {
-                    tracing::info!(id = %row.id, kind = %row.kind, "mail: already delivered by an earlier attempt");
-                }
-                if store.mail_sent(&row.id, worker, now).await? {
-                    tracing::info!(id = %row.id, kind = %row.kind, "mail sent");
-                    summary.sent.push(row.id);
-                } else {
-                    tracing::warn!(id = %row.id, kind = %row.kind, "mail sent, but its lease had been taken over");
-                    summary.lease_lost.push(row.id);
-                }
+        let full = leased.len() as i64 == AT_ONCE;
+        let mut batch = Vec::with_capacity(leased.len());
+        let mut again = false;
+        for row in leased {
+            if seen.insert(row.id.clone()) {
+                batch.push(row);
+            } else {
+                // Handed back to us in the same pass (a lease lost and expired): leave it
+                // to the next pass rather than loop.
+                store.release_mail(&row.id, worker).await?;
+                again = true;
             }
-            Err(e) => {
-                let budget = if e.permanent { 1 } else { max_attempts };
-                let gave_up = store
-                    .mail_failed(&row.id, worker, &e.message, now, budget)
-                    .await?;
-                if gave_up {
-                    tracing::error!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail failed; giving up");
-                    summary.failed.push(row.id);
-                } else {
-                    tracing::warn!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail not sent; will retry");
-                    summary.retrying.push(row.id);
-                }
-            }
+        }
+        let outcomes =
+            futures_util::future::join_all(batch.iter().map(|row| mailer.deliver(row, now))).await;
+        for (row, outcome) in batch.into_iter().zip(outcomes) {
+            record(store, worker, now, max_attempts, row, outcome, &mut summary).await?;
+        }
+        if again || !full {
+            break;
         }
     }
     Ok(summary)
+}
+
+/// Record what the transport said of one message.
+async fn record(
+    store: &Store,
+    worker: &str,
+    now: DateTime<Utc>,
+    max_attempts: i64,
+    row: crate::store::outbox::OutboxRow,
+    outcome: std::result::Result<Delivery, super::transport::DeliveryError>,
+    summary: &mut SendSummary,
+) -> Result<()> {
+    match outcome {
+        Ok(delivery) => {
+            if delivery == Delivery::AlreadyThere {
+                tracing::info!(id = %row.id, kind = %row.kind, "mail: already delivered by an earlier attempt");
+            }
+            if store.mail_sent(&row.id, worker, now).await? {
+                tracing::info!(id = %row.id, kind = %row.kind, "mail sent");
+                summary.sent.push(row.id);
+            } else {
+                tracing::warn!(id = %row.id, kind = %row.kind, "mail sent, but its lease had been taken over");
+                summary.lease_lost.push(row.id);
+            }
+        }
+        Err(e) => {
+            let budget = if e.permanent { 1 } else { max_attempts };
+            let gave_up = store
+                .mail_failed(&row.id, worker, &e.message, now, budget)
+                .await?;
+            if gave_up {
+                tracing::error!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail failed; giving up");
+                summary.failed.push(row.id);
+            } else {
+                tracing::warn!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail not sent; will retry");
+                summary.retrying.push(row.id);
+            }
+        }
+    }
+    Ok(())
 }

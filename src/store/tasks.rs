@@ -238,7 +238,10 @@ impl Store {
 
     /// Lease up to `limit` tasks that are due, runnable and not leased (or whose lease
     /// expired). A request's export (a leaver's copy of their data) runs before anything
-    /// of that request changes a row. `windowed`: whether tasks that wait for the execution window may be taken.
+    /// of that request changes a row; and no two tasks of one request run on one system at
+    /// once (a task whose sibling there holds a lease waits; a batch holds at most one per
+    /// request and system, the first). `windowed`: whether tasks that wait for the
+    /// execution window may be taken.
     pub async fn lease(
         &self,
         worker: &str,
@@ -260,6 +263,8 @@ impl Store {
                    SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = '{export}' AND e.state <> '{done}')) \
                AND (request_id IS NULL OR EXISTS (SELECT 1 FROM requests r WHERE r.id = tasks.request_id \
                    AND r.state IN ('{scheduled}', '{running}', '{failed}', '{needs_attention}', '{completed}'))) \
+               AND (request_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.request_id = tasks.request_id \
+                   AND o.system = tasks.system AND o.id <> tasks.id AND o.lease_expires_at >= $2)) \
                ORDER BY due_at, id LIMIT $4{lock}) \
              RETURNING {TASK_COLUMNS}",
             pending = TaskState::Pending,
@@ -282,7 +287,18 @@ impl Store {
             }
             q.fetch_all(pool).await?
         });
-        Ok(rows)
+        // Two siblings leased in one batch: the later one goes back.
+        let mut taken = std::collections::BTreeSet::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for t in rows {
+            let sibling = t.request_id.as_ref().is_some_and(|r| !taken.insert((r.clone(), t.system.clone())));
+            if sibling {
+                self.release_lease(&t.id, worker).await?;
+            } else {
+                out.push(t);
+            }
+        }
+        Ok(out)
     }
 
     /// Keep a lease alive; false when it was lost.
