@@ -696,3 +696,66 @@ async fn a_failed_round_releases_the_lease_of_its_task() {
     drop(env);
     kind.cleanup().await;
 }
+
+/// A worker runs several tasks at once, but never two tasks of one request on one system
+/// (an exit's disable and apply tasks on the CRM wait for each other), in one lease batch
+/// or across batches; and with several at once, the exit still completes with one
+/// receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tasks_of_one_request_on_one_system_never_run_at_once() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write("exit.json", EXIT_TICKET);
+    let at = "2027-01-04T03:00:00Z";
+    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None))
+        .trim()
+        .to_owned();
+    ok(&env.run_at(&["approve", &id], Some(at), None));
+    let app = quietus::app::App::open(quietus::config::Config::load(Some(&env.config)).unwrap())
+        .await
+        .unwrap();
+    let ctx = &app.ctx;
+    let now = chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc();
+    quietus::jobs::schedule_approved(ctx, "quietus", now)
+        .await
+        .unwrap();
+    let until = now + chrono::Duration::minutes(5);
+    let first = ctx.store.lease("w1", now, until, 50, true).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &first {
+        assert!(
+            seen.insert((t.request_id.clone(), t.system.clone())),
+            "two tasks of one request on {} in one batch",
+            t.system
+        );
+    }
+    // The siblings left behind wait while the leased ones run, for this worker and others.
+    let second = ctx.store.lease("w2", now, until, 50, true).await.unwrap();
+    for t in &second {
+        assert!(
+            !seen.contains(&(t.request_id.clone(), t.system.clone())),
+            "task {} of {} started beside its sibling",
+            t.id,
+            t.system
+        );
+    }
+    let open = ctx.store.tasks_of(&id).await.unwrap();
+    let per_system = open.iter().filter(|t| t.system == first[0].system).count();
+    assert!(
+        per_system > 1,
+        "the exit has several tasks on {}: {open:?}",
+        first[0].system
+    );
+    for t in first.iter().chain(&second) {
+        ctx.store
+            .release_lease(&t.id, &t.lease_owner.clone().unwrap())
+            .await
+            .unwrap();
+    }
+    app.close().await;
+    // Carried out with several tasks at once: completed, one receipt.
+    let out = ok(&env.run_at(&["run", "--json"], Some(at), None));
+    let v = json(&out);
+    assert_eq!(v["completed_requests"], serde_json::json!([id]), "{out}");
+    let shown = json(&ok(&env.run_at(&["show", &id, "--json"], Some(at), None)));
+    assert_eq!(shown["request"]["state"], "completed", "{shown}");
+}

@@ -291,7 +291,10 @@ impl Store {
         let mut taken = std::collections::BTreeSet::new();
         let mut out = Vec::with_capacity(rows.len());
         for t in rows {
-            let sibling = t.request_id.as_ref().is_some_and(|r| !taken.insert((r.clone(), t.system.clone())));
+            let sibling = t
+                .request_id
+                .as_ref()
+                .is_some_and(|r| !taken.insert((r.clone(), t.system.clone())));
             if sibling {
                 self.release_lease(&t.id, worker).await?;
             } else {
