@@ -515,46 +515,19 @@ pub async fn run_due(
         completed_requests,
         ..RunSummary::default()
     };
-    // Up to `parallel` tasks at once: more are leased as tasks finish, until none is due
-    // (or `stop` says so). A task that fails the round has its lease given back at once,
-    // not left leased for the rest of its lease (its effects so far are recorded, and
-    // resumed); the round ends with its error once the others finished.
-    let parallel = s.parallel.max(1);
-    let mut running = futures_util::stream::FuturesUnordered::new();
-    let mut failure: Option<crate::error::Error> = None;
-    loop {
-        if failure.is_none() && !*stop.borrow() && running.len() < parallel {
-            let now = crate::clock::now();
-            let window_open = s.window.as_ref().is_none_or(|w| w.includes(now));
-            let lease_until =
-                now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
-            let room = i64::try_from(parallel - running.len()).unwrap_or(1);
-            match ctx
-                .store
-                .lease(&s.worker, now, lease_until, room, window_open)
-                .await
-            {
-                Ok(tasks) => {
-                    for task in tasks {
-                        on_task(&task);
-                        running.push(async move {
-                            let mut part = RunSummary::default();
-                            let r = run_one(ctx, s, &task, &mut part).await;
-                            (task, part, r)
-                        });
-                    }
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        let Some((task, part, r)) = futures_util::StreamExt::next(&mut running).await else {
-            break;
-        };
+    // `parallel` lanes, each leasing and running one task at a time, until none is due
+    // (or `stop` says so). Each lane is its own future, polled all the time: a lane never
+    // waits on the store while another holds a store transaction that it cannot finish
+    // (on SQLite that would hold the write lock until the busy timeout). A task that fails
+    // the round has its lease given back at once, not left leased for the rest of its
+    // lease (its effects so far are recorded, and resumed); the other lanes finish their
+    // task, take no more, and the round ends with the error.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let lanes = (0..s.parallel.max(1)).map(|_| lane(ctx, s, stop, on_task, &failed));
+    let mut failure = None;
+    for (part, r) in futures_util::future::join_all(lanes).await {
         summary.absorb(part);
         if let Err(e) = r {
-            if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
-                tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease: {}", r.message);
-            }
             failure.get_or_insert(e);
         }
     }
@@ -580,6 +553,46 @@ pub async fn run_due(
     summary.mail_sent = sent.sent.len();
     summary.mail_failed = sent.failed.len();
     Ok(summary)
+}
+
+/// One lane of a round: lease a task, run it, again, until none is due, `stop` says so,
+/// or a lane failed.
+async fn lane(
+    ctx: &Context,
+    s: &Settings,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
+    failed: &std::sync::atomic::AtomicBool,
+) -> (RunSummary, Result<()>) {
+    use std::sync::atomic::Ordering;
+    let mut summary = RunSummary::default();
+    while !*stop.borrow() && !failed.load(Ordering::SeqCst) {
+        let now = crate::clock::now();
+        let window_open = s.window.as_ref().is_none_or(|w| w.includes(now));
+        let lease_until =
+            now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
+        let task = match ctx
+            .store
+            .lease(&s.worker, now, lease_until, 1, window_open)
+            .await
+        {
+            Ok(tasks) => tasks.into_iter().next(),
+            Err(e) => {
+                failed.store(true, Ordering::SeqCst);
+                return (summary, Err(e));
+            }
+        };
+        let Some(task) = task else { break };
+        on_task(&task);
+        if let Err(e) = run_one(ctx, s, &task, &mut summary).await {
+            failed.store(true, Ordering::SeqCst);
+            if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
+                tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease: {}", r.message);
+            }
+            return (summary, Err(e));
+        }
+    }
+    (summary, Ok(()))
 }
 
 /// The retention sweep: for every table with a `sweep`, a task that erases (or
