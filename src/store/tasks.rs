@@ -265,12 +265,14 @@ impl Store {
                    AND r.state IN ('{scheduled}', '{running}', '{failed}', '{needs_attention}', '{completed}'))) \
                AND (request_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.request_id = tasks.request_id \
                    AND o.system = tasks.system AND o.id <> tasks.id AND o.lease_expires_at >= $2)) \
-               ORDER BY due_at, id LIMIT $4{lock}) \
+               ORDER BY due_at, CASE WHEN kind = '{disable}' THEN 0 ELSE 1 END, id LIMIT $4{lock}) \
              RETURNING {TASK_COLUMNS}",
             pending = TaskState::Pending,
             backed_up = TaskState::BackedUp,
             export = TaskKind::Export,
             done = TaskState::Done,
+            // A leaver's login closes before the long changes of the same day.
+            disable = TaskKind::Disable,
             // A request's work runs only while the request is being carried out (or, for
             // follow-ups, once it completed): never on hold, cancelled, back in review,
             // restored or refused.
