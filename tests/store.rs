@@ -295,3 +295,83 @@ async fn transitions_record_who_why_and_refuse_what_the_lifecycle_forbids(
         kind.cleanup().await;
     }
 }
+
+/// The plan of `sql` with `$1` bound to `id`: SQLite's `EXPLAIN QUERY PLAN` details, or
+/// PostgreSQL's `EXPLAIN` lines with sequential scans off (so that the plan uses an
+/// index whenever the statement allows one, however few rows there are).
+async fn plan_of(pool: &Pool, sql: &str, id: &str) -> Vec<String> {
+    match pool {
+        Pool::Sqlite(p) => {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind(id)
+                    .fetch_all(p)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.3).collect()
+        }
+        Pool::Postgres(p) => {
+            let mut c = p.acquire().await.unwrap();
+            sqlx::raw_sql("SET enable_seqscan = off")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            let plan = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .bind(id)
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+            sqlx::raw_sql("RESET enable_seqscan")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            plan
+        }
+    }
+}
+
+/// Issue 8, item 7: the worker looks a request up by its whole id for every task, so that
+/// lookup is a search of one key in the primary key, not a scan of every request
+/// (SQLite's LIKE is case-insensitive, so `id LIKE 'prefix%'` scans the whole index; on
+/// PostgreSQL it is a range scan at best, with a C collation, and a full scan with any
+/// other).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_is_found_by_its_whole_id_through_the_primary_key(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        let emails: Vec<String> = (0..5).map(|i| format!("p{i}@example.com")).collect();
+        let ids = common::approved_erasures(&ctx, &emails, "T", now()).await;
+        let id = &ids[2];
+
+        let plan = plan_of(&ctx.store.pool, &quietus::store::Store::request_sql(), id).await;
+        let by_key = match backend {
+            Backend::Sqlite => {
+                plan.iter().all(|l| l.starts_with("SEARCH requests USING"))
+                    && plan.iter().any(|l| l.contains("(id=?)"))
+            }
+            Backend::Postgres => {
+                plan.iter()
+                    .any(|l| l.contains("Index Scan using requests_pkey"))
+                    && plan.iter().any(|l| l.contains("Index Cond: (id = "))
+                    && !plan
+                        .iter()
+                        .any(|l| l.contains("Seq Scan") || l.contains("Filter"))
+            }
+            Backend::Mysql => unreachable!("not a state store"),
+        };
+        assert!(by_key, "{label}: a lookup by id is a scan: {plan:#?}");
+        assert_eq!(&ctx.store.request(id).await.unwrap().id, id, "{label}");
+        ctx.store.close().await;
+        kind.cleanup().await;
+    }
+}

@@ -487,6 +487,12 @@ impl Store {
         }
     }
 
+    /// The statement [`Store::request`] runs, `$1` the id (public for the test that shows
+    /// how the database finds the row).
+    pub fn request_sql() -> String {
+        format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id LIKE $1 ORDER BY id LIMIT 2")
+    }
+
     /// A request by id or by a unique prefix of its id.
     pub async fn request(&self, id_or_prefix: &str) -> Result<RequestRow> {
         let needle = id_or_prefix.trim().to_ascii_lowercase();
@@ -496,8 +502,7 @@ impl Store {
                 format!("no request {id_or_prefix:?} (ids are 16 letters and digits)"),
             ));
         }
-        let sql =
-            format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id LIKE $1 ORDER BY id LIMIT 2");
+        let sql = Store::request_sql();
         let rows: Vec<RequestRow> = on_pool!(self, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(format!("{needle}%")).fetch_all(pool).await?
         });
