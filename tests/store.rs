@@ -349,8 +349,25 @@ async fn a_request_is_found_by_its_whole_id_through_the_primary_key(#[case] back
         let label = kind.label();
         let env = Env::new(&kind).await;
         let ctx = env.context().await;
-        let emails: Vec<String> = (0..5).map(|i| format!("p{i}@example.com")).collect();
-        let ids = common::approved_erasures(&ctx, &emails, "T", now()).await;
+        // 33 requests: two of them start with the same character (32 of them).
+        let src = Source {
+            door: quietus::intake::Door::Cli,
+            actor: "test".into(),
+            trusted: true,
+        };
+        let mut ids = Vec::new();
+        for i in 0..33 {
+            let raw = format!(
+                r#"{{"kind":"erasure","external_id":"T-{i}","subject":{{"email":"p{i}@example.com"}},"jurisdiction":"GDPR"}}"#
+            );
+            let t = intake::parse_ticket(raw.as_bytes(), "t", true).unwrap();
+            ids.push(
+                intake::submit(&ctx, &t, &raw, &src, now())
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
         let id = &ids[2];
 
         let plan = plan_of(&ctx.store.pool, &quietus::store::Store::request_sql(), id).await;
@@ -371,6 +388,42 @@ async fn a_request_is_found_by_its_whole_id_through_the_primary_key(#[case] back
         };
         assert!(by_key, "{label}: a lookup by id is a scan: {plan:#?}");
         assert_eq!(&ctx.store.request(id).await.unwrap().id, id, "{label}");
+        // Inside quietus a request is named by its whole id: a prefix finds nothing.
+        let e = ctx.store.request(&id[..6]).await.unwrap_err();
+        assert_eq!(e.code, quietus::Code::NotFound, "{label}");
+        // What a person types (the CLI, the HTTP API) is resolved first: the whole id, a
+        // unique prefix, in any case and with spaces around.
+        for typed in [
+            id.clone(),
+            id[..6].to_owned(),
+            format!("  {} ", id[..8].to_ascii_uppercase()),
+        ] {
+            assert_eq!(
+                &ctx.resolve(&typed).await.unwrap(),
+                id,
+                "{label}: {typed:?}"
+            );
+        }
+        // Nothing else: empty, not of the alphabet, too long, or no request's.
+        for typed in ["", "x@example.com", &format!("{id}0"), "0000000000000000"] {
+            let e = ctx.resolve(typed).await.unwrap_err();
+            assert_eq!(
+                e.code,
+                quietus::Code::NotFound,
+                "{label}: {typed:?}: {}",
+                e.message
+            );
+        }
+        // What is not an id is not repeated back: it may be anything, an address say.
+        let e = ctx.resolve("x@example.com").await.unwrap_err();
+        assert!(!e.message.contains("example"), "{label}: {}", e.message);
+        // The start two ids share names neither.
+        let shared = ids
+            .iter()
+            .find(|a| ids.iter().filter(|b| b[..1] == a[..1]).count() > 1)
+            .unwrap();
+        let e = ctx.resolve(&shared[..1]).await.unwrap_err();
+        assert_eq!(e.code, quietus::Code::Ambiguous, "{label}: {}", e.message);
         ctx.store.close().await;
         kind.cleanup().await;
     }
