@@ -44,6 +44,9 @@ macro_rules! on_pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub pool: Pool,
+    /// How many archive ids the orphan-archive check asked about (see
+    /// [`Store::archive_ids_asked`]).
+    archive_ids_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A request as stored.
@@ -390,6 +393,7 @@ impl Store {
             Ok((
                 Store {
                     pool: Pool::Sqlite(pool),
+                    archive_ids_asked: Default::default(),
                 },
                 opened,
             ))
@@ -426,6 +430,7 @@ impl Store {
             Ok((
                 Store {
                     pool: Pool::Postgres(pool),
+                    archive_ids_asked: Default::default(),
                 },
                 opened,
             ))

@@ -77,7 +77,19 @@ impl Store {
             .fetch_all(pool)
             .await?
         });
+        self.archive_ids_asked.fetch_add(
+            u64::try_from(rows.len()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// How many archive ids this store (and its clones) was asked about, or answered
+    /// with, to tell archives no record names from recorded ones: the cost of the
+    /// orphan-archive check, for the test that shows what a round of it asks.
+    pub fn archive_ids_asked(&self) -> u64 {
+        self.archive_ids_asked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Record that an unrecorded archive was crypto-shredded, in its request's history too.
