@@ -5,7 +5,8 @@
 //! - `quietus_test_postgres`: `QUIETUS_TEST_POSTGRES_URL` is set;
 //! - `quietus_test_mysql`: `QUIETUS_TEST_MYSQL_URL` is set;
 //! - `quietus_test_age`: the `age` and `zstd` tools are on `PATH`;
-//! - `quietus_test_smtp`: a Python with aiosmtpd (`QUIETUS_TEST_PYTHON`, else `python3`).
+//! - `quietus_test_smtp`: a Python with aiosmtpd (`QUIETUS_TEST_PYTHON`, else `python3`);
+//! - `quietus_test_strace`: the `strace` tool is on `PATH` (tests/nodelay.rs).
 //!
 //! With `QUIETUS_TEST_REQUIRE_SERVERS=1` (CI) all are on: a missing one fails its tests.
 //! Cargo runs this again when one of those variables changes; a tool installed later
@@ -31,6 +32,7 @@ fn main() {
         ("quietus_test_mysql", set("QUIETUS_TEST_MYSQL_URL")),
         ("quietus_test_age", on_path("age") && on_path("zstd")),
         ("quietus_test_smtp", python_with_aiosmtpd()),
+        ("quietus_test_strace", on_path("strace")),
     ];
     for (cfg, present) in have {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

@@ -1365,6 +1365,122 @@ async fn another_run_spares_the_archive_a_live_worker_is_writing(#[case] backend
     }
 }
 
+/// The archive ids in the backup folders (archives, keys, archives being written).
+fn archive_ids_on_disk(env: &Env) -> BTreeSet<String> {
+    backup_files(env)
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let name = name.strip_prefix('.').unwrap_or(name);
+            [".jsonl.zst.age", ".key", ".tmp"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Issue 8, item 7: the check for archives no record names asks the state store about
+/// each archive once per worker, at the first round that finds it on disk, and then only
+/// about files not seen before: a round costs a listing of the folders, not a look at
+/// every live backup (5.5 s a round with 50 000 of them). A file that appears later and
+/// that no record names is still crypto-shredded; a new worker checks everything once.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_unrecorded_archive_check_asks_about_each_archive_once(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let app = quietus::app::App::open(Config::load(Some(&env.config)).unwrap())
+            .await
+            .unwrap();
+        let (ctx, s) = (&app.ctx, app.worker().unwrap());
+        let emails = [
+            "olivia.chen@example.com",
+            "iris.xu@example.com",
+            "tony.lu@example.cn",
+        ];
+        let ids = common::approved_erasures(ctx, &emails, "O", quietus::clock::now()).await;
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let summary = quietus::jobs::run_due(ctx, &s, &stop, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(summary.completed_requests.len(), 3, "{label}: {summary:?}");
+        let mut backups = Vec::new();
+        for id in &ids {
+            backups.extend(ctx.store.backups_of(id).await.unwrap());
+        }
+        let recorded: BTreeSet<String> = backups.iter().map(|b| b.id.clone()).collect();
+        assert!(recorded.len() >= 3, "{label}: {recorded:?}");
+        assert_eq!(archive_ids_on_disk(&env), recorded, "{label}");
+        // The round's checks (before its tasks: no archive yet; after them: each backup)
+        // asked about each archive once.
+        let asked = ctx.store.archive_ids_asked();
+        let n = u64::try_from(recorded.len()).unwrap();
+        assert_eq!(asked, n, "{label}: asked about after the first round");
+
+        // Later rounds ask about none of them again, and shred nothing.
+        let now = quietus::clock::now();
+        for round in 2..4 {
+            assert_eq!(
+                quietus::jobs::shred_unrecorded(ctx, &s, now).await.unwrap(),
+                0,
+                "{label}"
+            );
+            assert_eq!(
+                ctx.store.archive_ids_asked(),
+                asked,
+                "{label}: round {round} asked the store again about archives it checked"
+            );
+        }
+        assert_eq!(archive_ids_on_disk(&env), recorded, "{label}");
+
+        // An archive that no record names, appearing later (its key, the archive, a part
+        // being written), is asked about, alone, and crypto-shredded.
+        let stray = quietus::store::new_id();
+        let (dir, keys) = backup_dirs(&env);
+        let (path, key) = quietus::backup::paths(&dir, &keys, &stray);
+        std::fs::write(&key, "AGE-SECRET-KEY-1NOTAREALKEY").unwrap();
+        std::fs::write(&path, "not an archive").unwrap();
+        std::fs::write(dir.join(format!(".{stray}.tmp")), "part").unwrap();
+        assert_eq!(
+            quietus::jobs::shred_unrecorded(ctx, &s, now).await.unwrap(),
+            1,
+            "{label}"
+        );
+        assert_eq!(ctx.store.archive_ids_asked(), asked + 1, "{label}");
+        assert_eq!(
+            archive_ids_on_disk(&env),
+            recorded,
+            "{label}: the stray is gone"
+        );
+        only_recorded_archives(&env, label, &backups);
+
+        // Another worker (a restart) checks every archive once, at its first round.
+        let other = app.worker().unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                quietus::jobs::shred_unrecorded(ctx, &other, now)
+                    .await
+                    .unwrap(),
+                0,
+                "{label}"
+            );
+        }
+        assert_eq!(ctx.store.archive_ids_asked(), asked + 1 + n, "{label}");
+        only_recorded_archives(&env, label, &backups);
+        app.close().await;
+        kind.cleanup().await;
+    }
+}
+
 /// A restart on the same host does not wait out the lease of its own worker that was
 /// killed (300 s by default here, on the wall clock): that worker is known to be gone.
 #[rstest]

@@ -334,6 +334,17 @@ async fn the_same_external_id_with_another_ticket_is_a_conflict(#[case] backend:
             "[{label}] {}",
             shown.text
         );
+        // A unique prefix of the id names it too; what names no request is not found.
+        let short = get(
+            &server,
+            &format!("/api/v1/requests/{}", &id[..6]),
+            Some(DPO),
+        )
+        .await;
+        assert_eq!(short.status, StatusCode::OK, "[{label}] {}", short.text);
+        assert_eq!(short.body["request"]["id"], id.as_str(), "[{label}]");
+        let none = get(&server, "/api/v1/requests/0000000000000000", Some(DPO)).await;
+        api_error(&none, 404, "not_found", label);
 
         drop(server);
         kind.cleanup().await;

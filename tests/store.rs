@@ -346,3 +346,136 @@ async fn two_pools_on_one_sqlite_store_write_at_once_without_database_is_locked(
     b.store.close().await;
     kind.cleanup().await;
 }
+
+/// The plan of `sql` with `$1` bound to `id`: SQLite's `EXPLAIN QUERY PLAN` details, or
+/// PostgreSQL's `EXPLAIN` lines with sequential scans off (so that the plan uses an
+/// index whenever the statement allows one, however few rows there are).
+async fn plan_of(pool: &Pool, sql: &str, id: &str) -> Vec<String> {
+    match pool {
+        Pool::Sqlite(p) => {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind(id)
+                    .fetch_all(p)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.3).collect()
+        }
+        Pool::Postgres(p) => {
+            let mut c = p.acquire().await.unwrap();
+            sqlx::raw_sql("SET enable_seqscan = off")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            let plan = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .bind(id)
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+            sqlx::raw_sql("RESET enable_seqscan")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            plan
+        }
+    }
+}
+
+/// Issue 8, item 7: the worker looks a request up by its whole id for every task, so that
+/// lookup is a search of one key in the primary key, not a scan of every request
+/// (SQLite's LIKE is case-insensitive, so `id LIKE 'prefix%'` scans the whole index; on
+/// PostgreSQL it is a range scan at best, with a C collation, and a full scan with any
+/// other).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_is_found_by_its_whole_id_through_the_primary_key(#[case] backend: Backend) {
+    {
+        let kind = StoreKind::of(backend).await;
+        let label = kind.label();
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        // 33 requests: two of them start with the same character (32 of them).
+        let src = Source {
+            door: quietus::intake::Door::Cli,
+            actor: "test".into(),
+            trusted: true,
+        };
+        let mut ids = Vec::new();
+        for i in 0..33 {
+            let raw = format!(
+                r#"{{"kind":"erasure","external_id":"T-{i}","subject":{{"email":"p{i}@example.com"}},"jurisdiction":"GDPR"}}"#
+            );
+            let t = intake::parse_ticket(raw.as_bytes(), "t", true).unwrap();
+            ids.push(
+                intake::submit(&ctx, &t, &raw, &src, now())
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let id = &ids[2];
+
+        let plan = plan_of(&ctx.store.pool, &quietus::store::Store::request_sql(), id).await;
+        let by_key = match backend {
+            Backend::Sqlite => {
+                plan.iter().all(|l| l.starts_with("SEARCH requests USING"))
+                    && plan.iter().any(|l| l.contains("(id=?)"))
+            }
+            Backend::Postgres => {
+                plan.iter()
+                    .any(|l| l.contains("Index Scan using requests_pkey"))
+                    && plan.iter().any(|l| l.contains("Index Cond: (id = "))
+                    && !plan
+                        .iter()
+                        .any(|l| l.contains("Seq Scan") || l.contains("Filter"))
+            }
+            Backend::Mysql => unreachable!("not a state store"),
+        };
+        assert!(by_key, "{label}: a lookup by id is a scan: {plan:#?}");
+        assert_eq!(&ctx.store.request(id).await.unwrap().id, id, "{label}");
+        // Inside quietus a request is named by its whole id: a prefix finds nothing.
+        let e = ctx.store.request(&id[..6]).await.unwrap_err();
+        assert_eq!(e.code, quietus::Code::NotFound, "{label}");
+        // What a person types (the CLI, the HTTP API) is resolved first: the whole id, a
+        // unique prefix, in any case and with spaces around.
+        for typed in [
+            id.clone(),
+            id[..6].to_owned(),
+            format!("  {} ", id[..8].to_ascii_uppercase()),
+        ] {
+            assert_eq!(
+                &ctx.resolve(&typed).await.unwrap(),
+                id,
+                "{label}: {typed:?}"
+            );
+        }
+        // Nothing else: empty, not of the alphabet, too long, or no request's.
+        for typed in ["", "x@example.com", &format!("{id}0"), "0000000000000000"] {
+            let e = ctx.resolve(typed).await.unwrap_err();
+            assert_eq!(
+                e.code,
+                quietus::Code::NotFound,
+                "{label}: {typed:?}: {}",
+                e.message
+            );
+        }
+        // What is not an id is not repeated back: it may be anything, an address say.
+        let e = ctx.resolve("x@example.com").await.unwrap_err();
+        assert!(!e.message.contains("example"), "{label}: {}", e.message);
+        // The start two ids share names neither.
+        let shared = ids
+            .iter()
+            .find(|a| ids.iter().filter(|b| b[..1] == a[..1]).count() > 1)
+            .unwrap();
+        let e = ctx.resolve(&shared[..1]).await.unwrap_err();
+        assert_eq!(e.code, quietus::Code::Ambiguous, "{label}: {}", e.message);
+        ctx.store.close().await;
+        kind.cleanup().await;
+    }
+}

@@ -22,9 +22,9 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
             overdue,
             json,
         } => queue(ctx, state, overdue, json, now).await,
-        Command::Show { id, json } => show(ctx, &id, json, now).await,
+        Command::Show { id, json } => show(ctx, &ctx.resolve(&id).await?, json, now).await,
         Command::Plan { id, json } => {
-            let req = ctx.request(&id).await?;
+            let req = ctx.request(&ctx.resolve(&id).await?).await?;
             let plan = ctx.plan(&req, now).await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -54,6 +54,7 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
             let by: Period = by
                 .parse()
                 .map_err(|e: String| usage(format!("--by: {e}")))?;
+            let id = ctx.resolve(&id).await?;
             let req = ctx.extend(&id, by, &reason, actor, now).await?;
             println!(
                 "request {} deadline extended to {} (reason recorded; the subject is told)",
@@ -364,7 +365,11 @@ async fn approve(
     let mut failed = 0usize;
     for id in ids {
         let now = crate::clock::now();
-        match ctx.decide(id, Decision::Approve, actor, reason, now).await {
+        let decided = match ctx.resolve(id).await {
+            Ok(id) => ctx.decide(&id, Decision::Approve, actor, reason, now).await,
+            Err(e) => Err(e),
+        };
+        match decided {
             Ok(req) => println!("request {} is now {}", req.id, req.state),
             Err(e) => {
                 failed += 1;
@@ -379,15 +384,17 @@ async fn approve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A decision on the request `typed` names (its id or a unique prefix).
 async fn decide(
     ctx: &Context,
-    id: &str,
+    typed: &str,
     d: Decision,
     reason: Option<&str>,
     actor: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<ExitCode> {
-    let req = ctx.decide(id, d, actor, reason, now).await?;
+    let id = ctx.resolve(typed).await?;
+    let req = ctx.decide(&id, d, actor, reason, now).await?;
     println!("request {} is now {}", req.id, req.state);
     Ok(ExitCode::SUCCESS)
 }

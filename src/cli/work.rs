@@ -106,6 +106,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     ));
                 }
             };
+            let id = ctx.resolve(&id).await?;
             if !dry_run && !yes {
                 confirm_restore(&id)?;
             }

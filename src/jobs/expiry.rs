@@ -60,8 +60,10 @@ pub async fn recover(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<
 
 /// Crypto-shred archives that will never be recorded as backups: those whose writer can
 /// no longer record them (it stopped, or lost its lease: each archive's intent is
-/// recorded before its first byte), and files that no record names at all. An archive a
-/// live worker is still writing is left alone. Returns how many were shredded.
+/// recorded before its first byte), and files that no record names at all (the store is
+/// asked only about files this worker has not found recorded before: see
+/// [`RecordedArchives`]). An archive a live worker is still writing is left alone.
+/// Returns how many were shredded.
 pub async fn shred_unrecorded(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<usize> {
     let mut n = 0;
     for a in ctx.store.abandoned_archives().await? {
@@ -73,17 +75,44 @@ pub async fn shred_unrecorded(ctx: &Context, s: &Settings, now: DateTime<Utc>) -
     // The folders first, then the store: an archive's intent is committed before its
     // first file, so any file listed here is named by a record the store then shows.
     let on_disk = archive_ids_on_disk(s)?;
-    if on_disk.is_empty() {
+    // Only about archives not found recorded before (see [`RecordedArchives`]); one gone
+    // from the folders is forgotten.
+    let mut recorded = s.recorded_archives.lock().await;
+    recorded.0.retain(|id| on_disk.contains(id));
+    let new: Vec<String> = on_disk
+        .into_iter()
+        .filter(|id| !recorded.0.contains(id))
+        .collect();
+    if new.is_empty() {
         return Ok(n);
     }
-    let live = ctx.store.live_archive_ids().await?;
-    for id in on_disk.difference(&live) {
-        shred_archive_files(s, id)?;
+    let live = ctx.store.live_archive_ids_among(&new).await?;
+    for id in new {
+        if live.contains(&id) {
+            recorded.0.insert(id);
+            continue;
+        }
+        shred_archive_files(s, &id)?;
         tracing::warn!(backup = %id, "an archive no record names was crypto-shredded");
         n += 1;
     }
     Ok(n)
 }
+
+/// The archives in a worker's backup folders that it already found named by a record (a
+/// backup not shredded, or an archive being written), so that [`shred_unrecorded`] asks
+/// the state store only about files it has not seen before: all of them at a worker's
+/// first round, then those that appeared since. A round thus costs a listing of the
+/// folders, not a look at every live backup.
+///
+/// Why one found recorded needs no second look while it is on disk: a record stops
+/// naming an archive only once its files are removed (an expired backup is shredded, then
+/// recorded so; an unrecorded archive likewise), and an archive whose writer stopped or
+/// lost its lease is found by [`crate::store::Store::abandoned_archives`], asked every
+/// round. An archive whose files vanish is forgotten, and asked about again should they
+/// ever come back.
+#[derive(Debug, Default)]
+pub struct RecordedArchives(std::collections::BTreeSet<String>);
 
 /// Ids of the archives, keys and archives being written in the backup folders.
 fn archive_ids_on_disk(s: &Settings) -> Result<std::collections::BTreeSet<String>> {

@@ -14,7 +14,7 @@ pub mod restore;
 pub mod schedule;
 pub mod task;
 mod worker;
-pub use expiry::{Shredded, expire_backups, recover, shred_unrecorded};
+pub use expiry::{RecordedArchives, Shredded, expire_backups, recover, shred_unrecorded};
 pub use worker::worker_loop;
 pub mod workers;
 
@@ -53,6 +53,9 @@ pub struct Settings {
     /// Presence files of this host's workers; this worker's own is held while it lives.
     pub workers_dir: PathBuf,
     pub presence: std::sync::Arc<workers::Presence>,
+    /// The archives this worker found recorded (see [`RecordedArchives`]), shared by its
+    /// clones: the work rounds and the schedule ticks.
+    pub recorded_archives: std::sync::Arc<tokio::sync::Mutex<RecordedArchives>>,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Settings {
             mailer: std::sync::Arc::new(crate::mail::Mailer::from_config(c)?),
             mail_attempts: c.mail.max_attempts,
             workers_dir,
+            recorded_archives: std::sync::Arc::default(),
         })
     }
 }

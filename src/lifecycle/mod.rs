@@ -141,6 +141,15 @@ impl Context {
         crate::clock::Zone(self.policies.deadlines.timezone)
     }
 
+    /// The whole id of the request a person named on the command line or in the HTTP
+    /// API (its whole id or a unique prefix): the one door from what is typed to an id.
+    pub async fn resolve(&self, typed: &str) -> Result<String> {
+        self.store
+            .resolve(&crate::store::IdPrefix::parse(typed)?)
+            .await
+    }
+
+    /// A request by its whole id (see [`Context::resolve`] for what a person types).
     pub async fn request(&self, id: &str) -> Result<Request> {
         let row = self.store.request(id).await?;
         let ids = self.store.identities(&row.id).await?;

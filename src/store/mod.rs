@@ -44,6 +44,9 @@ macro_rules! on_pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub pool: Pool,
+    /// How many archive ids the orphan-archive check asked about (see
+    /// [`Store::archive_ids_asked`]).
+    archive_ids_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A request as stored.
@@ -235,6 +238,43 @@ macro_rules! inspect {
     };
 }
 
+/// What a person typed to name a request (on the command line, or in the HTTP API's
+/// path): its whole id or the start of one, trimmed and in lower case. Only those doors
+/// make one, and only [`Store::resolve`] takes one: everything else names a request by
+/// its whole id, found by a search of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPrefix(String);
+
+impl IdPrefix {
+    /// Between 1 and 16 characters of the id alphabet (any case, spaces around).
+    pub fn parse(typed: &str) -> Result<IdPrefix> {
+        let p = typed.trim().to_ascii_lowercase();
+        if p.is_empty() || p.len() > 16 || !p.bytes().all(|b| ID_ALPHABET.contains(&b)) {
+            // (What was typed is not repeated: it may be anything, an address say.)
+            return Err(Error::new(
+                Code::NotFound,
+                "no such request: a request id is 16 letters and digits (or the start of one)",
+            ));
+        }
+        Ok(IdPrefix(p))
+    }
+
+    /// Whether it is a whole id (16 characters), not only the start of one.
+    pub fn is_whole(&self) -> bool {
+        self.0.len() == 16
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IdPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Whether `s` has the shape of an id [`new_id`] makes.
 pub fn is_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| ID_ALPHABET.contains(&b))
@@ -353,6 +393,7 @@ impl Store {
             Ok((
                 Store {
                     pool: Pool::Sqlite(pool),
+                    archive_ids_asked: Default::default(),
                 },
                 opened,
             ))
@@ -389,6 +430,7 @@ impl Store {
             Ok((
                 Store {
                     pool: Pool::Postgres(pool),
+                    archive_ids_asked: Default::default(),
                 },
                 opened,
             ))
@@ -487,29 +529,45 @@ impl Store {
         }
     }
 
-    /// A request by id or by a unique prefix of its id.
-    pub async fn request(&self, id_or_prefix: &str) -> Result<RequestRow> {
-        let needle = id_or_prefix.trim().to_ascii_lowercase();
-        if needle.is_empty() || !needle.bytes().all(|b| ID_ALPHABET.contains(&b)) {
-            return Err(Error::new(
-                Code::NotFound,
-                format!("no request {id_or_prefix:?} (ids are 16 letters and digits)"),
-            ));
-        }
-        let sql =
-            format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id LIKE $1 ORDER BY id LIMIT 2");
-        let rows: Vec<RequestRow> = on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(format!("{needle}%")).fetch_all(pool).await?
+    /// The statement [`Store::request`] runs, `$1` the whole id: a search of one key in
+    /// the primary key (public for the test that shows the database plans it so).
+    pub fn request_sql() -> String {
+        format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1")
+    }
+
+    /// A request by its whole id (as [`new_id`] made it). Every lookup inside quietus is
+    /// this one; what a person types is resolved first, by [`Store::resolve`].
+    pub async fn request(&self, id: &str) -> Result<RequestRow> {
+        let sql = Store::request_sql();
+        let row: Option<RequestRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(pool).await?
         });
-        match rows.len() {
-            0 => Err(Error::new(Code::NotFound, format!("no request {needle}"))),
-            1 => Ok(rows
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::new(Code::Internal, "row vanished"))?),
-            _ => Err(Error::new(
+        row.ok_or_else(|| Error::new(Code::NotFound, format!("no request {id}")))
+    }
+
+    /// The whole id of the request a person named: by its whole id (a search of one key)
+    /// or by a unique prefix of it (a scan: only the command line and the HTTP API, once
+    /// per command or call).
+    pub async fn resolve(&self, named: &IdPrefix) -> Result<String> {
+        let ids: Vec<String> = if named.is_whole() {
+            on_pool!(self, pool => {
+                sqlx::query_scalar("SELECT id FROM requests WHERE id = $1")
+                    .bind(named.as_str()).fetch_all(pool).await?
+            })
+        } else {
+            on_pool!(self, pool => {
+                sqlx::query_scalar("SELECT id FROM requests WHERE id LIKE $1 ORDER BY id LIMIT 2")
+                    .bind(format!("{}%", named.as_str())).fetch_all(pool).await?
+            })
+        };
+        match <[String; 1]>::try_from(ids) {
+            Ok([id]) => Ok(id),
+            Err(ids) if ids.is_empty() => {
+                Err(Error::new(Code::NotFound, format!("no request {named}")))
+            }
+            Err(_) => Err(Error::new(
                 Code::Ambiguous,
-                format!("{needle} is the start of more than one request id; give more of it"),
+                format!("{named} is the start of more than one request id; give more of it"),
             )),
         }
     }

@@ -633,7 +633,7 @@ async fn get_request(
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers)?;
     require(&caller, &[Role::Dpo, Role::Auditor])?;
-    let req = state.ctx.request(&id).await?;
+    let req = state.ctx.request(&state.ctx.resolve(&id).await?).await?;
     let history = state.ctx.store.history(&req.id).await?;
     Ok(Json(json!({"request": req, "history": history})).into_response())
 }
