@@ -51,6 +51,7 @@ Cases (default: quick):
   run        N approved erasures (default 100) carried out by one `quietus run`
   intake     POST /api/v1/requests alone, SQLite store (default 3000 tickets, 8 and 32 clients)
   verify     receipt verification in-process and `quietus verify` vs ed25519 + sha256
+  connect    one connection to PostgreSQL (TLS and not) and MariaDB vs a bare TCP connect
   backup     the archive writer on --rows rows vs `zstd -3 | age -r` on the same JSONL
   growth     one small erasure with an empty store vs one grown to --store-size requests,
              log entries and backups (default 100000)
@@ -175,7 +176,11 @@ fn env_url(var: &str) -> String {
     std::env::var(var)
         .ok()
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| panic!("{var} is not set (source /work/notes/env.sh or set it)"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{var} is not set (see BENCHMARKS.md: the benchmark needs the test servers' URLs)"
+            )
+        })
 }
 
 fn with_database(admin: &str, db: &str) -> String {
@@ -1755,6 +1760,63 @@ async fn case_verify(root: &Path) {
     );
 }
 
+/// Opening one connection, as quietus opens them (sqlx with the vendored TCP_NODELAY),
+/// over TLS as negotiated and without TLS; the floor is a bare TCP connect to the same
+/// port. Without TCP_NODELAY the TLS handshake met delayed ACKs (~85 ms a connection).
+async fn case_connect() {
+    use sqlx::{ConnectOptions, Connection};
+    let iters = 50;
+    let tcp = |port: u16| async move {
+        let mut v = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            v.push(t.elapsed().as_secs_f64());
+            drop(s);
+        }
+        sorted(v)
+    };
+    let pg = env_url("QUIETUS_TEST_POSTGRES_URL");
+    let my = env_url("QUIETUS_TEST_MYSQL_URL");
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "PostgreSQL, TLS (sslmode=require)",
+            format!("{pg}?sslmode=require"),
+            5432,
+        ),
+        ("PostgreSQL, no TLS", format!("{pg}?sslmode=disable"), 5432),
+        ("MariaDB, no TLS", format!("{my}?ssl-mode=disabled"), 3306),
+    ];
+    for (label, url, port) in cases {
+        let mut v = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            if url.starts_with("postgres") {
+                let o: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+                o.connect().await.unwrap().close().await.unwrap();
+            } else {
+                let o: sqlx::mysql::MySqlConnectOptions = url.parse().unwrap();
+                o.connect().await.unwrap().close().await.unwrap();
+            }
+            v.push(t.elapsed().as_secs_f64());
+        }
+        let v = sorted(v);
+        let floor = tcp(port).await;
+        row(
+            &format!("connect: {label}"),
+            &format!("median {}, p99 {}", ms(pct(&v, 50.0)), ms(pct(&v, 99.0))),
+            &format!("{} (bare TCP connect)", ms(pct(&floor, 50.0))),
+            &format!("{:.0}×", pct(&v, 50.0) / pct(&floor, 50.0)),
+            &format!(
+                "{iters} connections, each opened, authenticated and closed; load {}",
+                loadavg()
+            ),
+        );
+    }
+}
+
 /// The archive writer on `rows` rows vs `zstd -3 | age -r` on the same JSON lines.
 async fn case_backup(root: &Path, o: &Opts) {
     use quietus::backup::{Manifest, Record, TableManifest, Writer};
@@ -2102,6 +2164,7 @@ fn main() {
                     case_intake(r, &o, k).await;
                 }
                 case_verify(r).await;
+                case_connect().await;
                 case_backup(r, &o).await;
                 case_run(r, &o).await;
                 for (n, c) in serve_default(&o) {
@@ -2137,6 +2200,7 @@ fn main() {
                 }
             }
             "verify" => case_verify(r).await,
+            "connect" => case_connect().await,
             "backup" => case_backup(r, &o).await,
             "growth" => case_growth(r, &o).await,
             other => panic!("unknown case {other:?} (see --help)"),
