@@ -44,6 +44,8 @@ macro_rules! on_pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub pool: Pool,
+    /// Wakes this process's workers when a transaction made work (see [`wake`]).
+    wake: std::sync::Arc<wake::Wake>,
 }
 
 /// A request as stored.
@@ -353,6 +355,7 @@ impl Store {
             Ok((
                 Store {
                     pool: Pool::Sqlite(pool),
+                    wake: Default::default(),
                 },
                 opened,
             ))
@@ -389,6 +392,7 @@ impl Store {
             Ok((
                 Store {
                     pool: Pool::Postgres(pool),
+                    wake: Default::default(),
                 },
                 opened,
             ))
@@ -448,7 +452,7 @@ impl Store {
                 for m in &r.mails {
                     outbox::enqueue_in(&mut tx, m, r.received_at).await?;
                 }
-                tx.commit().await
+                self.commit_work(tx, !r.mails.is_empty()).await
             }.await
         });
         match result {
@@ -648,7 +652,9 @@ impl Store {
                             .execute(&mut *tx).await?;
                     }
                 }
-                tx.commit().await?;
+                // An approval or a release to work, or a message to send, wakes the workers.
+                let work = n == 1 && (!c.mails.is_empty() || (from != to && wake::worked_on(to)));
+                self.commit_work(tx, work).await?;
                 Ok::<Moved, sqlx::Error>(if n == 1 { Moved::Yes } else { Moved::No })
             }.await?
         });
@@ -699,3 +705,4 @@ pub use outbox::{MailAttachment, NewMail, OutboxRow};
 pub mod exports;
 pub mod recovery;
 pub mod ticks;
+pub mod wake;
