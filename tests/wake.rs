@@ -361,3 +361,105 @@ async fn serve_listens_again_when_its_postgresql_connection_is_lost() {
     }
     kind.cleanup().await;
 }
+
+/// Whether the store woke this process's workers since the last look (it wakes them
+/// before the call that made the work returns, so no waiting is needed).
+async fn woke(made: &mut quietus::store::wake::Woken) -> bool {
+    tokio::time::timeout(Duration::ZERO, made.wait())
+        .await
+        .is_ok()
+}
+
+/// PostgreSQL: whether a `quietus_work` notification came (`expect`: one is awaited a
+/// while; else a short look finds none).
+async fn notified(l: &mut Option<sqlx::postgres::PgListener>, expect: bool) -> Option<bool> {
+    let l = l.as_mut()?;
+    let wait = if expect {
+        WITHIN
+    } else {
+        Duration::from_millis(300)
+    };
+    match tokio::time::timeout(wait, l.recv()).await {
+        Ok(n) => {
+            assert_eq!(n.unwrap().channel(), quietus::store::wake::CHANNEL);
+            Some(true)
+        }
+        Err(_) => Some(false),
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_wakes_the_workers_for_work_and_only_for_work(#[case] backend: Backend) {
+    use quietus::lifecycle::Decision;
+    let kind = StoreKind::of(backend).await;
+    let label = kind.label();
+    {
+        let env = Env::new(&kind).await;
+        let ctx = env.context().await;
+        let mut listener = match &kind {
+            StoreKind::Postgres(db) => {
+                let mut l = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+                l.listen(quietus::store::wake::CHANNEL).await.unwrap();
+                Some(l)
+            }
+            StoreKind::Sqlite => None,
+        };
+        let mut made = ctx.store.work_made();
+        let now = chrono::Utc::now();
+        let step = async |ctx: &quietus::lifecycle::Context, id: &str, d: Decision| {
+            let reason = (d == Decision::Hold).then_some("litigation hold");
+            ctx.decide(id, d, "dpo", reason, now).await.unwrap();
+        };
+
+        // A ticket: its acknowledgement is a message to send.
+        let raw = ERASURE_TICKET;
+        let ticket = quietus::intake::parse_ticket(
+            raw.as_bytes(),
+            "ticket",
+            ctx.policies.handover_required(),
+        )
+        .unwrap();
+        let source = quietus::intake::Source {
+            door: quietus::intake::Door::Cli,
+            actor: "test".into(),
+            trusted: true,
+        };
+        let id = quietus::intake::submit(&ctx, &ticket, raw, &source, now)
+            .await
+            .unwrap()
+            .id;
+        assert!(woke(&mut made).await, "{label}: a ticket with a message");
+        assert_ne!(notified(&mut listener, true).await, Some(false), "{label}");
+
+        // Held and released back to review: nothing for a worker to do.
+        step(&ctx, &id, Decision::Hold).await;
+        step(&ctx, &id, Decision::Release).await;
+        assert!(
+            !woke(&mut made).await,
+            "{label}: hold and release in review"
+        );
+        assert_ne!(notified(&mut listener, false).await, Some(true), "{label}");
+
+        // Approved: work (and the approval's message).
+        step(&ctx, &id, Decision::Approve).await;
+        assert!(woke(&mut made).await, "{label}: an approval");
+        assert_ne!(notified(&mut listener, true).await, Some(false), "{label}");
+
+        // Held: nothing to do; released back to approved: the work again.
+        step(&ctx, &id, Decision::Hold).await;
+        assert!(!woke(&mut made).await, "{label}: a hold");
+        assert_ne!(notified(&mut listener, false).await, Some(true), "{label}");
+        step(&ctx, &id, Decision::Release).await;
+        assert!(woke(&mut made).await, "{label}: a release to approved");
+        assert_ne!(notified(&mut listener, true).await, Some(false), "{label}");
+        ctx.close().await;
+    }
+    kind.cleanup().await;
+}
