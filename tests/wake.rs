@@ -412,7 +412,7 @@ async fn the_store_wakes_the_workers_for_work_and_only_for_work(#[case] backend:
             StoreKind::Sqlite => None,
         };
         let mut made = ctx.store.work_made();
-        let now = chrono::Utc::now();
+        let now = quietus::clock::now();
         let step = async |ctx: &quietus::lifecycle::Context, id: &str, d: Decision| {
             let reason = (d == Decision::Hold).then_some("litigation hold");
             ctx.decide(id, d, "dpo", reason, now).await.unwrap();
@@ -461,5 +461,39 @@ async fn the_store_wakes_the_workers_for_work_and_only_for_work(#[case] backend:
         assert_ne!(notified(&mut listener, true).await, Some(false), "{label}");
         ctx.close().await;
     }
+    kind.cleanup().await;
+}
+
+/// SQLite: the watcher wakes the worker on any commit, this process's own too; so an idle
+/// daemon must commit nothing, or it would wake itself ten times a second for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_daemon_commits_nothing_so_its_sqlite_watcher_lets_it_sleep() {
+    use sqlx::Connection;
+    let kind = StoreKind::Sqlite;
+    let env = env_polling_once_a_minute(&kind).await;
+    let d = serve_after_its_first_round(&env, "sqlite").await;
+    // The round that the watcher's start makes passes too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let db = env.path().join("var/quietus.db");
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let version = async |c: &mut sqlx::SqliteConnection| -> i64 {
+        sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(c)
+            .await
+            .unwrap()
+    };
+    let idle = version(&mut c).await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            version(&mut c).await,
+            idle,
+            "an idle serve committed to its store (and so woke itself)\nserve's log:\n{}",
+            d.log()
+        );
+    }
+    c.close().await.unwrap();
     kind.cleanup().await;
 }

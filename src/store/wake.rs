@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use sqlx::Connection;
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 
 use super::{Pool, Store};
@@ -27,16 +27,19 @@ pub const CHANNEL: &str = "quietus_work";
 
 /// How often the SQLite watcher reads `PRAGMA data_version`.
 ///
-/// SQLite has no NOTIFY. `PRAGMA data_version` on a connection of its own changes exactly
-/// when another connection (of this process or another) committed a change to the
-/// database, and reading it costs one look at the WAL index in shared memory: no lock
-/// that a writer waits for, no read of the database file, no query of any table. Ten
-/// looks a second keep an approval's wake under a tenth of a second and an idle daemon
-/// near zero CPU. It also wakes the worker on commits that made no work (then the round
-/// finds nothing due, as a poll would). The alternatives cost more or promise less:
-/// watching the `-wal` file (inotify) needs a dependency and a platform of its own, and
-/// fires on checkpoints; a counter table that work-making transactions bump needs a
-/// migration, and would still be read this way.
+/// SQLite has no NOTIFY. `PRAGMA data_version`, read on a connection of its own, changes
+/// exactly when another connection (of this process or of another) committed a change to
+/// the database: it is SQLite's own, documented answer to "did someone else write?". A
+/// look is one statement on an idle connection that reads the WAL index in shared memory
+/// (no table, no lock a writer waits for), so ten looks a second keep a wake from another
+/// process under a tenth of a second while an idle daemon stays near zero CPU (most of
+/// a look's cost is waking a thread at all). It also fires on commits that made no work
+/// (this process's own, too): the round it starts finds nothing due, as a poll would, and
+/// writes nothing, so it does not wake itself again. The alternatives promise less or
+/// cost more: the `-wal` file's change events (inotify) need a dependency and a platform,
+/// and fire before the commit is visible; a counter table that work-making transactions
+/// bump needs a migration, and would still be read this way; reading the WAL index's
+/// bytes from the `-shm` file ourselves is cheaper still, but leans on SQLite's internals.
 pub const DATA_VERSION_EVERY: Duration = Duration::from_millis(100);
 
 /// How long a watcher that lost its connection waits before it tries again (the workers
@@ -208,6 +211,8 @@ impl Store {
             return std::future::pending().await;
         }
         let why: Result<Infallible, sqlx::Error> = async {
+            // Not in the statement log: ten looks a second would drown it.
+            let opts = (*opts).clone().disable_statement_logging();
             let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
             let mut seen: i64 = sqlx::query_scalar("PRAGMA data_version")
                 .fetch_one(&mut c)
