@@ -11,9 +11,11 @@ use crate::lifecycle::Context;
 use super::{expire_backups, run_due, schedule, sweep};
 
 /// The daemon's worker: a ticker fires each schedule's ticks as they come due (each tick
-/// once across all instances), beside rounds of work every `every` (and at once after a
-/// tick). A tick that passed before the daemon started is not fired, unless `catch_up`:
-/// then the latest tick of the past day that no instance fired is fired at start.
+/// once across all instances), beside rounds of work every `every`, and at once after a
+/// tick or when work is made: by this process (the store wakes it after the commit) or by
+/// another (the store watches for that; see [`crate::store::wake`]). A tick that passed
+/// before the daemon started is not fired, unless `catch_up`: then the latest tick of the
+/// past day that no instance fired is fired at start.
 pub async fn worker_loop(
     ctx: &Context,
     s: Settings,
@@ -22,6 +24,9 @@ pub async fn worker_loop(
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Taken before the first round, so that work made during it is looked for after it.
+    let mut made = ctx.store.work_made();
+    let watcher = ctx.store.watch_other_processes(stop.clone());
     let started = crate::clock::now();
     let mut since = Vec::with_capacity(schedules.len());
     for sch in &schedules {
@@ -78,11 +83,12 @@ pub async fn worker_loop(
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = woken.notified() => {}
+                _ = made.wait() => {}
                 _ = stop.changed() => return,
             }
         }
     };
-    tokio::join!(ticker, work);
+    tokio::join!(ticker, work, watcher);
 }
 
 /// Where a schedule's first round looks for ticks from: the start, or (to catch up) a

@@ -47,6 +47,8 @@ pub struct Store {
     /// How many archive ids the orphan-archive check asked about (see
     /// [`Store::archive_ids_asked`]).
     archive_ids_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Wakes this process's workers when a transaction made work (see [`wake`]).
+    wake: std::sync::Arc<wake::Wake>,
 }
 
 /// A request as stored.
@@ -394,6 +396,7 @@ impl Store {
                 Store {
                     pool: Pool::Sqlite(pool),
                     archive_ids_asked: Default::default(),
+                    wake: Default::default(),
                 },
                 opened,
             ))
@@ -431,6 +434,7 @@ impl Store {
                 Store {
                     pool: Pool::Postgres(pool),
                     archive_ids_asked: Default::default(),
+                    wake: Default::default(),
                 },
                 opened,
             ))
@@ -490,7 +494,7 @@ impl Store {
                 for m in &r.mails {
                     outbox::enqueue_in(&mut tx, m, r.received_at).await?;
                 }
-                tx.commit().await
+                self.commit_work(tx, !r.mails.is_empty()).await
             }.await
         });
         match result {
@@ -706,7 +710,9 @@ impl Store {
                             .execute(&mut *tx).await?;
                     }
                 }
-                tx.commit().await?;
+                // An approval or a release to work, or a message to send, wakes the workers.
+                let work = n == 1 && (!c.mails.is_empty() || (from != to && wake::worked_on(to)));
+                self.commit_work(tx, work).await?;
                 Ok::<Moved, sqlx::Error>(if n == 1 { Moved::Yes } else { Moved::No })
             }.await?
         });
@@ -759,3 +765,4 @@ pub use outbox::{MailAttachment, NewMail, OutboxRow};
 pub mod exports;
 pub mod recovery;
 pub mod ticks;
+pub mod wake;

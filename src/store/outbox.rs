@@ -206,7 +206,7 @@ impl Store {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             enqueue_in(&mut tx, m, now).await?;
-            tx.commit().await?;
+            self.commit_work(tx, true).await?;
         });
         Ok(())
     }

@@ -75,7 +75,7 @@ impl Store {
                 for m in mails {
                     super::outbox::enqueue_in(&mut tx, m, now).await?;
                 }
-                tx.commit().await?;
+                self.commit_work(tx, !mails.is_empty()).await?;
                 Ok(Outcome::Moved)
             }.await?
         });

@@ -431,7 +431,7 @@ impl Store {
                     let why = format!("task {task_id} retried with a fresh budget");
                     apply_event_in(&mut tx, rid, now, actor, Event::Retry, &why).await?;
                 }
-                tx.commit().await?;
+                self.commit_work(tx, true).await?;
                 Ok(Some(rid))
             }.await?
         });
@@ -507,7 +507,9 @@ impl Store {
                         }
                     }
                 }
-                tx.commit().await?;
+                // A request whose work is done has its receipt due (a manual task confirmed
+                // outside the worker: the worker issues it now).
+                self.commit_work(tx, completed || (n == 1 && !mails.is_empty())).await?;
                 Ok::<(u64, bool), sqlx::Error>((n, completed))
             }.await?
         });
