@@ -918,7 +918,9 @@ enum StorePool {
 }
 
 fn parse_time(s: &str) -> DateTime<Utc> {
+    // RFC 3339, or PostgreSQL's text form ("2026-12-02 19:46:07.697536+00").
     DateTime::parse_from_rfc3339(&s.replacen(' ', "T", 1))
+        .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
         .unwrap_or_else(|e| panic!("time {s:?}: {e}"))
         .with_timezone(&Utc)
 }
@@ -1084,7 +1086,11 @@ impl Instance {
             .arg("--config")
             .arg(&self.config)
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("QUIETUS_LOG", "warn")
+            // QUIETUS_BENCH_SERVE_LOG=debug (say) to see serve's steps in serve.log.
+            .env(
+                "QUIETUS_LOG",
+                std::env::var("QUIETUS_BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("QUIETUS_NOW")
             .stdout(Stdio::piped())
             .stderr(log)
