@@ -1447,11 +1447,17 @@ fn quietus_run(config: &Path, dir: &Path) -> RunResult {
         .arg("--config")
         .arg(config)
         .args(["run", "--json"])
-        .env("QUIETUS_LOG", "warn")
+        .env(
+            "QUIETUS_LOG",
+            std::env::var("QUIETUS_BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("QUIETUS_NOW")
         .output()
         .unwrap();
     let wall = start.elapsed().as_secs_f64();
+    if std::env::var_os("QUIETUS_BENCH_SERVE_LOG").is_some() {
+        std::fs::write(dir.join("run.log"), &out.stderr).unwrap();
+    }
     assert!(
         out.status.success(),
         "quietus run failed:\n{}\n{}",

@@ -107,10 +107,14 @@ impl Target {
                 Ok(Target::Sqlite(pool))
             }
             Driver::Postgres => {
+                // Short statements only: no JIT (see the state store's connections).
+                let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                    .map_err(fail)?
+                    .options([("jit", "off")]);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect(url)
+                    .connect_with(opts)
                     .await
                     .map_err(fail)?;
                 Ok(Target::Postgres(pool))
