@@ -26,6 +26,8 @@ const MARKER: &str = ".quietus-demo";
 
 /// Create a demo CRM database (SQLite) at `path`.
 pub async fn create_crm_sqlite(path: &Path) -> Result<()> {
+    crate::fsx::create_sqlite_private(path)
+        .map_err(|e| Error::new(Code::Io, format!("cannot create {}: {e}", path.display())))?;
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -70,10 +72,13 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
             })?;
         }
     }
-    std::fs::create_dir_all(dir.join("policies/systems"))
+    // The demo's folder holds the demo CRM's personal data and API tokens: owner-only,
+    // also when it existed (empty) before.
+    crate::fsx::create_dir_private(&dir.join("policies/systems"))
+        .and_then(|()| crate::fsx::make_dir_private(dir))
         .map_err(|e| Error::new(Code::Io, format!("cannot create {}: {e}", dir.display())))?;
-    std::fs::write(
-        dir.join(MARKER),
+    crate::fsx::write_private(
+        &dir.join(MARKER),
         "made by quietus demo; `quietus demo --force` may replace this folder\n",
     )?;
     Ok(())
@@ -92,7 +97,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     prepare_dir(dir, force)?;
     let dir: PathBuf = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     for (name, text) in EXAMPLES {
-        std::fs::write(dir.join("policies").join(name), text)?;
+        crate::fsx::write_private(&dir.join("policies").join(name), text)?;
     }
     let crm = dir.join("crm.db");
     create_crm_sqlite(&crm).await?;
@@ -110,7 +115,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
          [[api.tokens]]\nname = \"dpo\"\nrole = \"dpo\"\nsha256 = \"{dpo_hash}\"\n"
     );
     let config_path = dir.join("quietus.toml");
-    std::fs::write(&config_path, config_text)?;
+    crate::fsx::write_private(&config_path, config_text)?;
     write_secret(
         &dir.join("tokens.txt"),
         &format!("hr-system {hr_token}\ndpo {dpo_token}\n"),
@@ -325,11 +330,6 @@ async fn crm_facts(crm: &Path) -> Result<serde_json::Value> {
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    crate::fsx::write_private(path, text)?;
     Ok(())
 }

@@ -45,7 +45,7 @@ pub struct Outcome {
 
 /// Process every complete file in the inbox once.
 pub async fn process_once(ctx: &Context, dir: &Path, now: DateTime<Utc>) -> Result<Vec<Outcome>> {
-    std::fs::create_dir_all(dir)
+    crate::fsx::create_dir_private(dir)
         .map_err(|e| Error::new(Code::Io, format!("inbox {}: {e}", dir.display())))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::new(Code::Io, format!("inbox {}: {e}", dir.display())))?
@@ -93,7 +93,7 @@ pub async fn process_once(ctx: &Context, dir: &Path, now: DateTime<Utc>) -> Resu
                 let target = format!("{stamp}-{name}");
                 move_to(&path, &rejected, &target)?;
                 let note = format!("{}\n\ncode: {}\n", e.message, e.code);
-                std::fs::write(rejected.join(format!("{target}.error.txt")), note)?;
+                crate::fsx::write_private(&rejected.join(format!("{target}.error.txt")), note)?;
                 tracing::warn!(file = %name, code = %e.code, "inbox file rejected");
                 out.push(Outcome {
                     file: name,
@@ -107,7 +107,7 @@ pub async fn process_once(ctx: &Context, dir: &Path, now: DateTime<Utc>) -> Resu
 }
 
 fn move_to(path: &Path, folder: &Path, name: &str) -> Result<()> {
-    std::fs::create_dir_all(folder)?;
+    crate::fsx::create_dir_private(folder)?;
     std::fs::rename(path, folder.join(name)).map_err(|e| {
         Error::new(
             Code::Io,
