@@ -150,6 +150,102 @@ pub fn read_text_limited(path: &Path, limit: u64) -> Result<String> {
         .map_err(|_| Error::new(Code::Io, format!("{}: not UTF-8 text", path.display())))
 }
 
+/// Why [`open_owned_regular`] refused a path.
+#[derive(Debug)]
+pub enum Refused {
+    /// Not a regular file: a symbolic link, a FIFO, a folder, a socket or a device (named).
+    NotRegular(&'static str),
+    /// A regular file, but owned by another user than the folder's owner.
+    NotOwner,
+    /// It could not be opened or examined.
+    Io(std::io::Error),
+}
+
+fn kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return "a device";
+        }
+    }
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a folder"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open `path` for reading only if it is a regular file owned by `owner` (a uid): never
+/// through a symbolic link (`O_NOFOLLOW`), never a FIFO or a device (examined before it is
+/// opened, `O_NONBLOCK` so that one swapped in meanwhile cannot block, and examined again
+/// once open, by the handle).
+pub fn open_owned_regular(path: &Path, owner: u32) -> std::result::Result<File, Refused> {
+    let before = std::fs::symlink_metadata(path).map_err(Refused::Io)?;
+    if !before.file_type().is_file() {
+        return Err(Refused::NotRegular(kind(before.file_type())));
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Refused::NotRegular("a symbolic link"));
+        }
+        Err(e) => return Err(Refused::Io(e)),
+    };
+    let meta = f.metadata().map_err(Refused::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(Refused::NotRegular(kind(meta.file_type())));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != owner {
+            return Err(Refused::NotOwner);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = owner;
+    Ok(f)
+}
+
+/// Narrow a file quietus has taken over (an inbox file it moved) to 0600, and a folder to
+/// 0700; a link, FIFO or other special file is left as it is.
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if meta.is_dir() {
+            DIR_MODE
+        } else if meta.is_file() {
+            FILE_MODE
+        } else {
+            return Ok(());
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    Ok(())
+}
+
 /// Limits for files a person hands to quietus.
 pub mod limit {
     /// Config, policy, calendar and template files.
