@@ -220,7 +220,7 @@ pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
 }
 
 fn load_identity(key_path: &Path) -> Result<age::x25519::Identity> {
-    let text = std::fs::read_to_string(key_path).map_err(|e| io("read key", key_path, e))?;
+    let text = crate::fsx::read_text_limited(key_path, crate::fsx::limit::KEY)?;
     let line = text
         .lines()
         .map(str::trim)

@@ -48,8 +48,7 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
             recheck,
             json,
         } => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::new(Code::Io, format!("{}: {e}", path.display())))?;
+            let text = crate::fsx::read_text_limited(&path, crate::fsx::limit::RECEIPT)?;
             let r: Receipt = match serde_json::from_str(&text) {
                 Ok(r) => r,
                 Err(e) => {
@@ -66,10 +65,7 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
             // A later checkpoint needs the consistency proof from the log; the same tree does not.
             let later_note = checkpoint
                 .as_ref()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| Error::new(Code::Io, format!("{}: {e}", p.display())))
-                })
+                .map(|p| crate::fsx::read_text_limited(p, crate::fsx::limit::RECEIPT))
                 .transpose()?;
             let mut consistency = Vec::new();
             if let Some(note) = &later_note

@@ -84,20 +84,9 @@ async fn submit(
             .map_err(|e| Error::new(Code::Io, format!("standard input: {e}")))?;
         (buf, "standard input".to_owned())
     } else {
-        let meta =
-            std::fs::metadata(file).map_err(|e| Error::new(Code::Io, format!("{file}: {e}")))?;
-        if meta.len() > intake::MAX_TICKET_BYTES as u64 {
-            return Err(Error::new(
-                Code::TooLarge,
-                format!(
-                    "{file}: ticket is {} bytes; the limit is {}",
-                    meta.len(),
-                    intake::MAX_TICKET_BYTES
-                ),
-            ));
-        }
+        // A file, a pipe or a device alike: at most the limit plus one byte is read.
         (
-            std::fs::read(file).map_err(|e| Error::new(Code::Io, format!("{file}: {e}")))?,
+            crate::fsx::read_limited(std::path::Path::new(file), intake::MAX_TICKET_BYTES as u64)?,
             file.to_owned(),
         )
     };

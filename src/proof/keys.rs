@@ -89,7 +89,7 @@ pub fn public(config: &Config, file: Option<&Path>) -> Result<PublicKey> {
         Some(f) => f.to_path_buf(),
         None => config.path(&config.proof.public_key_file),
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::new(Code::Io, format!("public key {}: {e}", path.display())))?;
+    let text = crate::fsx::read_text_limited(&path, crate::fsx::limit::KEY)
+        .map_err(|e| e.context("public key"))?;
     PublicKey::parse(&text).map_err(|e| e.context(path.display()))
 }

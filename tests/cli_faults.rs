@@ -1,0 +1,99 @@
+//! The command line under faults (issue 9): unbounded inputs (item 10), an invalid
+//! `QUIETUS_NOW` (item 11) and a closed standard output (item 13).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, ERASURE_TICKET, Env, StoreKind, ok};
+
+/// Run `quietus ARGS` with this env's config, in a shell that caps its memory (3 GB of
+/// address space, so that an unbounded read fails instead of filling the machine) and
+/// kills it after 60 s.
+fn run_capped(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> (Output, Duration) {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -v 3000000; exec timeout -s KILL 60 \"$@\"")
+        .arg("sh")
+        .arg(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env_remove("QUIETUS_CONFIG")
+        .env_remove("QUIETUS_NOW")
+        .env("QUIETUS_LOG", "warn")
+        .stdin(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let t = Instant::now();
+    let out = cmd.output().unwrap();
+    (out, t.elapsed())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_and_pipes_are_read_only_up_to_the_limit() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let fifo = env.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A writer that never stops.
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg("exec timeout 60 cat /dev/zero > \"$0\"")
+        .arg(&fifo)
+        .spawn()
+        .unwrap();
+    let fifo_s = fifo.to_str().unwrap();
+    let cases: [&[&str]; 6] = [
+        &["submit", "/dev/zero"],
+        &["submit", "/dev/urandom"],
+        &["submit", fifo_s],
+        &["verify", "/dev/zero"],
+        &["verify", "/dev/urandom"],
+        &["verify", "--checkpoint", "/dev/zero", "/dev/zero"],
+    ];
+    for args in cases {
+        let (out, took) = run_capped(&env, args, &[]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.contains("too_large"), "{args:?}: {err}");
+        assert!(err.contains("bytes"), "{args:?}: {err}");
+        assert!(
+            err.contains(args[args.len() - 1]),
+            "{args:?} names the file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(took < Duration::from_secs(30), "{args:?} took {took:?}");
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    // A public key file that is a device.
+    let (out, _) = run_capped(
+        &env,
+        &["verify", "--public-key", "/dev/zero", "/dev/null"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    // An ordinary ticket still goes in.
+    let f = env.write("t.json", ERASURE_TICKET);
+    ok(&env.run(&["submit", f.to_str().unwrap()]));
+}
