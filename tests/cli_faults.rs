@@ -97,3 +97,30 @@ async fn devices_and_pipes_are_read_only_up_to_the_limit() {
     let f = env.write("t.json", ERASURE_TICKET);
     ok(&env.run(&["submit", f.to_str().unwrap()]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_quietus_now_is_an_error_before_anything_runs() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write("t.json", ERASURE_TICKET);
+    for bad in ["2026-13-01T00:00:00Z", "tomorrow", "2026-12-02", " x "] {
+        let (out, _) = run_capped(
+            &env,
+            &["submit", f.to_str().unwrap()],
+            &[("QUIETUS_NOW", bad)],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+        assert!(err.contains("QUIETUS_NOW"), "{bad:?}: {err}");
+        assert!(err.contains("RFC 3339"), "{bad:?}: {err}");
+        assert!(out.stdout.is_empty(), "{bad:?}: ran anyway");
+    }
+    // Nothing was submitted.
+    let queue = ok(&env.run(&["queue", "--json"]));
+    assert!(!queue.contains("T-1"), "{queue}");
+    let (out, _) = run_capped(
+        &env,
+        &["submit", f.to_str().unwrap()],
+        &[("QUIETUS_NOW", "2026-12-02T10:00:00Z")],
+    );
+    ok(&out);
+}

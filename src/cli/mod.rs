@@ -256,6 +256,12 @@ pub enum PolicyCommand {
 /// Parse the command line, run it, and turn errors into messages and exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything runs: a rehearsal's mistyped time must not become "now".
+    if let Err(msg) = crate::clock::init() {
+        eprintln!("error: {msg}");
+        eprintln!("  (code: {})", Code::Config);
+        return ExitCode::FAILURE;
+    }
     // The daemon reports what it does; one-shot commands only warn.
     init_tracing(if matches!(cli.command, Command::Serve { .. }) {
         "warn,quietus=info"
