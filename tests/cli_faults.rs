@@ -124,3 +124,49 @@ async fn an_invalid_quietus_now_is_an_error_before_anything_runs() {
     );
     ok(&out);
 }
+
+/// `quietus show ID | head -c 10`: the reader goes away; quietus exits quietly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_standard_output_is_a_quiet_exit() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write("t.json", ERASURE_TICKET);
+    let id = ok(&env.run(&["submit", f.to_str().unwrap(), "--json"]));
+    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let id = id["id"].as_str().unwrap().to_owned();
+    for args in [
+        vec!["show", id.as_str()],
+        vec!["show", id.as_str(), "--json"],
+        vec!["queue"],
+        vec!["plan", id.as_str()],
+    ] {
+        // The reader closes its end before quietus writes anything.
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(&args)
+            .env_remove("QUIETUS_CONFIG")
+            .env_remove("QUIETUS_NOW")
+            .env("QUIETUS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+    // Through a shell pipe, as a person types it.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --config \"$1\" show \"$2\" | head -c 10 >/dev/null")
+        .arg(BIN)
+        .arg(&env.config)
+        .arg(&id)
+        .env_remove("QUIETUS_NOW")
+        .output()
+        .unwrap();
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
