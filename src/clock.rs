@@ -5,16 +5,48 @@
 
 use chrono::{DateTime, Utc};
 
+/// `QUIETUS_NOW` as the process found it, parsed once by [`init`].
+static FIXED: std::sync::OnceLock<Option<DateTime<Utc>>> = std::sync::OnceLock::new();
+
+/// `QUIETUS_NOW`: unset or empty is the real clock; anything else must be an RFC 3339
+/// time, or it is an error (a mistyped rehearsal must not run destructive work now).
+fn parse_env() -> std::result::Result<Option<DateTime<Utc>>, String> {
+    let s = match std::env::var("QUIETUS_NOW") {
+        Ok(s) => s,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("QUIETUS_NOW is not valid UTF-8; expected an RFC 3339 time such as 2026-12-02T10:00:00Z".into());
+        }
+    };
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            format!("QUIETUS_NOW is not an RFC 3339 time ({e}); expected e.g. 2026-12-02T10:00:00Z, or unset it for the real clock")
+        })
+}
+
+/// Read and check `QUIETUS_NOW` once, at process start (the CLI does, before anything
+/// runs): an invalid value is an error. Later calls return the first answer.
+pub fn init() -> std::result::Result<(), String> {
+    let parsed = parse_env()?;
+    let _ = FIXED.set(parsed);
+    Ok(())
+}
+
 /// The current time. Honours `QUIETUS_NOW` (RFC 3339) so that the CLI and the daemon can
-/// be run "in the future" by tests and by operators rehearsing a schedule.
+/// be run "in the future" by tests and by operators rehearsing a schedule. After [`init`]
+/// the value it checked is used; without it (library callers, tests) `QUIETUS_NOW` is read
+/// each time, and an invalid value is the real clock only there, never in the binary.
 #[allow(clippy::disallowed_methods)]
 pub fn now() -> DateTime<Utc> {
-    if let Ok(s) = std::env::var("QUIETUS_NOW")
-        && let Ok(t) = DateTime::parse_from_rfc3339(s.trim())
-    {
-        return t.with_timezone(&Utc);
-    }
-    Utc::now()
+    let fixed = match FIXED.get() {
+        Some(f) => *f,
+        None => parse_env().ok().flatten(),
+    };
+    fixed.unwrap_or_else(Utc::now)
 }
 
 /// The time zone in which people read dates: the policy's (`deadlines.timezone`), the one

@@ -5,6 +5,10 @@
 //! foundations: `cli` / `web` / `demo` → `intake` → `lifecycle` → `plan` → `targets` →
 //! `policy` → `store`, with `config`, `clock` and `error` underneath everything.
 
+// Standard output goes through cli::output::emit (crate::outln!), which survives a
+// closed pipe; println! would panic on one.
+#![deny(clippy::print_stdout)]
+
 pub mod app;
 pub mod backup;
 pub mod cli;
@@ -12,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fsx;
 pub mod intake;
 pub mod jobs;
 pub mod lifecycle;

@@ -116,7 +116,7 @@ impl Writer {
     /// Create the key (synced) and start the archive.
     pub fn create(dir: &Path, keys_dir: &Path, manifest: &Manifest) -> Result<Writer> {
         for d in [dir, keys_dir] {
-            std::fs::create_dir_all(d).map_err(|e| io("create", d, e))?;
+            crate::fsx::create_dir_private(d).map_err(|e| io("create", d, e))?;
         }
         let (path, key_path) = paths(dir, keys_dir, &manifest.id);
         let identity = age::x25519::Identity::generate();
@@ -129,7 +129,7 @@ impl Writer {
         write_private(&key_path, key_text.as_bytes())?;
         sync_dir(keys_dir)?;
         let tmp = dir.join(format!(".{}.tmp", manifest.id));
-        let file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let file = crate::fsx::create_private(&tmp).map_err(|e| io("create", &tmp, e))?;
         let encryptor =
             age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
                 .map_err(|e| Error::new(Code::Internal, format!("backup: age: {e}")))?;
@@ -205,14 +205,7 @@ impl Writer {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|e| io("create", path, e))?;
+    let mut f = crate::fsx::create_new_private(path).map_err(|e| io("create", path, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| io("write", path, e))
@@ -227,7 +220,7 @@ pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
 }
 
 fn load_identity(key_path: &Path) -> Result<age::x25519::Identity> {
-    let text = std::fs::read_to_string(key_path).map_err(|e| io("read key", key_path, e))?;
+    let text = crate::fsx::read_text_limited(key_path, crate::fsx::limit::KEY)?;
     let line = text
         .lines()
         .map(str::trim)
@@ -386,10 +379,7 @@ pub fn verify_each(
 pub fn shred(path: &Path, key_path: &Path) -> Result<()> {
     if key_path.exists() {
         let len = std::fs::metadata(key_path).map(|m| m.len()).unwrap_or(0);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(key_path)
-            .map_err(|e| io("open", key_path, e))?;
+        let mut f = crate::fsx::open_write(key_path).map_err(|e| io("open", key_path, e))?;
         f.write_all(&vec![0u8; len as usize])
             .and_then(|()| f.sync_all())
             .map_err(|e| io("overwrite", key_path, e))?;

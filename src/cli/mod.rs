@@ -1,6 +1,6 @@
 //! The command line: one function per subcommand, no logic of its own.
 
-mod output;
+pub mod output;
 mod policy;
 mod proof;
 mod requests;
@@ -256,6 +256,12 @@ pub enum PolicyCommand {
 /// Parse the command line, run it, and turn errors into messages and exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything runs: a rehearsal's mistyped time must not become "now".
+    if let Err(msg) = crate::clock::init() {
+        eprintln!("error: {msg}");
+        eprintln!("  (code: {})", Code::Config);
+        return ExitCode::FAILURE;
+    }
     // The daemon reports what it does; one-shot commands only warn.
     init_tracing(if matches!(cli.command, Command::Serve { .. }) {
         "warn,quietus=info"
@@ -323,10 +329,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let findings = crate::targets::doctor::check(&pools, &policies.systems).await;
             pools.close().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&findings)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&findings)?);
             } else {
                 for f in &findings {
-                    println!("{:<7} {:<8} {}", f.level, f.system, f.message);
+                    crate::outln!("{:<7} {:<8} {}", f.level, f.system, f.message);
                 }
             }
             Ok(if findings.iter().any(|f| f.level == "error") {
@@ -357,9 +363,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let (store, opened) = crate::app::open_store(&config, Open::CreateIfMissing).await?;
             store.close().await;
             match opened {
-                Opened::Created => println!("created the state store {shown}"),
+                Opened::Created => crate::outln!("created the state store {shown}"),
                 Opened::Existing => {
-                    println!("the state store {shown} already exists (its migrations are applied)")
+                    crate::outln!(
+                        "the state store {shown} already exists (its migrations are applied)"
+                    )
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -1,9 +1,54 @@
-//! Printing requests and plans for people.
+//! Printing requests and plans for people, and the one way the CLI writes to standard
+//! output: [`crate::outln!`] / [`crate::out!`] (clippy's `print_stdout` refuses
+//! `println!` in the crate). A reader that went away (`quietus show ID | head -c 10`) is
+//! not an error: the rest of the output is dropped without a word, and the command
+//! finishes what it was doing (its work never depends on whether anyone reads) and exits
+//! with its own status.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::NaiveDate;
 
 use crate::lifecycle::Request;
 use crate::policy::IdentityKind;
+
+/// Standard output could not be written (its reader went away, or it failed): the rest
+/// of the output is dropped.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Write to standard output; see the module documentation.
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to standard output: {e}");
+        }
+    }
+}
+
+/// `print!` through [`emit`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::emit(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`emit`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::output::emit(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 /// A short, masked form of a subject for lists: enough for a DPO to recognise, not a copy
 /// of the identity.

@@ -17,10 +17,10 @@ pub fn check(dir: &Path, json: bool) -> Result<ExitCode> {
                     "ok": true, "dir": dir, "files": p.files, "digest": p.digest,
                     "rules": p.rules.len(), "systems": p.systems.iter().map(|s| &s.name).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let tables: usize = p.systems.iter().map(|s| s.tables.len()).sum();
-                println!(
+                crate::outln!(
                     "{}: ok ({} files, {} rules, {} systems, {} tables; digest {})",
                     dir.display(),
                     p.files.len(),
@@ -35,7 +35,7 @@ pub fn check(dir: &Path, json: bool) -> Result<ExitCode> {
         Err(problems) => {
             if json {
                 let v = serde_json::json!({"ok": false, "dir": dir, "problems": problems.0});
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for p in &problems.0 {
                     eprintln!("{}/{p}", dir.display());
@@ -58,10 +58,10 @@ pub fn token(name: &str, role: &str) -> Result<ExitCode> {
     let bytes: [u8; 32] = rand::rng().random();
     let token = format!("qt_{}", hex::encode(bytes));
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
-    println!("token (shown once; give it to {name}): {token}");
-    println!();
-    println!("add to quietus.toml:");
-    println!(
+    crate::outln!("token (shown once; give it to {name}): {token}");
+    crate::outln!();
+    crate::outln!("add to quietus.toml:");
+    crate::outln!(
         "[[api.tokens]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{hash}\"",
         role.as_str()
     );

@@ -13,15 +13,15 @@ use crate::proof::{keys, log};
 fn print_checks(checks: &[Check], json: bool) -> Result<ExitCode> {
     let ok = !checks.is_empty() && checks.iter().all(|c| c.ok);
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "checks": checks}))?
         );
     } else {
         for c in checks {
-            println!("{} {}", if c.ok { "ok    " } else { "FAILED" }, c.what);
+            crate::outln!("{} {}", if c.ok { "ok    " } else { "FAILED" }, c.what);
         }
-        println!(
+        crate::outln!(
             "{}",
             if ok {
                 "the receipt holds"
@@ -48,8 +48,7 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
             recheck,
             json,
         } => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::new(Code::Io, format!("{}: {e}", path.display())))?;
+            let text = crate::fsx::read_text_limited(&path, crate::fsx::limit::RECEIPT)?;
             let r: Receipt = match serde_json::from_str(&text) {
                 Ok(r) => r,
                 Err(e) => {
@@ -66,10 +65,7 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
             // A later checkpoint needs the consistency proof from the log; the same tree does not.
             let later_note = checkpoint
                 .as_ref()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| Error::new(Code::Io, format!("{}: {e}", p.display())))
-                })
+                .map(|p| crate::fsx::read_text_limited(p, crate::fsx::limit::RECEIPT))
                 .transpose()?;
             let mut consistency = Vec::new();
             if let Some(note) = &later_note
@@ -103,12 +99,12 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
             let report = log::verify(&app.ctx.store, &pk).await?;
             app.close().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for p in &report.problems {
-                    println!("FAILED {p}");
+                    crate::outln!("FAILED {p}");
                 }
-                println!(
+                crate::outln!(
                     "{} entries, {} checkpoints: {}",
                     report.entries,
                     report.checkpoints,
@@ -130,26 +126,26 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
                 KeysCommand::Init => keys::init(config)?,
                 KeysCommand::Rotate => keys::rotate(config)?,
             };
-            println!(
+            crate::outln!(
                 "signing key:  {} (secret: keep it safe, back it up)",
                 config.path(&config.proof.key_file).display()
             );
-            println!(
+            crate::outln!(
                 "public key:   {}",
                 config.path(&config.proof.public_key_file).display()
             );
-            println!("              {}", key.verifier().to_text());
-            println!();
-            println!(
+            crate::outln!("              {}", key.verifier().to_text());
+            crate::outln!();
+            crate::outln!(
                 "Give the public key to anyone who verifies receipts: `quietus verify RECEIPT --public-key FILE`."
             );
-            println!(
+            crate::outln!(
                 "To rotate: `quietus keys rotate`. The old key files stay beside the new ones (*.old and"
             );
-            println!(
+            crate::outln!(
                 "*.pub.NAME+HASH); receipts name the key that signed them, so old receipts verify with the old"
             );
-            println!("public key, and checkpoints after the rotation with the new one.");
+            crate::outln!("public key, and checkpoints after the rotation with the new one.");
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(Error::new(Code::Internal, "not a proof command")),

@@ -27,9 +27,9 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
             let req = ctx.request(&ctx.resolve(&id).await?).await?;
             let plan = ctx.plan(&req, now).await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                print!("{}", plan.render_text(ctx.zone()));
+                crate::out!("{}", plan.render_text(ctx.zone()));
             }
             Ok(if plan.is_blocked() {
                 ExitCode::FAILURE
@@ -56,7 +56,7 @@ pub async fn run(ctx: &Context, cmd: Command, actor: &str) -> Result<ExitCode> {
                 .map_err(|e: String| usage(format!("--by: {e}")))?;
             let id = ctx.resolve(&id).await?;
             let req = ctx.extend(&id, by, &reason, actor, now).await?;
-            println!(
+            crate::outln!(
                 "request {} deadline extended to {} (reason recorded; the subject is told)",
                 req.id,
                 req.due_date
@@ -84,20 +84,9 @@ async fn submit(
             .map_err(|e| Error::new(Code::Io, format!("standard input: {e}")))?;
         (buf, "standard input".to_owned())
     } else {
-        let meta =
-            std::fs::metadata(file).map_err(|e| Error::new(Code::Io, format!("{file}: {e}")))?;
-        if meta.len() > intake::MAX_TICKET_BYTES as u64 {
-            return Err(Error::new(
-                Code::TooLarge,
-                format!(
-                    "{file}: ticket is {} bytes; the limit is {}",
-                    meta.len(),
-                    intake::MAX_TICKET_BYTES
-                ),
-            ));
-        }
+        // A file, a pipe or a device alike: at most the limit plus one byte is read.
         (
-            std::fs::read(file).map_err(|e| Error::new(Code::Io, format!("{file}: {e}")))?,
+            crate::fsx::read_limited(std::path::Path::new(file), intake::MAX_TICKET_BYTES as u64)?,
             file.to_owned(),
         )
     };
@@ -111,16 +100,16 @@ async fn submit(
     let raw = String::from_utf8_lossy(&bytes).into_owned();
     let sub = intake::submit(ctx, &ticket, &raw, &source, now).await?;
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string(
                 &json!({"id": sub.id, "created": sub.created, "state": sub.state})
             )?
         );
     } else if sub.created {
-        println!("{}", sub.id);
+        crate::outln!("{}", sub.id);
     } else {
-        println!("{}", sub.id);
+        crate::outln!("{}", sub.id);
         eprintln!(
             "(already received: external_id {:?} is request {})",
             ticket.external_id.unwrap_or_default(),
@@ -147,14 +136,14 @@ async fn queue(
     let today = ctx.today(now);
     let items = ctx.queue(&states, overdue, today).await?;
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"today": today, "requests": items}))?
         );
         return Ok(ExitCode::SUCCESS);
     }
     if items.is_empty() {
-        println!("no requests");
+        crate::outln!("no requests");
         return Ok(ExitCode::SUCCESS);
     }
     let zone = ctx.zone();
@@ -168,13 +157,18 @@ async fn queue(
         })
         .collect();
     let w = dues.iter().map(|d| d.chars().count()).max().unwrap_or(3);
-    println!(
+    crate::outln!(
         "{:<16}  {:<7} {:<15} {:<4}  {:<w$}  {:<18} SUBJECT",
-        "ID", "KIND", "STATE", "LAW", "DUE", "LEFT"
+        "ID",
+        "KIND",
+        "STATE",
+        "LAW",
+        "DUE",
+        "LEFT"
     );
     for (i, due) in items.iter().zip(&dues) {
         let r = &i.request;
-        println!(
+        crate::outln!(
             "{:<16}  {:<7} {:<15} {:<4}  {:<w$}  {:<18} {}",
             r.id,
             r.kind.as_str(),
@@ -185,7 +179,7 @@ async fn queue(
             masked_subject(r)
         );
         if let Some(a) = &i.attention {
-            println!("{:<16}  ! {a}", "");
+            crate::outln!("{:<16}  ! {a}", "");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -228,14 +222,17 @@ async fn show(
             "history": history,
             "tasks": tasks, "backups": backups,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    crate::outln!(
         "request {}  ({}, {}, locale {})",
-        req.id, req.kind, req.jurisdiction, req.locale
+        req.id,
+        req.kind,
+        req.jurisdiction,
+        req.locale
     );
-    println!(
+    crate::outln!(
         "  state:       {}{}",
         req.state,
         req.held_from
@@ -243,18 +240,18 @@ async fn show(
             .unwrap_or_default()
     );
     if let Some(e) = &req.external_id {
-        println!("  external id: {e}");
+        crate::outln!("  external id: {e}");
     }
-    println!(
+    crate::outln!(
         "  received:    {} via {}",
         zone.time(req.received_at),
         req.source
     );
     if let Some(x) = req.exit_date {
-        println!("  exit date:   {}", zone.day(x));
+        crate::outln!("  exit date:   {}", zone.day(x));
     }
     match req.due_date {
-        Some(d) => println!(
+        Some(d) => crate::outln!(
             "  due:         {} ({}){}",
             zone.day(d),
             days_left_text(&req, today),
@@ -264,10 +261,10 @@ async fn show(
                 ""
             }
         ),
-        None => println!("  due:         the clock starts when the subject verifies"),
+        None => crate::outln!("  due:         the clock starts when the subject verifies"),
     }
     if let Some(r) = &req.extension_reason {
-        println!(
+        crate::outln!(
             "  extension:   from {} — {r}",
             req.original_due_date
                 .map(|d| zone.day(d).to_string())
@@ -275,24 +272,24 @@ async fn show(
         );
     }
     for w in &warnings {
-        println!("  warning:     {w}");
+        crate::outln!("  warning:     {w}");
     }
-    println!("  ticket:      {}", ticket.trim());
-    println!();
+    crate::outln!("  ticket:      {}", ticket.trim());
+    crate::outln!();
     match (&saved, req.state) {
-        (Some(_), crate::lifecycle::State::PendingReview) => println!(
+        (Some(_), crate::lifecycle::State::PendingReview) => crate::outln!(
             "plan approved before (the policies changed it since, see the history; `quietus plan {}` shows it as it is now):",
             req.id
         ),
-        (Some(_), _) => println!("approved plan:"),
+        (Some(_), _) => crate::outln!("approved plan:"),
         (None, _) => {}
     }
-    print!("{}", plan.render_text(zone));
+    crate::out!("{}", plan.render_text(zone));
     if !tasks.is_empty() {
-        println!();
-        println!("tasks:");
+        crate::outln!();
+        crate::outln!("tasks:");
         for t in &tasks {
-            println!(
+            crate::outln!(
                 "  {}  {:<9} {:<6} {:<20} due {}  attempts {}{}",
                 t.id,
                 t.kind,
@@ -308,14 +305,14 @@ async fn show(
         }
     }
     if !backups.is_empty() {
-        println!();
-        println!("backups:");
+        crate::outln!();
+        crate::outln!("backups:");
         for b in &backups {
             let status = match b.shredded_at {
                 Some(t) => format!("crypto-shredded {}", zone.day_of(t)),
                 None => format!("expires {}", zone.day_of(b.expires_at)),
             };
-            println!(
+            crate::outln!(
                 "  {}  {} rows, {} bytes, sha256 {}…, {status}",
                 b.id,
                 b.rows,
@@ -324,10 +321,10 @@ async fn show(
             );
         }
     }
-    println!();
-    println!("history:");
+    crate::outln!();
+    crate::outln!("history:");
     for h in &history {
-        println!(
+        crate::outln!(
             "  {}  {:<28} {} -> {}{}",
             zone.time(h.at),
             h.actor,
@@ -370,7 +367,7 @@ async fn approve(
             Err(e) => Err(e),
         };
         match decided {
-            Ok(req) => println!("request {} is now {}", req.id, req.state),
+            Ok(req) => crate::outln!("request {} is now {}", req.id, req.state),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {id}: {} (code: {})", e.message, e.code);
@@ -395,6 +392,6 @@ async fn decide(
 ) -> Result<ExitCode> {
     let id = ctx.resolve(typed).await?;
     let req = ctx.decide(&id, d, actor, reason, now).await?;
-    println!("request {} is now {}", req.id, req.state);
+    crate::outln!("request {} is now {}", req.id, req.state);
     Ok(ExitCode::SUCCESS)
 }

@@ -43,7 +43,7 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
     });
     tracing::info!(%bound, inbox = %inbox_dir.display(), store = state.ctx.store.dialect(), "quietus serving");
     // Tests and supervisors read this line to learn the port.
-    println!("listening on http://{bound}");
+    crate::outln!("listening on http://{bound}");
     let web = tokio::spawn(crate::web::serve(state.clone(), listener, rx.clone()));
     let schedules = crate::jobs::schedule::from_config(&config.schedule)?;
     let catch_up = config.schedule.catch_up;

@@ -20,7 +20,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
             if sweep {
                 let n = jobs::sweep(ctx, crate::clock::now()).await?;
                 if !as_json {
-                    println!("retention sweep: {n} task(s) created");
+                    crate::outln!("retention sweep: {n} task(s) created");
                 }
             }
             let due = ctx.store.count_due(crate::clock::now()).await?;
@@ -44,9 +44,9 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
             bar.finish_and_clear();
             let summary = summary?;
             if as_json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                println!(
+                crate::outln!(
                     "scheduled {} request(s); {} task(s) done, {} to retry, {} need attention; {} request(s) completed; {} backup(s) shredded",
                     summary.scheduled,
                     summary.done,
@@ -56,19 +56,19 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     summary.shredded_backups
                 );
                 if summary.released_leases > 0 {
-                    println!(
+                    crate::outln!(
                         "released {} lease(s) of a worker of this host that stopped before finishing",
                         summary.released_leases
                     );
                 }
                 if summary.shredded_unrecorded > 0 {
-                    println!(
+                    crate::outln!(
                         "crypto-shredded {} archive(s) that a stopped worker never recorded",
                         summary.shredded_unrecorded
                     );
                 }
                 for w in &summary.waiting {
-                    println!(
+                    crate::outln!(
                         "waiting: task {} ({} on {}{}) is leased by worker {} until {}; it runs once that worker finishes it or the lease expires",
                         w.task,
                         w.kind,
@@ -114,7 +114,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                 jobs::restore::restore(ctx, s, &id, dry_run, actor, &reason, crate::clock::now())
                     .await?;
             if as_json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "dry_run": dry_run, "tables": report.tables, "lost": report.lost,
@@ -124,7 +124,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
             } else {
                 let verb = if dry_run { "would restore" } else { "restored" };
                 for r in &report.tables {
-                    println!(
+                    crate::outln!(
                         "{:<8} {:<18} {:<10} {verb} {:>5}; already as backed up {:>4}; changed since, left alone {:>3}  (backup {})",
                         r.system,
                         r.table,
@@ -136,7 +136,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     );
                 }
                 for l in &report.lost {
-                    println!(
+                    crate::outln!(
                         "cannot come back: backup {} of {} task {} expired and was crypto-shredded on {}",
                         l.backup,
                         l.kind.map_or("unknown", |k| k.as_str()),
@@ -145,7 +145,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     );
                 }
                 if report.state_changed {
-                    println!(
+                    crate::outln!(
                         "request {id} is now restored; its pending tasks are cancelled; the subject and the DPO are told"
                     );
                 }
@@ -162,7 +162,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                 .store
                 .task_retry(&task, actor, crate::clock::now())
                 .await?;
-            println!(
+            crate::outln!(
                 "task {task} will be tried again at the next run{}",
                 rid.map(|r| format!(" (request {r} is retrying)"))
                     .unwrap_or_default()
@@ -185,7 +185,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
             ctx.store
                 .task_done(&t.id, actor, &result, &[], crate::clock::now())
                 .await?;
-            println!("task {} confirmed", t.id);
+            crate::outln!("task {} confirmed", t.id);
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(Error::new(Code::Internal, "not a work command")),

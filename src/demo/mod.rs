@@ -26,6 +26,8 @@ const MARKER: &str = ".quietus-demo";
 
 /// Create a demo CRM database (SQLite) at `path`.
 pub async fn create_crm_sqlite(path: &Path) -> Result<()> {
+    crate::fsx::create_sqlite_private(path)
+        .map_err(|e| Error::new(Code::Io, format!("cannot create {}: {e}", path.display())))?;
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -70,10 +72,13 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
             })?;
         }
     }
-    std::fs::create_dir_all(dir.join("policies/systems"))
+    // The demo's folder holds the demo CRM's personal data and API tokens: owner-only,
+    // also when it existed (empty) before.
+    crate::fsx::create_dir_private(&dir.join("policies/systems"))
+        .and_then(|()| crate::fsx::make_dir_private(dir))
         .map_err(|e| Error::new(Code::Io, format!("cannot create {}: {e}", dir.display())))?;
-    std::fs::write(
-        dir.join(MARKER),
+    crate::fsx::write_private(
+        &dir.join(MARKER),
         "made by quietus demo; `quietus demo --force` may replace this folder\n",
     )?;
     Ok(())
@@ -92,7 +97,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
     prepare_dir(dir, force)?;
     let dir: PathBuf = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     for (name, text) in EXAMPLES {
-        std::fs::write(dir.join("policies").join(name), text)?;
+        crate::fsx::write_private(&dir.join("policies").join(name), text)?;
     }
     let crm = dir.join("crm.db");
     create_crm_sqlite(&crm).await?;
@@ -110,7 +115,7 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
          [[api.tokens]]\nname = \"dpo\"\nrole = \"dpo\"\nsha256 = \"{dpo_hash}\"\n"
     );
     let config_path = dir.join("quietus.toml");
-    std::fs::write(&config_path, config_text)?;
+    crate::fsx::write_private(&config_path, config_text)?;
     write_secret(
         &dir.join("tokens.txt"),
         &format!("hr-system {hr_token}\ndpo {dpo_token}\n"),
@@ -224,68 +229,68 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
             "crm_before": before,
             "crm_after": after,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let cfg = config_path.display();
-    println!("quietus demo in {}\n", dir.display());
-    println!("  config     {cfg}");
-    println!(
+    crate::outln!("quietus demo in {}\n", dir.display());
+    crate::outln!("  config     {cfg}");
+    crate::outln!(
         "  policies   {}/policies (retention.toml, systems/crm.toml)",
         dir.display()
     );
-    println!(
+    crate::outln!(
         "  demo CRM   {} (SQLite: employees, customers, deals, follow-ups, contracts, ...)",
         crm.display()
     );
-    println!("  API tokens {}/tokens.txt\n", dir.display());
-    println!(
+    crate::outln!("  API tokens {}/tokens.txt\n", dir.display());
+    crate::outln!(
         "HR filed an exit ticket: 王芳 Wang Fang (E100) leaves on {}; 李明 Li Ming (E200) takes over.",
         zone.day(exit_date)
     );
-    println!("A customer asked for erasure under GDPR: Olivia Chen.\n");
+    crate::outln!("A customer asked for erasure under GDPR: Olivia Chen.\n");
     for t in &texts {
-        println!("{t}");
+        crate::outln!("{t}");
     }
-    println!("The DPO approved both; quietus backed up, then changed the CRM:\n");
+    crate::outln!("The DPO approved both; quietus backed up, then changed the CRM:\n");
     for (k, v) in before.as_object().into_iter().flatten() {
-        println!(
+        crate::outln!(
             "  {k:<44} {v} -> {}",
             after.get(k).cloned().unwrap_or_default()
         );
     }
-    println!();
-    println!("Backups (age + zstd; open one with `age -d -i KEY FILE | zstd -d`):");
+    crate::outln!();
+    crate::outln!("Backups (age + zstd; open one with `age -d -i KEY FILE | zstd -d`):");
     for b in &backups {
-        println!("  {b}");
+        crate::outln!("  {b}");
     }
-    println!(
+    crate::outln!(
         "Signed receipts (check one: quietus --config {} verify FILE):",
         config_path.display()
     );
     for r in &run.receipts {
-        println!("  {r}");
+        crate::outln!("  {r}");
     }
-    println!(
+    crate::outln!(
         "Emails (acknowledgement, approval, completion with the receipt attached): {}",
         config.outbox_dir().display()
     );
-    println!("Kept for later (retention), with tasks that will act when it ends:");
+    crate::outln!("Kept for later (retention), with tasks that will act when it ends:");
     for f in &followup_lines {
-        println!("  {f}");
+        crate::outln!("  {f}");
     }
-    println!();
-    println!("Try next:");
-    println!("  quietus --config {cfg} queue");
-    println!(
+    crate::outln!();
+    crate::outln!("Try next:");
+    crate::outln!("  quietus --config {cfg} queue");
+    crate::outln!(
         "  quietus --config {cfg} show {}",
         summary
             .first()
             .and_then(|s| s["id"].as_str())
             .unwrap_or("ID")
     );
-    println!("  quietus --config {cfg} approve ID");
-    println!("  quietus --config {cfg} serve");
+    crate::outln!("  quietus --config {cfg} approve ID");
+    crate::outln!("  quietus --config {cfg} serve");
     Ok(())
 }
 
@@ -325,11 +330,6 @@ async fn crm_facts(crm: &Path) -> Result<serde_json::Value> {
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    crate::fsx::write_private(path, text)?;
     Ok(())
 }

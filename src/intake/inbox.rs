@@ -43,72 +43,106 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Process every complete file in the inbox once.
+/// The longest file name kept whole in `done/` and `rejected/`, in bytes; a longer one
+/// keeps a prefix and a hash of the whole name, so that with the time stamp in front and
+/// `.error.txt` behind the target stays far below the 255 bytes a file name may have.
+const NAME_KEPT: usize = 120;
+
+/// The name an inbox file gets in `done/` or `rejected/`: the time stamp and the file's
+/// name, bounded (see [`NAME_KEPT`]).
+fn target_name(stamp: &str, name: &str) -> String {
+    if name.len() <= NAME_KEPT {
+        return format!("{stamp}-{name}");
+    }
+    let mut cut = NAME_KEPT - 20;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..8]);
+    format!("{stamp}-{}~{hash}", &name[..cut])
+}
+
+/// Process every complete file in the inbox once. A file that cannot be taken or moved is
+/// reported and the round goes on with the others.
 pub async fn process_once(ctx: &Context, dir: &Path, now: DateTime<Utc>) -> Result<Vec<Outcome>> {
-    std::fs::create_dir_all(dir)
+    crate::fsx::create_dir_private(dir)
         .map_err(|e| Error::new(Code::Io, format!("inbox {}: {e}", dir.display())))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    let owner = owner_of(dir)?;
+    let mut files: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
         .map_err(|e| Error::new(Code::Io, format!("inbox {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            !name.starts_with('.') && !name.ends_with(".tmp") && !name.ends_with(".part")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // done/ and rejected/ are quietus's own (a link by those names is not).
+            let own =
+                (name == "done" || name == "rejected") && e.file_type().is_ok_and(|t| t.is_dir());
+            let skipped =
+                own || name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part");
+            (!skipped).then(|| (e.path(), name))
         })
         .collect();
     files.sort();
     let mut out = Vec::new();
-    for path in files {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let result = process_file(ctx, &path, &name, now).await;
-        #[allow(clippy::disallowed_methods)] // part of a file name, in UTC: not a date people read
-        let stamp = now.format("%Y%m%dT%H%M%SZ");
+    #[allow(clippy::disallowed_methods)] // part of a file name, in UTC: not a date people read
+    let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
+    for (path, name) in files {
+        let result = process_file(ctx, &path, &name, owner, now).await;
+        let target = target_name(&stamp, &name);
+        let mut outcome = Outcome {
+            file: name.clone(),
+            accepted: vec![],
+            error: None,
+        };
         match result {
             Ok(accepted) => {
-                move_to(&path, &dir.join("done"), &format!("{stamp}-{name}"))?;
                 tracing::info!(file = %name, requests = accepted.len(), "inbox file accepted");
-                out.push(Outcome {
-                    file: name,
-                    accepted,
-                    error: None,
-                });
+                outcome.accepted = accepted;
+                if let Err(e) = move_to(&path, &dir.join("done"), &target) {
+                    tracing::warn!(file = %name, error = %e, "accepted inbox file not moved");
+                    outcome.error = Some(e.to_string());
+                }
             }
             Err(e) if e.code == Code::Store || e.code == Code::Io => {
                 // Not the file's fault: leave it for the next round.
                 tracing::warn!(file = %name, error = %e, "inbox file left for later");
-                out.push(Outcome {
-                    file: name,
-                    accepted: vec![],
-                    error: Some(e.to_string()),
-                });
+                outcome.error = Some(e.to_string());
             }
             Err(e) => {
                 let rejected = dir.join("rejected");
-                let target = format!("{stamp}-{name}");
-                move_to(&path, &rejected, &target)?;
-                let note = format!("{}\n\ncode: {}\n", e.message, e.code);
-                std::fs::write(rejected.join(format!("{target}.error.txt")), note)?;
-                tracing::warn!(file = %name, code = %e.code, "inbox file rejected");
-                out.push(Outcome {
-                    file: name,
-                    accepted: vec![],
-                    error: Some(e.to_string()),
+                let moved = move_to(&path, &rejected, &target).and_then(|()| {
+                    let note = format!("{}\n\ncode: {}\n", e.message, e.code);
+                    crate::fsx::write_private(&rejected.join(format!("{target}.error.txt")), note)
+                        .map_err(|e| Error::new(Code::Io, format!("inbox note: {e}")))
                 });
+                match moved {
+                    Ok(()) => tracing::warn!(file = %name, code = %e.code, "inbox file rejected"),
+                    Err(m) => {
+                        tracing::warn!(file = %name, code = %e.code, error = %m, "rejected inbox file not moved")
+                    }
+                }
+                outcome.error = Some(e.to_string());
             }
         }
+        out.push(outcome);
     }
     Ok(out)
 }
 
+#[cfg(unix)]
+fn owner_of(dir: &Path) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .map(|m| m.uid())
+        .map_err(|e| Error::new(Code::Io, format!("inbox {}: {e}", dir.display())))
+}
+
+#[cfg(not(unix))]
+fn owner_of(_dir: &Path) -> Result<u32> {
+    Ok(0)
+}
+
 fn move_to(path: &Path, folder: &Path, name: &str) -> Result<()> {
-    std::fs::create_dir_all(folder)?;
-    std::fs::rename(path, folder.join(name)).map_err(|e| {
+    let fail = |e: std::io::Error| {
         Error::new(
             Code::Io,
             format!(
@@ -117,6 +151,49 @@ fn move_to(path: &Path, folder: &Path, name: &str) -> Result<()> {
                 folder.display()
             ),
         )
+    };
+    crate::fsx::create_dir_private(folder).map_err(fail)?;
+    let to = folder.join(name);
+    std::fs::rename(path, &to).map_err(fail)?;
+    // The copy quietus keeps is owner-only, whatever mode its writer gave it.
+    crate::fsx::make_private(&to).map_err(fail)
+}
+
+/// The bytes of an inbox file: a regular file owned by the inbox's owner, read without
+/// following a link, at most the ticket limit. Anything else is the file's fault (it is
+/// moved aside), and nothing of what a link points at is read or echoed.
+fn read_inbox_file(path: &Path, name: &str, owner: u32) -> Result<Vec<u8>> {
+    use crate::fsx::Refused;
+    let refused = |why: String| {
+        Error::new(
+            Code::Ticket,
+            format!("{name}: {why}; the inbox reads only regular files owned by its owner"),
+        )
+    };
+    let f = match crate::fsx::open_owned_regular(path, owner) {
+        Ok(f) => f,
+        Err(Refused::NotRegular(kind)) => return Err(refused(format!("is {kind}"))),
+        Err(Refused::NotOwner) => return Err(refused("belongs to another user".into())),
+        // Out of file handles or memory: not the file's fault, it waits for the next round.
+        Err(Refused::Io(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+            ) =>
+        {
+            return Err(Error::new(
+                Code::Io,
+                format!("{name}: cannot be opened ({e})"),
+            ));
+        }
+        Err(Refused::Io(e)) => return Err(refused(format!("cannot be opened ({e})"))),
+    };
+    crate::fsx::read_bounded(f, name, MAX_TICKET_BYTES as u64).map_err(|e| {
+        if e.code == Code::TooLarge {
+            e
+        } else {
+            refused(format!("cannot be read ({})", e.message))
+        }
     })
 }
 
@@ -124,19 +201,10 @@ async fn process_file(
     ctx: &Context,
     path: &Path,
     name: &str,
+    owner: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Submitted>> {
-    let meta = std::fs::metadata(path)?;
-    if meta.len() > MAX_TICKET_BYTES as u64 {
-        return Err(Error::new(
-            Code::TooLarge,
-            format!(
-                "{name}: file is {} bytes; the limit is {MAX_TICKET_BYTES}",
-                meta.len()
-            ),
-        ));
-    }
-    let bytes = std::fs::read(path)?;
+    let bytes = read_inbox_file(path, name, owner)?;
     let file_id = hex::encode(&Sha256::digest(&bytes)[..8]);
     let source = Source {
         door: crate::intake::Door::Inbox,

@@ -118,7 +118,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         .parent()
         .map(|p| p.join("exports"))
         .unwrap_or_else(|| PathBuf::from("exports"));
-    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    crate::fsx::create_dir_private(&dir).map_err(|e| io(&dir, e))?;
     let path = dir.join(format!("{id}.html.age"));
     let tmp = dir.join(format!(".{id}.tmp"));
     let passphrase = random_text(5);
@@ -169,7 +169,7 @@ async fn write_page(
     passphrase: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<TableResult>> {
-    let file = std::fs::File::create(tmp).map_err(|e| io(tmp, e))?;
+    let file = crate::fsx::create_private(tmp).map_err(|e| io(tmp, e))?;
     let enc = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(
         passphrase.to_owned(),
     ));

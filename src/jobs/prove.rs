@@ -359,7 +359,7 @@ async fn issue_batch(
     let Some(appended) = appended else {
         return Ok(None);
     };
-    std::fs::create_dir_all(&p.receipts_dir)?;
+    crate::fsx::create_dir_private(&p.receipts_dir)?;
     let mut written = Vec::with_capacity(drafts.len());
     for ((d, doc), proof) in drafts.iter().zip(&docs).zip(&appended.proofs) {
         let path = p.receipts_dir.join(format!(
@@ -367,7 +367,7 @@ async fn issue_batch(
             d.rid.as_deref().unwrap_or("sweep"),
             d.id
         ));
-        std::fs::write(&path, doc)?;
+        crate::fsx::write_private(&path, doc)?;
         tracing::info!(receipt = %d.id, log_index = proof.index, "receipt issued");
         written.push(path);
     }

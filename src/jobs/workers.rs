@@ -30,11 +30,11 @@ impl Presence {
     /// Announce `worker` in `dir`. The file is locked before it gets its final name, so a
     /// presence file seen unlocked is never one still being made.
     pub fn announce(dir: &Path, worker: &str) -> Result<Presence> {
-        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        crate::fsx::create_dir_private(dir).map_err(|e| io("create", dir, e))?;
         let name = crate::store::new_id();
         let tmp = dir.join(format!(".{name}.tmp"));
         let path = dir.join(format!("{name}{SUFFIX}"));
-        let mut file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let mut file = crate::fsx::create_private(&tmp).map_err(|e| io("create", &tmp, e))?;
         file.try_lock().map_err(|e| io("lock", &tmp, e))?;
         file.write_all(format!("{worker}\n").as_bytes())
             .and_then(|()| file.sync_all())

@@ -282,14 +282,14 @@ fn write_eml(dir: &Path, id: &str, bytes: &[u8]) -> Result<Delivery> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
         Error::new(Code::Io, format!("{what} {}: {e}", p.display()))
     };
-    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    crate::fsx::create_dir_private(dir).map_err(|e| io("cannot create", dir, e))?;
     let path = dir.join(format!("{id}.eml"));
     if path.exists() {
         return Ok(Delivery::AlreadyThere);
     }
     let tmp = dir.join(format!(".{id}.eml.tmp"));
     {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
+        let mut f = crate::fsx::create_private(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| io("cannot write", &tmp, e))?;
         f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;

@@ -9,18 +9,10 @@ use crate::error::{Code, Error, Result};
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        crate::fsx::create_dir_private(d)?;
     }
     use std::io::Write;
-    let mut f = opts
-        .open(path)
+    let mut f = crate::fsx::create_new_private(path)
         .map_err(|e| Error::new(Code::Io, format!("{}: {e}", path.display())))?;
     f.write_all(text.as_bytes()).and_then(|()| f.sync_all())?;
     Ok(())
@@ -43,9 +35,9 @@ pub fn init(config: &Config) -> Result<KeyPair> {
     write_private(&key_file, &format!("{}\n", key.to_text()))?;
     let pub_file = config.path(&config.proof.public_key_file);
     if let Some(d) = pub_file.parent() {
-        std::fs::create_dir_all(d)?;
+        crate::fsx::create_dir_private(d)?;
     }
-    std::fs::write(&pub_file, format!("{}\n", key.verifier().to_text()))?;
+    crate::fsx::write_private_synced(&pub_file, format!("{}\n", key.verifier().to_text()))?;
     Ok(key)
 }
 
@@ -97,7 +89,7 @@ pub fn public(config: &Config, file: Option<&Path>) -> Result<PublicKey> {
         Some(f) => f.to_path_buf(),
         None => config.path(&config.proof.public_key_file),
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::new(Code::Io, format!("public key {}: {e}", path.display())))?;
+    let text = crate::fsx::read_text_limited(&path, crate::fsx::limit::KEY)
+        .map_err(|e| e.context("public key"))?;
     PublicKey::parse(&text).map_err(|e| e.context(path.display()))
 }

@@ -200,14 +200,14 @@ pub fn publish_checkpoint(path: &Path, size: u64, note: &str) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         Some(_) | None => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir)?;
+    crate::fsx::create_dir_private(&dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
     let tmp = dir.join(format!(".{name}.{}.tmp", crate::store::new_id()));
     let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::fsx::create_private(&tmp)?;
         std::io::Write::write_all(&mut f, note.as_bytes())?;
         f.sync_all()
     })();
@@ -215,11 +215,7 @@ pub fn publish_checkpoint(path: &Path, size: u64, note: &str) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(format!(".{name}.lock")))?;
+    let lock = crate::fsx::append_private(&dir.join(format!(".{name}.lock")))?;
     lock.lock()?;
     let there = std::fs::read_to_string(path)
         .ok()

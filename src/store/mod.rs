@@ -361,10 +361,15 @@ impl Store {
                 if let Some(parent) = file.parent()
                     && !parent.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(parent).map_err(|e| {
+                    crate::fsx::create_dir_private(parent).map_err(|e| {
                         Error::new(Code::Io, format!("cannot create {}: {e}", parent.display()))
                     })?;
                 }
+                // Owner-only: the store holds identities, tickets and mail. SQLite gives
+                // the -wal and -shm files the database file's mode.
+                crate::fsx::create_sqlite_private(&file).map_err(|e| {
+                    Error::new(Code::Io, format!("cannot create {}: {e}", file.display()))
+                })?;
                 Found::Empty
             } else {
                 // Read-only, and no journal-mode change: the file may be someone else's.

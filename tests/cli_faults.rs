@@ -1,0 +1,172 @@
+//! The command line under faults (issue 9): unbounded inputs (item 10), an invalid
+//! `QUIETUS_NOW` (item 11) and a closed standard output (item 13).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, ERASURE_TICKET, Env, StoreKind, ok};
+
+/// Run `quietus ARGS` with this env's config, in a shell that caps its memory (3 GB of
+/// address space, so that an unbounded read fails instead of filling the machine) and
+/// kills it after 60 s.
+fn run_capped(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> (Output, Duration) {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -v 3000000; exec timeout -s KILL 60 \"$@\"")
+        .arg("sh")
+        .arg(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env_remove("QUIETUS_CONFIG")
+        .env_remove("QUIETUS_NOW")
+        .env("QUIETUS_LOG", "warn")
+        .stdin(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let t = Instant::now();
+    let out = cmd.output().unwrap();
+    (out, t.elapsed())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_and_pipes_are_read_only_up_to_the_limit() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let fifo = env.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A writer that never stops.
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg("exec timeout 60 cat /dev/zero > \"$0\"")
+        .arg(&fifo)
+        .spawn()
+        .unwrap();
+    let fifo_s = fifo.to_str().unwrap();
+    let cases: [&[&str]; 6] = [
+        &["submit", "/dev/zero"],
+        &["submit", "/dev/urandom"],
+        &["submit", fifo_s],
+        &["verify", "/dev/zero"],
+        &["verify", "/dev/urandom"],
+        &["verify", "--checkpoint", "/dev/zero", "/dev/zero"],
+    ];
+    for args in cases {
+        let (out, took) = run_capped(&env, args, &[]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.contains("too_large"), "{args:?}: {err}");
+        assert!(err.contains("bytes"), "{args:?}: {err}");
+        assert!(
+            err.contains(args[args.len() - 1]),
+            "{args:?} names the file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(took < Duration::from_secs(30), "{args:?} took {took:?}");
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    // A public key file that is a device.
+    let (out, _) = run_capped(
+        &env,
+        &["verify", "--public-key", "/dev/zero", "/dev/null"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    // An ordinary ticket still goes in.
+    let f = env.write("t.json", ERASURE_TICKET);
+    ok(&env.run(&["submit", f.to_str().unwrap()]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_quietus_now_is_an_error_before_anything_runs() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write("t.json", ERASURE_TICKET);
+    for bad in ["2026-13-01T00:00:00Z", "tomorrow", "2026-12-02", " x "] {
+        let (out, _) = run_capped(
+            &env,
+            &["submit", f.to_str().unwrap()],
+            &[("QUIETUS_NOW", bad)],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+        assert!(err.contains("QUIETUS_NOW"), "{bad:?}: {err}");
+        assert!(err.contains("RFC 3339"), "{bad:?}: {err}");
+        assert!(out.stdout.is_empty(), "{bad:?}: ran anyway");
+    }
+    // Nothing was submitted.
+    let queue = ok(&env.run(&["queue", "--json"]));
+    assert!(!queue.contains("T-1"), "{queue}");
+    let (out, _) = run_capped(
+        &env,
+        &["submit", f.to_str().unwrap()],
+        &[("QUIETUS_NOW", "2026-12-02T10:00:00Z")],
+    );
+    ok(&out);
+}
+
+/// `quietus show ID | head -c 10`: the reader goes away; quietus exits quietly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_standard_output_is_a_quiet_exit() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write("t.json", ERASURE_TICKET);
+    let id = ok(&env.run(&["submit", f.to_str().unwrap(), "--json"]));
+    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let id = id["id"].as_str().unwrap().to_owned();
+    for args in [
+        vec!["show", id.as_str()],
+        vec!["show", id.as_str(), "--json"],
+        vec!["queue"],
+        vec!["plan", id.as_str()],
+    ] {
+        // The reader closes its end before quietus writes anything.
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(&args)
+            .env_remove("QUIETUS_CONFIG")
+            .env_remove("QUIETUS_NOW")
+            .env("QUIETUS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+    // Through a shell pipe, as a person types it.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --config \"$1\" show \"$2\" | head -c 10 >/dev/null")
+        .arg(BIN)
+        .arg(&env.config)
+        .arg(&id)
+        .env_remove("QUIETUS_NOW")
+        .output()
+        .unwrap();
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
