@@ -133,17 +133,10 @@ fn the_trace_reader_names_each_connection_without_nodelay() {
 /// A PostgreSQL state store, and an erasure carried out on two target systems, one on
 /// PostgreSQL and one on MariaDB: every connection the binary opens to either server
 /// has `TCP_NODELAY`.
+// One attribute: several `ignore`s on one test are refused by rustc.
 #[cfg_attr(
-    not(quietus_test_postgres),
-    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
-)]
-#[cfg_attr(
-    not(quietus_test_mysql),
-    ignore = "needs MariaDB: set QUIETUS_TEST_MYSQL_URL"
-)]
-#[cfg_attr(
-    not(quietus_test_strace),
-    ignore = "needs strace on PATH (apt-get install strace)"
+    not(all(quietus_test_postgres, quietus_test_mysql, quietus_test_strace)),
+    ignore = "needs PostgreSQL, MariaDB and strace: set QUIETUS_TEST_POSTGRES_URL and QUIETUS_TEST_MYSQL_URL, apt-get install strace"
 )]
 #[tokio::test(flavor = "multi_thread")]
 async fn every_database_connection_has_tcp_nodelay() {
