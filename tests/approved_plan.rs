@@ -471,3 +471,106 @@ async fn a_column_dropped_from_the_database_after_approval_stops_the_exit_before
         store.cleanup().await;
     }
 }
+
+/// A worker that leased several tasks of one request (on different systems) finds, when
+/// it comes to the second, that the first sent the request back to the DPO (the plan
+/// changed since approval) and cancelled it: the second does nothing at all — no archive
+/// begun, no row read into a backup, nothing shredded afterwards — and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_cancelled_after_its_lease_begins_nothing() {
+    let (store, crm) = (
+        StoreKind::of(Backend::Sqlite).await,
+        CrmKind::of(Backend::Sqlite).await,
+    );
+    let env = env_for(&store, &crm).await;
+    let id = submit(&env, "exit.json", EXIT_TICKET);
+    ok(&env.run_at(&["approve", &id], Some(SUBMIT_AT), None));
+    edit(
+        &env,
+        "systems/crm.toml",
+        r#", mobile = "user.contact.phone_number" }"#,
+        " }",
+    );
+    let app = quietus::app::App::open(quietus::config::Config::load(Some(&env.config)).unwrap())
+        .await
+        .unwrap();
+    let ctx = &app.ctx;
+    let s = app.worker().unwrap();
+    let now = chrono::DateTime::parse_from_rfc3339(RUN_AT)
+        .unwrap()
+        .to_utc();
+    quietus::jobs::schedule_approved(ctx, "quietus", now)
+        .await
+        .unwrap();
+    let until = now + chrono::Duration::minutes(5);
+    let first = ctx
+        .store
+        .lease(&s.worker, now, until, 1, true)
+        .await
+        .unwrap();
+    // Its other tasks were leased by the same worker too (as tasks of one request on
+    // other systems are, and run beside it).
+    let quietus::store::Pool::Sqlite(pool) = &ctx.store.pool else {
+        unreachable!("a SQLite store")
+    };
+    sqlx::query("UPDATE tasks SET lease_owner = $1, lease_expires_at = $2 WHERE request_id = $3")
+        .bind(&s.worker)
+        .bind(until)
+        .bind(&id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut leased = first.clone();
+    for t in ctx.store.tasks_of(&id).await.unwrap() {
+        if t.id != first[0].id && t.state == quietus::jobs::TaskState::Pending {
+            leased.push(t);
+        }
+    }
+    assert!(leased.len() >= 2, "the exit has several tasks: {leased:?}");
+    let mut summary = quietus::jobs::RunSummary::default();
+    // The first finds the difference: the request goes back, its tasks are cancelled.
+    quietus::jobs::run_one(ctx, &s, &leased[0], &mut summary)
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.store.request(&id).await.unwrap().state,
+        quietus::lifecycle::State::PendingReview
+    );
+    for t in &leased[1..] {
+        quietus::jobs::run_one(ctx, &s, t, &mut summary)
+            .await
+            .unwrap();
+        assert_eq!(summary.retried, 0, "{t:?}: {summary:?}");
+        assert_eq!(
+            ctx.store.task(&t.id).await.unwrap().state,
+            quietus::jobs::TaskState::Cancelled,
+            "{t:?}"
+        );
+    }
+    let intents: Vec<(String, String)> = sqlx::query_as("SELECT id, task_id FROM archive_intents")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(
+        intents.is_empty(),
+        "archives begun for cancelled tasks: {intents:?}"
+    );
+    let last = ctx.store.history(&id).await.unwrap();
+    let last = last.last().unwrap().reason.clone().unwrap_or_default();
+    assert!(
+        last.contains("crm.employees") && last.contains("mobile"),
+        "the difference is the last word: {last:?}"
+    );
+    app.close().await;
+    assert_eq!(
+        env.crm_count(
+            &crm,
+            "FROM employees WHERE id = 5 AND status = 'active' AND mobile IS NOT NULL AND email IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    drop(env);
+    store.cleanup().await;
+    crm.cleanup().await;
+}

@@ -789,3 +789,71 @@ async fn two_tasks_of_one_request_on_one_system_never_run_at_once() {
     let shown = json(&ok(&env.run_at(&["show", &id, "--json"], Some(at), None)));
     assert_eq!(shown["request"]["state"], "completed", "{shown}");
 }
+
+/// Workers leasing at the same moment (lanes of one process, or several instances on one
+/// PostgreSQL store) never hold two tasks of one request on one system between them: the
+/// check that no sibling is leased and the lease itself are one step for every worker.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_leasing_at_once_never_take_two_siblings(#[case] backend: Backend) {
+    let kind = StoreKind::of(backend).await;
+    let env = Env::new(&kind).await;
+    let f = env.write("exit.json", EXIT_TICKET);
+    let at = "2027-01-04T03:00:00Z";
+    let id = ok(&env.run_at(&["submit", f.to_str().unwrap()], Some(at), None))
+        .trim()
+        .to_owned();
+    ok(&env.run_at(&["approve", &id], Some(at), None));
+    let app = quietus::app::App::open(quietus::config::Config::load(Some(&env.config)).unwrap())
+        .await
+        .unwrap();
+    let ctx = &app.ctx;
+    let now = chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc();
+    quietus::jobs::schedule_approved(ctx, "quietus", now)
+        .await
+        .unwrap();
+    let until = now + chrono::Duration::minutes(5);
+    for round in 0..40 {
+        let leases = (0..4).map(|w| {
+            let store = ctx.store.clone();
+            async move {
+                store
+                    .lease(&format!("w{w}"), now, until, 1, true)
+                    .await
+                    .unwrap()
+            }
+        });
+        let taken: Vec<_> = futures::future::join_all(leases)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &taken {
+            assert!(
+                seen.insert((t.request_id.clone(), t.system.clone())),
+                "round {round}: two workers hold tasks of one request on {}: {:?}",
+                t.system,
+                taken
+                    .iter()
+                    .map(|t| (&t.id, t.kind, &t.lease_owner))
+                    .collect::<Vec<_>>()
+            );
+        }
+        for t in &taken {
+            ctx.store
+                .release_lease(&t.id, t.lease_owner.as_deref().unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    app.close().await;
+    drop(env);
+    kind.cleanup().await;
+}

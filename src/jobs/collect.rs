@@ -228,9 +228,19 @@ pub(super) async fn collect(
     now: DateTime<Utc>,
 ) -> Result<(BackupRow, Roots)> {
     let id = crate::store::new_id();
-    ctx.store
+    if !ctx
+        .store
         .archive_intent(&id, &task.id, task.request_id.as_deref(), &s.worker, now)
-        .await?;
+        .await?
+    {
+        return Err(Error::new(
+            Code::IllegalTransition,
+            format!(
+                "task {} is no longer leased by this worker (cancelled or taken over): nothing was backed up",
+                task.id
+            ),
+        ));
+    }
     let written = write_archive(&id, s, task, sys, parts, subject, target, now).await;
     if let Err(e) = &written {
         tracing::warn!(task = %task.id, backup = %id, code = %e.code, "the archive could not be written; it is crypto-shredded");

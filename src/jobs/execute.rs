@@ -74,6 +74,15 @@ fn apply_order(sys: &System, parts: &mut [Part]) {
 
 /// Run one leased task.
 pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>) -> Result<Step> {
+    // Still this worker's, and still to be done: a sibling task of the same request may
+    // have sent it back to the DPO (cancelling this one) since the lease was taken. (The
+    // archive's intent is refused likewise, for a cancellation that comes later still.)
+    if !ctx.store.holds_lease(&task.id, &s.worker).await? {
+        return Ok(Step::Gone(format!(
+            "task {} was cancelled or taken over since it was leased",
+            task.id
+        )));
+    }
     // Exactly the approved plan, or nothing.
     if let Some(rid) = &task.request_id {
         let req = ctx.request(rid).await?;

@@ -462,6 +462,9 @@ pub async fn run_one(
             }
         }
         Ok(task::Step::Stopped(_)) => summary.failed += 1,
+        Ok(task::Step::Gone(why)) => {
+            tracing::info!(task = %task.id, "{why}; nothing was begun");
+        }
         Err(e) => {
             tracing::warn!(task = %task.id, code = %e.code, "task failed: {}", e.message);
             let gave_up = ctx

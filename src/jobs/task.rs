@@ -103,6 +103,10 @@ pub enum Step {
     /// The plan changed since approval: nothing ran, and the request went back to the
     /// DPO (or the task needs attention); recorded already. Why.
     Stopped(String),
+    /// The task was no longer this worker's to run when it came to it (a sibling sent its
+    /// request back to the DPO and cancelled it, or its lease was lost): nothing was
+    /// begun, nothing is recorded. Why.
+    Gone(String),
 }
 
 /// Stop here when `QUIETUS_TEST_STOP_AT` names this point: a test kills the process now.

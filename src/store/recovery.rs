@@ -34,7 +34,10 @@ pub struct LeaseWait {
 }
 
 impl Store {
-    /// Record that `worker` is about to write archive `id` for a task (before any file).
+    /// Record that `worker` is about to write archive `id` for a task (before any file),
+    /// if and only if the task is still `pending` under its lease: false (nothing
+    /// recorded) when it was cancelled or taken over, so that no archive is begun for work
+    /// that will not be done.
     pub async fn archive_intent(
         &self,
         id: &str,
@@ -42,12 +45,14 @@ impl Store {
         request_id: Option<&str>,
         worker: &str,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        on_pool!(self, pool => {
-            sqlx::query("INSERT INTO archive_intents (id, task_id, request_id, worker, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id).bind(task_id).bind(request_id).bind(worker).bind(now).execute(pool).await?;
+    ) -> Result<bool> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("INSERT INTO archive_intents (id, task_id, request_id, worker, created_at) \
+                         SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.id = $2 AND t.state = $6 AND t.lease_owner = $4)")
+                .bind(id).bind(task_id).bind(request_id).bind(worker).bind(now).bind(super::tasks::TaskState::Pending)
+                .execute(pool).await?.rows_affected()
         });
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Archives never recorded as a backup whose writer can no longer record them: its

@@ -11,6 +11,10 @@ use chrono::{DateTime, Utc};
 use super::BackupRow;
 use super::history::{apply_event_in, history_in, work_done_in};
 use super::{Pool, Store};
+
+/// The PostgreSQL advisory lock that serialises leases (see [`Store::lease`]); the log
+/// has its own (6962).
+const LEASE_LOCK: i64 = 6963;
 use crate::error::{Code, Error, Result};
 use crate::lifecycle::state::{Event, State};
 
@@ -282,13 +286,42 @@ impl Store {
             needs_attention = State::NeedsAttention,
             completed = State::Completed,
         );
-        let rows: Vec<TaskRow> = on_pool!(self, pool => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(worker).bind(now).bind(lease_until).bind(limit);
-            if !windowed {
-                q = q.bind(false);
+        let rows: Vec<TaskRow> = match &self.pool {
+            // Leases are taken one worker at a time (an advisory lock for the transaction):
+            // under READ COMMITTED each worker's statement then sees the leases the others
+            // committed, so two workers never take siblings of one request and system
+            // between them (each seeing the other's not yet leased).
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LEASE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(worker)
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(limit);
+                if !windowed {
+                    q = q.bind(false);
+                }
+                let rows = q.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
             }
-            q.fetch_all(pool).await?
-        });
+            // One statement: SQLite runs writes one at a time.
+            Pool::Sqlite(pool) => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(worker)
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(limit);
+                if !windowed {
+                    q = q.bind(false);
+                }
+                q.fetch_all(pool).await?
+            }
+        };
         // Two siblings leased in one batch: the later one goes back.
         let mut taken = std::collections::BTreeSet::new();
         let mut out = Vec::with_capacity(rows.len());
@@ -304,6 +337,17 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `worker` still holds the lease of task `id`, and the task is still to be
+    /// carried out (`pending` or `backed_up`).
+    pub async fn holds_lease(&self, id: &str, worker: &str) -> Result<bool> {
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id FROM tasks WHERE id = $1 AND lease_owner = $2 AND state IN ($3, $4)")
+                .bind(id).bind(worker).bind(TaskState::Pending).bind(TaskState::BackedUp)
+                .fetch_optional(pool).await?
+        });
+        Ok(row.is_some())
     }
 
     /// Keep a lease alive; false when it was lost.
