@@ -195,3 +195,102 @@ async fn what_the_inbox_keeps_is_owner_only() {
         }
     }
 }
+
+/// Rows of the demo's kind: a leaver per line (`external_id`, `email`, exit date, successor).
+fn exit_row(ext: &str, email: &str) -> String {
+    format!("{ext},{email},2026-12-31,E200\n")
+}
+
+const EXIT_HEADER: &str = "external_id,email,exit_date,successor_employee_id\n";
+
+/// How many requests the store holds.
+async fn requests_stored(env: &Env) -> usize {
+    let ctx = env.context().await;
+    let n = ctx
+        .store
+        .list_requests(&quietus::store::ListFilter::default())
+        .await
+        .unwrap()
+        .len();
+    ctx.store.close().await;
+    n
+}
+
+/// A CSV exit list is taken whole or not at all (issue 9, item 4): a row whose
+/// `external_id` repeats an earlier row, or names a request made from another ticket,
+/// rejects the file with nothing of it stored — the rows before it included; a repeated
+/// header column and an unterminated quote are errors too, naming the line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_exit_list_is_taken_whole_or_not_at_all() {
+    let (env, inbox) = inbox_env().await;
+    // An earlier ticket holds HR-9.
+    std::fs::write(inbox.join("a-earlier.json"), ticket("HR-9")).unwrap();
+    let out = round(&env, &inbox).await;
+    assert_eq!(out[0].accepted.len(), 1, "{out:?}");
+    assert_eq!(requests_stored(&env).await, 1);
+    let cases = [
+        (
+            "conflict.csv",
+            format!(
+                "{EXIT_HEADER}{}{}",
+                exit_row("HR-1", "fang.wang@corp.example"),
+                exit_row("HR-9", "li.na@corp.example")
+            ),
+            "line 3",
+        ),
+        (
+            "repeated.csv",
+            format!(
+                "{EXIT_HEADER}{}{}",
+                exit_row("HR-2", "fang.wang@corp.example"),
+                exit_row("HR-2", "fang.wang@corp.example")
+            ),
+            "line 3",
+        ),
+        (
+            "header.csv",
+            format!(
+                "external_id,email,exit_date,email\n{}",
+                "HR-3,fang.wang@corp.example,2026-12-31,li.na@corp.example\n"
+            ),
+            "line 1",
+        ),
+        (
+            "quote.csv",
+            format!(
+                "{EXIT_HEADER}{}HR-5,\"li.na@corp.example,2026-12-31,E200\n",
+                exit_row("HR-4", "fang.wang@corp.example")
+            ),
+            "line 3",
+        ),
+    ];
+    for (name, body, line) in &cases {
+        std::fs::write(inbox.join(name), body).unwrap();
+        let out = round(&env, &inbox).await;
+        assert_eq!(out.len(), 1, "{name}: {out:?}");
+        let e = out[0]
+            .error
+            .clone()
+            .unwrap_or_else(|| panic!("{name} accepted: {out:?}"));
+        assert!(e.contains(name) && e.contains(line), "{name}: {e}");
+        assert!(
+            !e.contains("corp.example"),
+            "{name}: the error echoes an address: {e}"
+        );
+        assert!(out[0].accepted.is_empty(), "{name}: {out:?}");
+        assert_eq!(requests_stored(&env).await, 1, "{name}: rows were stored");
+    }
+    // A good list is taken whole.
+    std::fs::write(
+        inbox.join("good.csv"),
+        format!(
+            "{EXIT_HEADER}{}{}",
+            exit_row("HR-6", "fang.wang@corp.example"),
+            exit_row("HR-7", "li.na@corp.example")
+        ),
+    )
+    .unwrap();
+    let out = round(&env, &inbox).await;
+    assert_eq!(out[0].accepted.len(), 2, "{out:?}");
+    assert_eq!(requests_stored(&env).await, 3);
+}

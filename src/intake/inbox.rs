@@ -222,11 +222,12 @@ async fn process_file(
         Ok(vec![submit(ctx, &ticket, &body, &source, now).await?])
     } else if lower.ends_with(".csv") {
         let rows = parse_csv(&bytes, name, &file_id, handover)?;
-        let mut out = Vec::new();
-        for (ticket, body) in rows {
-            out.push(submit(ctx, &ticket, &body, &source, now).await?);
-        }
-        Ok(out)
+        let listed: Vec<crate::intake::Listed<'_>> = rows
+            .iter()
+            .map(|r| (&r.ticket, r.body.as_str(), Some(r.origin.clone())))
+            .collect();
+        // The whole list in one transaction: a bad row stores none of it.
+        crate::intake::submit_all(ctx, &listed, &source, now).await
     } else {
         Err(Error::new(
             Code::Ticket,
@@ -235,13 +236,47 @@ async fn process_file(
     }
 }
 
-/// Parse a CSV exit list whole: every row valid, or an error naming the first bad line.
+/// A row of a CSV exit list, as a ticket.
+#[derive(Debug, Clone)]
+pub struct CsvRow {
+    pub ticket: Ticket,
+    /// The ticket as JSON (stored as the request's ticket body).
+    pub body: String,
+    /// `"list.csv: line 3"`.
+    pub origin: String,
+}
+
+/// The line on which a quoted field opens that the file never closes (RFC 4180: a quote
+/// inside a quoted field is doubled, so quotes toggle in and out of a field).
+fn unclosed_quote(bytes: &[u8]) -> Option<usize> {
+    let (mut line, mut open_at, mut quoted) = (1, None, false);
+    for &b in bytes {
+        match b {
+            b'"' => {
+                quoted = !quoted;
+                open_at = quoted.then_some(line);
+            }
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    open_at
+}
+
+/// Parse a CSV exit list whole: every row valid, or an error naming the first bad line
+/// (never a value of it).
 pub fn parse_csv(
     bytes: &[u8],
     name: &str,
     file_id: &str,
     handover_required: bool,
-) -> Result<Vec<(Ticket, String)>> {
+) -> Result<Vec<CsvRow>> {
+    if let Some(line) = unclosed_quote(bytes) {
+        return Err(Error::new(
+            Code::Ticket,
+            format!("{name}: line {line}: a quoted field is never closed"),
+        ));
+    }
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(bytes);
@@ -254,7 +289,13 @@ pub fn parse_csv(
             )
         })?
         .clone();
-    for h in &headers {
+    for (i, h) in headers.iter().enumerate() {
+        if headers.iter().take(i).any(|earlier| earlier == h) {
+            return Err(Error::new(
+                Code::Ticket,
+                format!("{name}: line 1: the column {h:?} is named twice"),
+            ));
+        }
         if !CSV_COLUMNS.contains(&h) {
             return Err(Error::new(
                 Code::Ticket,
@@ -266,6 +307,8 @@ pub fn parse_csv(
         }
     }
     let mut out = Vec::new();
+    // Which line each external id was first given on.
+    let mut external_ids: std::collections::BTreeMap<String, usize> = Default::default();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
         let rec = rec.map_err(|e| Error::new(Code::Ticket, format!("{name}: line {line}: {e}")))?;
@@ -281,6 +324,14 @@ pub fn parse_csv(
         let ext = get("external_id")
             .map(str::to_owned)
             .unwrap_or_else(|| format!("inbox:{file_id}:{line}"));
+        if let Some(first) = external_ids.insert(ext.clone(), line) {
+            return Err(Error::new(
+                Code::Ticket,
+                format!(
+                    "{name}: line {line}: the external_id of line {first} again (one row per leaver)"
+                ),
+            ));
+        }
         t.insert("external_id".into(), ext.into());
         let mut subject = serde_json::Map::new();
         for (col, key) in [
@@ -319,7 +370,11 @@ pub fn parse_csv(
         let body = serde_json::Value::Object(t).to_string();
         let origin = format!("{name}: line {line}");
         let ticket = parse_ticket(body.as_bytes(), &origin, handover_required)?;
-        out.push((ticket, body));
+        out.push(CsvRow {
+            ticket,
+            body,
+            origin,
+        });
     }
     if out.is_empty() {
         return Err(Error::new(
@@ -357,7 +412,7 @@ mod tests {
         let good = "employee_id,email,exit_date,successor_employee_id\nE1,a@corp.example,2026-12-31,E2\nE3,,2027-01-15,E2\n";
         let rows = parse_csv(good.as_bytes(), "x.csv", "f00", true).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].0.external_id.as_deref(), Some("inbox:f00:2"));
+        assert_eq!(rows[0].ticket.external_id.as_deref(), Some("inbox:f00:2"));
         let bad =
             "employee_id,exit_date,successor_employee_id\nE1,2026-12-31,E2\nE3,31/12/2026,E2\n";
         let e = parse_csv(bad.as_bytes(), "x.csv", "f00", true).unwrap_err();

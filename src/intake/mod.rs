@@ -291,6 +291,74 @@ pub async fn submit(
     source: &Source,
     now: DateTime<Utc>,
 ) -> Result<Submitted> {
+    let mut one = submit_all(ctx, &[(ticket, raw_body, None)], source, now).await?;
+    one.pop()
+        .ok_or_else(|| Error::new(Code::Internal, "a submission stored nothing"))
+}
+
+/// A ticket of a list, with its raw body and where it came from (`"list.csv: line 3"`),
+/// which every error about it names.
+pub type Listed<'a> = (&'a Ticket, &'a str, Option<String>);
+
+/// Store several tickets in one transaction, whole or not at all (a CSV exit list): one
+/// that fails (an implausible exit date, an external id already naming another ticket)
+/// stores none of them, and the error names its origin.
+pub async fn submit_all(
+    ctx: &Context,
+    tickets: &[Listed<'_>],
+    source: &Source,
+    now: DateTime<Utc>,
+) -> Result<Vec<Submitted>> {
+    let named = |origin: &Option<String>, e: Error| match origin {
+        Some(o) => Error::new(e.code, format!("{o}: {}", e.message)),
+        None => e,
+    };
+    let mut prepared = Vec::with_capacity(tickets.len());
+    for (ticket, raw, origin) in tickets {
+        prepared.push(prepare(ctx, ticket, raw, source, now).map_err(|e| named(origin, e))?);
+    }
+    let news: Vec<&NewRequest> = prepared.iter().map(|(n, _)| n).collect();
+    let inserted = ctx.store.insert_requests(&news).await.map_err(|(i, e)| {
+        match i.and_then(|i| tickets.get(i)) {
+            Some((_, _, origin)) => named(origin, e),
+            None => e,
+        }
+    })?;
+    let mut out = Vec::with_capacity(inserted.len());
+    for ((new, verify_token), ins) in prepared.into_iter().zip(inserted) {
+        out.push(match ins {
+            Inserted::Created(id) => {
+                tracing::info!(request = %id, kind = %new.kind, door = %source.door, "request received");
+                Submitted {
+                    id,
+                    created: true,
+                    state: new.state,
+                    verify_token,
+                }
+            }
+            Inserted::Existing(id) => {
+                let row = ctx.store.request(&id).await?;
+                Submitted {
+                    id,
+                    created: false,
+                    state: row.state,
+                    verify_token: None,
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The request a ticket makes (with its acknowledgement), and the token of its
+/// verification link for an untrusted door.
+fn prepare(
+    ctx: &Context,
+    ticket: &Ticket,
+    raw_body: &str,
+    source: &Source,
+    now: DateTime<Utc>,
+) -> Result<(NewRequest, Option<String>)> {
     if let Some(exit) = ticket.exit_date {
         let today = ctx.today(now);
         let (past, future) = (&ctx.intake.exit_date_past, &ctx.intake.exit_date_future);
@@ -371,26 +439,7 @@ pub async fn submit(
     new.mails = ctx
         .mail
         .received(&new, &ticket.subject, verify_token.as_deref(), ctx.zone())?;
-    match ctx.store.insert_request(&new).await? {
-        Inserted::Created(id) => {
-            tracing::info!(request = %id, kind = %ticket.kind, door = %source.door, "request received");
-            Ok(Submitted {
-                id,
-                created: true,
-                state,
-                verify_token,
-            })
-        }
-        Inserted::Existing(id) => {
-            let row = ctx.store.request(&id).await?;
-            Ok(Submitted {
-                id,
-                created: false,
-                state: row.state,
-                verify_token: None,
-            })
-        }
-    }
+    Ok((new, verify_token))
 }
 
 /// Confirm a self-service request's identity by the token of its verification link.

@@ -473,80 +473,92 @@ impl Store {
         on_pool!(self, p => p.close().await)
     }
 
-    /// Insert a request with its ticket, identities and first history entry, in one
-    /// transaction. The same external id with the same ticket is the same request; with a
-    /// different ticket it is a conflict.
-    pub async fn insert_request(&self, r: &NewRequest) -> Result<Inserted> {
-        if let Some(ext) = &r.external_id
-            && let Some(found) = self.find_external(ext, r.kind, &r.ticket_digest).await?
-        {
-            return Ok(found);
-        }
-        let result: std::result::Result<(), sqlx::Error> = on_pool!(self, pool => {
-            async {
-                let mut tx = pool.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO requests (id, kind, external_id, ticket_digest, state, jurisdiction, locale, source, \
-                     requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
-                     verify_token_sha256, updated_at, wants_copy) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11, $16)",
-                )
-                .bind(&r.id).bind(r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(r.state)
-                .bind(r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
-                .bind(r.received_at).bind(r.verified_at).bind(r.clock_start).bind(r.due_date)
-                .bind(&r.verify_token_sha256).bind(r.wants_copy)
-                .execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO tickets (request_id, body, received_at) VALUES ($1, $2, $3)")
-                    .bind(&r.id).bind(&r.ticket_body).bind(r.received_at)
-                    .execute(&mut *tx).await?;
-                for i in &r.identities {
-                    sqlx::query("INSERT INTO identities (request_id, role, kind, value) VALUES ($1, $2, $3, $4)")
-                        .bind(&r.id).bind(i.role).bind(i.kind).bind(&i.value)
-                        .execute(&mut *tx).await?;
-                }
-                sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, NULL, $4, 'received')")
-                    .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(r.state)
-                    .execute(&mut *tx).await?;
-                for m in &r.mails {
-                    outbox::enqueue_in(&mut tx, m, r.received_at).await?;
-                }
-                self.commit_work(tx, !r.mails.is_empty()).await
-            }.await
-        });
-        match result {
-            Ok(()) => Ok(Inserted::Created(r.id.clone())),
-            // Another door inserted the same external id at the same moment.
-            Err(e) if is_unique_violation(&e) && r.external_id.is_some() => {
-                let ext = r.external_id.as_deref().unwrap_or_default();
-                self.find_external(ext, r.kind, &r.ticket_digest)
-                    .await?
-                    .ok_or_else(|| Error::from(e))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn find_external(
+    /// Insert requests with their tickets, identities and first history entries, in one
+    /// transaction: all of them or none. The same external id with the same ticket is the
+    /// same request; with a different ticket it is a conflict, and nothing is stored. An
+    /// error says which of `rs` it is about, where it is about one.
+    pub async fn insert_requests(
         &self,
-        ext: &str,
-        kind: RequestKind,
-        digest: &str,
-    ) -> Result<Option<Inserted>> {
-        let row: Option<(String, RequestKind, String)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, kind, ticket_digest FROM requests WHERE external_id = $1")
-                .bind(ext).fetch_optional(pool).await?
-        });
-        match row {
-            None => Ok(None),
-            Some((id, k, d)) if k == kind && d == digest => Ok(Some(Inserted::Existing(id))),
-            Some((id, ..)) => Err(Error::new(
-                Code::Conflict,
-                format!(
-                    "external_id {ext:?} already names request {id}, with a different ticket; \
-                         send the same ticket again or use a new external_id"
-                ),
-            )),
+        rs: &[&NewRequest],
+    ) -> std::result::Result<Vec<Inserted>, (Option<usize>, Error)> {
+        // A second try when another door inserted one of the same external ids at the same
+        // moment: it then finds that request.
+        for attempt in 0..2 {
+            let result = on_pool!(self, pool => {
+                async {
+                    let mut tx = pool.begin_write().await?;
+                    let mut out = Vec::with_capacity(rs.len());
+                    for (i, r) in rs.iter().enumerate() {
+                        if let Some(ext) = &r.external_id {
+                            let row: Option<(String, RequestKind, String)> =
+                                sqlx::query_as("SELECT id, kind, ticket_digest FROM requests WHERE external_id = $1")
+                                    .bind(ext).fetch_optional(&mut *tx).await?;
+                            match row {
+                                None => {}
+                                Some((id, k, d)) if k == r.kind && d == r.ticket_digest => {
+                                    out.push(Inserted::Existing(id));
+                                    continue;
+                                }
+                                Some((id, ..)) => {
+                                    tx.rollback().await?;
+                                    return Ok::<_, sqlx::Error>(Err((i, ext.clone(), id)));
+                                }
+                            }
+                        }
+                        sqlx::query(
+                            "INSERT INTO requests (id, kind, external_id, ticket_digest, state, jurisdiction, locale, source, \
+                             requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
+                             verify_token_sha256, updated_at, wants_copy) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11, $16)",
+                        )
+                        .bind(&r.id).bind(r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(r.state)
+                        .bind(r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
+                        .bind(r.received_at).bind(r.verified_at).bind(r.clock_start).bind(r.due_date)
+                        .bind(&r.verify_token_sha256).bind(r.wants_copy)
+                        .execute(&mut *tx).await?;
+                        sqlx::query("INSERT INTO tickets (request_id, body, received_at) VALUES ($1, $2, $3)")
+                            .bind(&r.id).bind(&r.ticket_body).bind(r.received_at)
+                            .execute(&mut *tx).await?;
+                        for i in &r.identities {
+                            sqlx::query("INSERT INTO identities (request_id, role, kind, value) VALUES ($1, $2, $3, $4)")
+                                .bind(&r.id).bind(i.role).bind(i.kind).bind(&i.value)
+                                .execute(&mut *tx).await?;
+                        }
+                        sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, NULL, $4, 'received')")
+                            .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(r.state)
+                            .execute(&mut *tx).await?;
+                        for m in &r.mails {
+                            outbox::enqueue_in(&mut tx, m, r.received_at).await?;
+                        }
+                        out.push(Inserted::Created(r.id.clone()));
+                    }
+                    let mails = rs.iter().any(|r| !r.mails.is_empty());
+                    self.commit_work(tx, mails).await?;
+                    Ok(Ok(out))
+                }.await
+            });
+            match result {
+                Ok(Ok(out)) => return Ok(out),
+                Ok(Err((i, ext, id))) => {
+                    return Err((
+                        Some(i),
+                        Error::new(
+                            Code::Conflict,
+                            format!(
+                                "external_id {ext:?} already names request {id}, with a different ticket; \
+                                 send the same ticket again or use a new external_id"
+                            ),
+                        ),
+                    ));
+                }
+                Err(e) if attempt == 0 && is_unique_violation(&e) => continue,
+                Err(e) => return Err((None, e.into())),
+            }
         }
+        Err((
+            None,
+            Error::new(Code::Store, "the requests could not be stored"),
+        ))
     }
 
     /// The statement [`Store::request`] runs, `$1` the whole id: a search of one key in
