@@ -31,11 +31,11 @@ struct RawTicket {
     kind: String,
     #[serde(default)]
     external_id: Option<String>,
-    subject: BTreeMap<String, serde_json::Value>,
+    subject: UniqueMap,
     #[serde(default)]
     exit_date: Option<String>,
     #[serde(default)]
-    successor: Option<BTreeMap<String, serde_json::Value>>,
+    successor: Option<UniqueMap>,
     #[serde(default)]
     jurisdiction: Option<String>,
     #[serde(default)]
@@ -47,6 +47,121 @@ struct RawTicket {
     /// Exits: the leaver asked for a copy of their own data.
     #[serde(default)]
     copy: bool,
+}
+
+/// An object whose keys are each given once: `{"email":"a@…","email":"b@…"}` is an
+/// error, not the last address winning.
+#[derive(Debug, Clone, Default)]
+struct UniqueMap(BTreeMap<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<UniqueMap, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    let v: serde_json::Value = map.next_value()?;
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "{TWICE_PREFIX}{k}` is given twice"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// How [`UniqueMap`]'s error begins (so that [`shape_error`] knows it for its own).
+const TWICE_PREFIX: &str = "the key `";
+
+/// What is wrong with the shape of a ticket, and where: the path of the field and the type
+/// expected, never the value given (serde's own messages quote it).
+fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner();
+    if inner.classify() != serde_json::error::Category::Data {
+        // Syntax and end-of-input messages name a position, never the text.
+        return format!("malformed ticket: {inner}");
+    }
+    let text = inner.to_string();
+    let at = format!(" at line {} column {}", inner.line(), inner.column());
+    let msg = text.strip_suffix(&at).unwrap_or(&text);
+    let what = if let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    {
+        match rest.rsplit_once(", expected ") {
+            Some((given, expected)) => {
+                format!("{} where {expected} was expected", given_kind(given))
+            }
+            None => "a value of the wrong type".to_owned(),
+        }
+    } else if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        match rest.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("an unknown value where {expected} was expected"),
+            None => "an unknown value".to_owned(),
+        }
+    } else if let Some(field) = msg
+        .strip_prefix("duplicate field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        format!("`{field}` is given twice")
+    } else if msg.starts_with("missing field `")
+        || msg.starts_with("unknown field `")
+        || msg.starts_with("invalid length ")
+        || msg.starts_with(TWICE_PREFIX)
+    {
+        msg.to_owned()
+    } else {
+        "a value of the wrong form".to_owned()
+    };
+    let path = e.path().to_string();
+    if path == "." {
+        format!(
+            "malformed ticket: {what} (line {}, column {})",
+            inner.line(),
+            inner.column()
+        )
+    } else {
+        format!(
+            "malformed ticket: {path}: {what} (line {}, column {})",
+            inner.line(),
+            inner.column()
+        )
+    }
+}
+
+/// What kind of value serde found, from its description (`string "…"`, `integer `5``):
+/// the kind without the value.
+fn given_kind(given: &str) -> &'static str {
+    const KINDS: [(&str, &str); 11] = [
+        ("string", "a string"),
+        ("integer", "a number"),
+        ("floating point", "a number"),
+        ("boolean", "a boolean"),
+        ("character", "a character"),
+        ("unit value", "null"),
+        ("map", "an object"),
+        ("sequence", "a list"),
+        ("byte array", "bytes"),
+        ("Option value", "an optional value"),
+        ("enum", "an enum"),
+    ];
+    KINDS
+        .iter()
+        .find(|(prefix, _)| given.starts_with(prefix))
+        .map_or("a value of another type", |(_, kind)| kind)
 }
 
 /// The languages quietus writes to people in.
@@ -147,10 +262,14 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
             ),
         ));
     }
-    let raw: RawTicket = serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json names the line and column; it quotes keys, never values.
-        ticket_err(origin, format!("malformed ticket: {e}"))
-    })?;
+    let raw: RawTicket = {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| ticket_err(origin, shape_error(&e)))?;
+        de.end()
+            .map_err(|e| ticket_err(origin, format!("malformed ticket: {e}")))?;
+        raw
+    };
     let kind: RequestKind = raw
         .kind
         .parse()
@@ -162,7 +281,7 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
     {
         return Err(ticket_err(origin, "external_id must be one line"));
     }
-    let subject = identities(origin, "subject", raw.subject)?;
+    let subject = identities(origin, "subject", raw.subject.0)?;
     let jurisdiction = raw
         .jurisdiction
         .map(|j| {
@@ -190,7 +309,7 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
         .transpose()?;
     let successor = raw
         .successor
-        .map(|s| identities(origin, "successor", s))
+        .map(|s| identities(origin, "successor", s.0))
         .transpose()?;
     match kind {
         RequestKind::Exit => {
@@ -473,6 +592,31 @@ mod tests {
 
     fn parse(s: &str) -> Result<Ticket> {
         parse_ticket(s.as_bytes(), "t.json", true)
+    }
+
+    #[test]
+    fn shape_errors_say_where_and_what_was_expected() {
+        let cases = [
+            (
+                r#"{"kind":"erasure","subject":"a@b.example"}"#,
+                "t.json: malformed ticket: subject: a string where a map was expected (line 1, column 41)",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{"email":"a@b.example","email":"c@d.example"}}"#,
+                "t.json: malformed ticket: subject: the key `email` is given twice (line 1, column 73)",
+            ),
+            (
+                r#"{"kind":"erasure","kind":"exit","subject":{}}"#,
+                "t.json: malformed ticket: `kind` is given twice (line 1, column 24)",
+            ),
+            (
+                r#"{"kind":"erasure","subject":{}} trailing"#,
+                "t.json: malformed ticket: trailing characters at line 1 column 33",
+            ),
+        ];
+        for (ticket, want) in cases {
+            assert_eq!(parse(ticket).unwrap_err().message, want, "{ticket}");
+        }
     }
 
     #[test]
