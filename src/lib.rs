@@ -26,6 +26,7 @@ pub mod policy;
 pub mod proof;
 pub mod store;
 pub mod targets;
+pub mod text;
 pub mod web;
 
 pub use error::{Code, Error, Result};

@@ -294,3 +294,60 @@ async fn a_csv_exit_list_is_taken_whole_or_not_at_all() {
     assert_eq!(out[0].accepted.len(), 2, "{out:?}");
     assert_eq!(requests_stored(&env).await, 3);
 }
+
+/// Control characters never reach a person raw (issue 9, item 9): an inbox file whose
+/// name holds a newline and an ESC sequence is taken, its name shown escaped (as the
+/// actor in `show`, and in `done/`); `--actor` and `--reason` with control characters are
+/// refused, changing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_are_escaped_or_refused_wherever_a_person_reads_them() {
+    let (env, inbox) = inbox_env().await;
+    let evil = "evil\n\u{1b}[2J\u{1b}[31mred.json";
+    std::fs::write(inbox.join(evil), ticket("CTRL-1")).unwrap();
+    let out = round(&env, &inbox).await;
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].accepted.len(), 1, "{out:?}");
+    assert!(!out[0].file.chars().any(char::is_control), "{out:?}");
+    let id = out[0].accepted[0].id.clone();
+    for n in names(&inbox.join("done")) {
+        assert!(!n.chars().any(char::is_control), "raw in done/: {n:?}");
+    }
+    let shown = common::ok(&env.run(&["show", &id]));
+    assert!(
+        !shown.chars().any(|c| c.is_control() && c != '\n'),
+        "show prints control characters: {shown:?}"
+    );
+    assert!(
+        shown.contains("evil\\n"),
+        "the name is shown escaped: {shown}"
+    );
+    let state = |env: &Env| {
+        let v: serde_json::Value =
+            serde_json::from_str(&common::ok(&env.run(&["show", &id, "--json"]))).unwrap();
+        (v["request"].clone(), v["history"].clone())
+    };
+    let before = state(&env);
+    for (args, actor) in [
+        (
+            vec!["hold", id.as_str(), "--reason", "legal\u{1b}[2J hold"],
+            None,
+        ),
+        (vec!["hold", id.as_str(), "--reason", "legal\rhold"], None),
+        (
+            vec!["hold", id.as_str(), "--reason", "legal hold"],
+            Some("dpo\u{1b}[31m"),
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("--config").arg(&env.config).args(&args);
+        cmd.env_remove("QUIETUS_ACTOR");
+        if let Some(a) = actor {
+            cmd.env("QUIETUS_ACTOR", a);
+        }
+        let o = cmd.output().unwrap();
+        let e = common::fails(&o);
+        assert!(e.contains("control character"), "{args:?} {actor:?}: {e}");
+        assert!(!e.contains('\u{1b}'), "the error echoes it raw: {e:?}");
+    }
+    assert!(state(&env) == before, "something changed");
+}

@@ -308,6 +308,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| "operator".into())
         )
     });
+    crate::text::printable("--actor (or QUIETUS_ACTOR)", &actor, false)?;
     match cli.command {
         Command::Policy {
             command: PolicyCommand::Check { dir, json },

@@ -22,8 +22,28 @@ pub fn emit(args: std::fmt::Arguments<'_>) {
     if CLOSED.load(Ordering::Relaxed) {
         return;
     }
+    // Control characters other than line breaks and tabs are written out (`\u{1b}`): no
+    // value shown (a name quietus did not choose) moves the cursor or clears the screen.
+    let text = std::fmt::format(args);
+    let shown = if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        let lines: Vec<String> = text
+            .split('\n')
+            .map(|l| {
+                l.split('\t')
+                    .map(|p| crate::text::escaped(p).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("\t")
+            })
+            .collect();
+        lines.join("\n")
+    } else {
+        text
+    };
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+    if let Err(e) = out.write_all(shown.as_bytes()).and_then(|()| out.flush()) {
         CLOSED.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("error: cannot write to standard output: {e}");

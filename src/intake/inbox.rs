@@ -85,7 +85,10 @@ pub async fn process_once(ctx: &Context, dir: &Path, now: DateTime<Utc>) -> Resu
     let mut out = Vec::new();
     #[allow(clippy::disallowed_methods)] // part of a file name, in UTC: not a date people read
     let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
-    for (path, name) in files {
+    for (path, raw_name) in files {
+        // The name as people see it (in messages, the actor, the log, done/ and
+        // rejected/): a newline or an escape sequence in it is written out.
+        let name = crate::text::escaped(&raw_name).into_owned();
         let result = process_file(ctx, &path, &name, owner, now).await;
         let target = target_name(&stamp, &name);
         let mut outcome = Outcome {

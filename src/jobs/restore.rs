@@ -56,6 +56,8 @@ pub async fn restore(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Report> {
+    crate::text::printable("the actor", actor, false)?;
+    crate::text::printable("the reason", reason, true)?;
     let req = ctx.request(request_id).await?;
     if ctx.store.backups_of(&req.id).await?.is_empty() {
         return Err(Error::new(

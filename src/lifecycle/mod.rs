@@ -193,6 +193,10 @@ impl Context {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Request> {
+        crate::text::printable("the actor", actor, false)?;
+        if let Some(r) = reason {
+            crate::text::printable("the reason", r, true)?;
+        }
         let req = self.request(id).await?;
         let reason = reason.map(str::trim).filter(|r| !r.is_empty());
         if matches!(d, Decision::Reject | Decision::Hold) && reason.is_none() {
@@ -290,6 +294,8 @@ impl Context {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Request> {
+        crate::text::printable("the actor", actor, false)?;
+        crate::text::printable("the reason", reason, true)?;
         let req = self.request(id).await?;
         let reason = reason.trim();
         if reason.is_empty() {
