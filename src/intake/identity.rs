@@ -51,9 +51,18 @@ pub fn normalize(kind: IdentityKind, raw: &str) -> Result<String, String> {
 /// dropped (`"o'brien"@x.ie` is `o'brien@x.ie`, RFC 5321 §4.1.2).
 fn email(v: &str) -> Result<String, String> {
     use email_address::{EmailAddress, Options};
+    // No address literals (`a@[127.0.0.1]`): the mail relay does not deliver to them, and
+    // an acknowledgement that can never be sent is a request no one hears of.
+    if v.rsplit_once('@')
+        .is_some_and(|(_, d)| d.trim_start().starts_with('['))
+    {
+        return Err(
+            "is not an email address mail can be delivered to (an address literal: a domain name is needed)"
+                .into(),
+        );
+    }
     let opts = Options::default()
         .without_display_text()
-        .with_domain_literal()
         .with_required_tld();
     let parse = |s: &str| {
         EmailAddress::parse_with_options(s, opts).map_err(|e| {
@@ -79,6 +88,28 @@ fn email(v: &str) -> Result<String, String> {
         return Err("is longer than 254 characters".into());
     }
     Ok(out)
+}
+
+/// The scripts an address mixes within its local part or within one label of its domain
+/// (`fаng`, with a Cyrillic `а`, mixes Cyrillic and Latin), by name, sorted; empty when
+/// each part keeps to one script (`fang@例子.中国` does). A person is shown such an
+/// address as mixed-script: it is masked like the real one otherwise.
+pub fn mixed_scripts(email: &str) -> Vec<&'static str> {
+    use unicode_script::{Script, UnicodeScript};
+    let (local, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+    let mut mixed = std::collections::BTreeSet::new();
+    for part in std::iter::once(local).chain(domain.split('.')) {
+        let scripts: std::collections::BTreeSet<&'static str> = part
+            .chars()
+            .map(|c| c.script())
+            .filter(|s| !matches!(s, Script::Common | Script::Inherited | Script::Unknown))
+            .map(|s| s.full_name())
+            .collect();
+        if scripts.len() > 1 {
+            mixed.extend(scripts);
+        }
+    }
+    mixed.into_iter().collect()
 }
 
 /// A local part in its normal form: lower case; a quoted string unquoted when its content
@@ -153,7 +184,6 @@ mod tests {
         "\"john..doe\"@example.org",
         "\"john..doe\"@example.org"
     )]
-    #[case(IdentityKind::Email, "user@[192.0.2.1]", "user@[192.0.2.1]")]
     #[case(IdentityKind::Email, "fang@例子.中国", "fang@例子.中国")]
     fn normalises(#[case] kind: IdentityKind, #[case] raw: &str, #[case] want: &str) {
         assert_eq!(normalize(kind, raw).unwrap(), want);
@@ -170,6 +200,9 @@ mod tests {
     #[case(IdentityKind::Email, "\"unbalanced@corp.example")]
     #[case(IdentityKind::Email, "a@b@corp.example")]
     #[case(IdentityKind::Email, "user@[not an ip]")]
+    // An address literal: the mail relay does not deliver to one (issue 9, item 12).
+    #[case(IdentityKind::Email, "a@[127.0.0.1]")]
+    #[case(IdentityKind::Email, "user@[192.0.2.1]")]
     #[case(IdentityKind::Phone, "12")]
     #[case(IdentityKind::Phone, "+86 138 0013 8000; --")]
     #[case(IdentityKind::EmployeeId, "   ")]
