@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sqlx::ConnectOptions as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use crate::config::Config;
@@ -28,10 +29,13 @@ const MARKER: &str = ".quietus-demo";
 pub async fn create_crm_sqlite(path: &Path) -> Result<()> {
     crate::fsx::create_sqlite_private(path)
         .map_err(|e| Error::new(Code::Io, format!("cannot create {}: {e}", path.display())))?;
+    // Not in the statement log: the seed is made of personal values (fictional, but a
+    // log never holds row values, whatever its level).
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        .disable_statement_logging();
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
@@ -296,7 +300,10 @@ pub async fn run(dir: &Path, force: bool, json_out: bool, actor: &str) -> Result
 
 /// A few facts about the demo cast, read straight from the CRM.
 async fn crm_facts(crm: &Path) -> Result<serde_json::Value> {
-    let opts = SqliteConnectOptions::new().filename(crm).read_only(true);
+    let opts = SqliteConnectOptions::new()
+        .filename(crm)
+        .read_only(true)
+        .disable_statement_logging();
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
