@@ -197,7 +197,11 @@ async fn run_on(
         Some(r) => r,
         None => super::collect::read_back(&path, &key_path, &row.sha256)?.1,
     };
-    let mut results = match apply(ctx, s, task, sys, &parts, target, &path, &key_path).await? {
+    let mut results = match apply(
+        ctx, s, task, sys, &parts, target, &backup_id, &path, &key_path,
+    )
+    .await?
+    {
         Applied::Tables(r) => r,
         // Someone changed a row since the backup (say, while a crashed worker's task
         // waited). Back up again.
@@ -226,7 +230,21 @@ async fn run_on(
     }))
 }
 
-/// Apply the changes recorded in the archive, batch by batch.
+/// How far an apply came in its archive, recorded after each batch commits: a resumed
+/// apply (after a crash, or a lost lease) starts after the rows it names instead of
+/// reading every finished batch back from the database again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ApplyProgress {
+    /// The archive it is about (a task backed up again starts from its beginning).
+    backup: String,
+    /// Rows of the archive whose batches committed, in archive order.
+    rows: u64,
+    /// (table, changed, already done) so far.
+    tables: Vec<(String, u64, u64)>,
+}
+
+/// Apply the changes recorded in the archive, batch by batch, from where a previous run
+/// of the task got to.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     ctx: &Context,
@@ -235,6 +253,7 @@ async fn apply(
     sys: &System,
     parts: &[Part],
     target: &Target,
+    backup_id: &str,
     path: &std::path::Path,
     key_path: &std::path::Path,
 ) -> Result<Applied> {
@@ -252,9 +271,37 @@ async fn apply(
             digest: None,
         })
         .collect();
+    // Resume after the rows whose batches committed (their changes are in the database;
+    // the re-check at the end still looks at every planned row).
+    let mut rows_done = 0u64;
+    let progress: Option<ApplyProgress> = match ctx.store.apply_progress(&task.id).await? {
+        Some(p) => Some(serde_json::from_str(&p)?),
+        None => None,
+    };
+    if let Some(p) = progress.filter(|p| p.backup == backup_id) {
+        for _ in 0..p.rows {
+            if reader.next_row()?.is_none() {
+                return Err(Error::new(
+                    Code::Internal,
+                    format!(
+                        "task {}: its progress names more rows than its backup holds",
+                        task.id
+                    ),
+                ));
+            }
+        }
+        rows_done = p.rows;
+        for (table, changed, already) in p.tables {
+            if let Some(r) = results.iter_mut().find(|r| r.table == table) {
+                r.changed = changed;
+                r.already_done = already;
+            }
+        }
+        tracing::info!(task = %task.id, rows = rows_done, "the apply resumes after the batches already committed");
+    }
     let mut batch: Vec<Record> = Vec::new();
     let mut first_batch = true;
-    let mut renewed = std::time::Instant::now();
+    let mut batches = 0u64;
     loop {
         let next = reader.next_row()?;
         let flush = match (&next, batch.first()) {
@@ -289,22 +336,40 @@ async fn apply(
                 r.changed += changed;
                 r.already_done += done;
             }
+            rows_done += batch.len() as u64;
             batch.clear();
-            // Keep the lease alive, without a state-store write per batch.
-            if renewed.elapsed() >= std::time::Duration::from_secs(s.lease_seconds / 3) {
-                let until = crate::clock::now()
-                    + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
-                renewed = std::time::Instant::now();
-                if !ctx.store.renew_lease(&task.id, &s.worker, until).await? {
-                    return Err(Error::new(
-                        Code::IllegalTransition,
-                        format!(
-                            "task {}: the lease was lost mid-way; another worker resumes it",
-                            task.id
-                        ),
-                    ));
-                }
+            // The batch committed: record how far the apply came, which also keeps the
+            // lease alive (and says whether it still is this worker's).
+            let progress = ApplyProgress {
+                backup: backup_id.to_owned(),
+                rows: rows_done,
+                tables: results
+                    .iter()
+                    .map(|r| (r.table.clone(), r.changed, r.already_done))
+                    .collect(),
+            };
+            let until = crate::clock::now()
+                + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
+            if !ctx
+                .store
+                .record_apply_progress(
+                    &task.id,
+                    &s.worker,
+                    &serde_json::to_string(&progress)?,
+                    until,
+                )
+                .await?
+            {
+                return Err(Error::new(
+                    Code::IllegalTransition,
+                    format!(
+                        "task {}: the lease was lost mid-way; another worker resumes it",
+                        task.id
+                    ),
+                ));
             }
+            batches += 1;
+            stop_point(&format!("after_batch_{batches}"));
         }
         match next {
             Some(r) => batch.push(r),

@@ -350,6 +350,31 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// How far the apply of task `id` came (see [`Store::record_apply_progress`]).
+    pub async fn apply_progress(&self, id: &str) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT apply_progress FROM tasks WHERE id = $1")
+                .bind(id).fetch_optional(pool).await?
+        });
+        Ok(row.and_then(|(p,)| p))
+    }
+
+    /// Record how far the apply of task `id` came, after a batch committed, under the
+    /// worker's lease (and keep the lease alive); false when the lease was lost.
+    pub async fn record_apply_progress(
+        &self,
+        id: &str,
+        worker: &str,
+        progress: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("UPDATE tasks SET apply_progress = $3, lease_expires_at = $4 WHERE id = $1 AND lease_owner = $2")
+                .bind(id).bind(worker).bind(progress).bind(until).execute(pool).await?.rows_affected()
+        });
+        Ok(n == 1)
+    }
+
     /// Keep a lease alive; false when it was lost.
     pub async fn renew_lease(&self, id: &str, worker: &str, until: DateTime<Utc>) -> Result<bool> {
         let n = on_pool!(self, pool => {
