@@ -78,7 +78,7 @@ async fn bad_tickets_are_refused_and_change_nothing() {
         (
             "kind.json",
             r#"{"kind":"forget","subject":{"email":"a@b.example"}}"#,
-            "unknown request kind",
+            "not a request kind",
         ),
         (
             "email.json",

@@ -98,7 +98,10 @@ async fn submit(
         trusted: true,
     };
     let raw = String::from_utf8_lossy(&bytes).into_owned();
-    let sub = intake::submit(ctx, &ticket, &raw, &source, now).await?;
+    let sub = intake::submit_all(ctx, &[(&ticket, &raw, Some(origin))], &source, now)
+        .await?
+        .pop()
+        .ok_or_else(|| Error::new(Code::Internal, "a submission stored nothing"))?;
     if json {
         crate::outln!(
             "{}",

@@ -315,6 +315,23 @@ pub fn parse_csv(
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
         let rec = rec.map_err(|e| Error::new(Code::Ticket, format!("{name}: line {line}: {e}")))?;
+        // No spreadsheet formulas (CSV injection): the list is HR's export, and its values
+        // reach reports and exports that a spreadsheet may open. A phone number may begin
+        // with `+`.
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            let first = v.chars().next();
+            let formula = matches!(first, Some('=' | '@'))
+                || (matches!(first, Some('+' | '-')) && h != "phone");
+            if formula {
+                return Err(Error::new(
+                    Code::Ticket,
+                    format!(
+                        "{name}: line {line}: the value of column {h:?} begins with {:?}, as a spreadsheet formula does; exit lists hold none",
+                        first.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         let get = |col: &str| {
             headers
                 .iter()

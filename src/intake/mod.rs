@@ -246,7 +246,7 @@ fn identities(
 
 fn date(origin: &str, field: &str, s: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-        .map_err(|_| ticket_err(origin, format!("{field} {s:?} is not a date (YYYY-MM-DD)")))
+        .map_err(|_| ticket_err(origin, format!("{field} is not a date (YYYY-MM-DD)")))
 }
 
 /// Parse and validate a JSON ticket. `origin` names where it came from (a file path, "the
@@ -270,10 +270,12 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
             .map_err(|e| ticket_err(origin, format!("malformed ticket: {e}")))?;
         raw
     };
-    let kind: RequestKind = raw
-        .kind
-        .parse()
-        .map_err(|e| ticket_err(origin, format!("kind: {e}")))?;
+    let kind: RequestKind = raw.kind.parse().map_err(|_| {
+        ticket_err(
+            origin,
+            "kind: not a request kind (expected erasure, exit or access)",
+        )
+    })?;
     let external_id = text_field(origin, "external_id", raw.external_id, 128)?;
     if external_id
         .as_deref()
@@ -285,8 +287,12 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
     let jurisdiction = raw
         .jurisdiction
         .map(|j| {
-            j.parse::<Jurisdiction>()
-                .map_err(|e| ticket_err(origin, format!("jurisdiction: {e}")))
+            j.parse::<Jurisdiction>().map_err(|_| {
+                ticket_err(
+                    origin,
+                    "jurisdiction: not a jurisdiction (expected GDPR or PIPL)",
+                )
+            })
         })
         .transpose()?;
     let locale = match raw.locale.as_deref().map(str::trim) {
@@ -295,12 +301,7 @@ pub fn parse_ticket(bytes: &[u8], origin: &str, handover_required: bool) -> Resu
             .iter()
             .find(|x| x.eq_ignore_ascii_case(l) || (l.eq_ignore_ascii_case("zh") && **x == "zh-CN"))
             .map(|x| (*x).to_owned())
-            .ok_or_else(|| {
-                ticket_err(
-                    origin,
-                    format!("locale {l:?} is not supported (en or zh-CN)"),
-                )
-            })?,
+            .ok_or_else(|| ticket_err(origin, "locale: not a supported language (en or zh-CN)"))?,
     };
     let exit_date = raw
         .exit_date
@@ -651,7 +652,7 @@ mod tests {
             ),
             (
                 r#"{"kind":"erase","subject":{"email":"a@b.example"}}"#,
-                "unknown request kind",
+                "not a request kind",
             ),
             (
                 r#"{"kind":"erasure","subject":{"email":"nope"}}"#,

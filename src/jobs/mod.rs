@@ -75,7 +75,12 @@ impl Settings {
             max_attempts: c.jobs.max_attempts,
             batch_size: c.jobs.batch_size,
             parallel: c.jobs.parallel,
-            window: schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?,
+            window: {
+                // Every schedule is checked here (a worker of `run` as of `serve`), so that
+                // one that cannot fire is an error wherever work is done.
+                schedule::from_config(&c.schedule)?;
+                schedule::Cron::parse_opt("schedule.window", &c.schedule.window)?
+            },
             prover: prove::Prover::from_config(c)?,
             mailer: std::sync::Arc::new(crate::mail::Mailer::from_config(c)?),
             mail_attempts: c.mail.max_attempts,

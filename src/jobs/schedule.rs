@@ -28,6 +28,20 @@ impl Cron {
                 format!("{key}: invalid cron expression {expr:?}: {e}"),
             )
         })?;
+        // One that parses but names no time that exists (30 February) would never fire:
+        // a sweep configured and never run.
+        if schedule
+            .after(&DateTime::<Utc>::UNIX_EPOCH)
+            .next()
+            .is_none()
+        {
+            return Err(Error::new(
+                Code::Config,
+                format!(
+                    "{key}: the cron expression {expr:?} never fires (it names no date that exists)"
+                ),
+            ));
+        }
         Ok(Some(Cron {
             expr: expr.to_owned(),
             schedule,
@@ -86,6 +100,8 @@ mod tests {
         assert!(!w.includes(at("2026-11-24T05:00:00Z")));
         assert!(Cron::parse_opt("w", "  ").unwrap().is_none());
         assert!(Cron::parse_opt("w", "every night").is_err());
+        let e = Cron::parse_opt("schedule.retention_sweep", "0 0 0 30 2 *").unwrap_err();
+        assert!(e.message.contains("never fires"), "{}", e.message);
         let nightly = Cron::parse_opt("n", "0 0 3 * * *").unwrap().unwrap();
         assert_eq!(
             nightly.latest_in(at("2026-11-23T10:00:00Z"), at("2026-11-24T10:00:00Z")),
