@@ -415,3 +415,131 @@ async fn a_request_completes_only_with_its_receipt() {
     drop(env);
     kind.cleanup().await;
 }
+
+/// Three instances of `quietus serve` on one PostgreSQL store, one killed with SIGKILL
+/// while the work is under way (issue 9, suite 3, in bounded form: 60 requests): the
+/// others take its leases over, and every request completes with exactly one receipt and
+/// one completion email, every task done once (one live backup each), every schedule
+/// tick fired by one instance; the log verifies.
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_one_killed_do_each_task_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let kind = StoreKind::of(Backend::Postgres).await;
+    let env = Env::new(&kind).await;
+    let crm = CrmKind::of(Backend::Postgres).await;
+    env.use_crm(&crm).await;
+    let emails = subjects(&env, &crm, 60).await;
+    let ids = approve_all(&env, &emails).await;
+    let spawn = |n: usize| {
+        std::process::Command::new(common::BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .arg("serve")
+            .env_remove("QUIETUS_CONFIG")
+            .env_remove("QUIETUS_NOW")
+            .env("QUIETUS_LOG", "error")
+            .env("QUIETUS_SERVER__LISTEN", "127.0.0.1:0")
+            .env("QUIETUS_JOBS__POLL_SECONDS", "1")
+            .env("QUIETUS_SCHEDULE__RETENTION_SWEEP", "*/2 * * * * *")
+            .env("QUIETUS_INBOX__POLL_SECONDS", "3600")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("instance {n}: {e}"))
+    };
+    let mut instances: Vec<std::process::Child> = (0..3).map(spawn).collect();
+    let ctx = env.context().await;
+    async fn completed(ctx: &quietus::lifecycle::Context, ids: &[String]) -> usize {
+        let mut n = 0;
+        for id in ids {
+            if ctx.store.request(id).await.unwrap().state == quietus::lifecycle::State::Completed {
+                n += 1;
+            }
+        }
+        n
+    }
+    // Killed once some of the work is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while completed(&ctx, &ids).await < 10 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let victim = &mut instances[0];
+    victim.kill().unwrap();
+    assert_eq!(victim.wait().unwrap().signal(), Some(9));
+    let halfway = completed(&ctx, &ids).await;
+    while completed(&ctx, &ids).await < ids.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} completed after the kill (at {halfway})",
+            completed(&ctx, &ids).await,
+            ids.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Let a sweep tick or two pass with the two left, then stop them.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for i in instances.iter_mut().skip(1) {
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &i.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = i.wait().unwrap();
+        assert!(st.success(), "a surviving instance stopped with {st:?}");
+    }
+    assert!(
+        halfway < ids.len(),
+        "the kill came before the end ({halfway})"
+    );
+    for id in &ids {
+        assert_eq!(
+            ctx.store.receipts_of(id).await.unwrap().len(),
+            1,
+            "{id}: receipts"
+        );
+        let mails = ctx.store.outbox_of(id).await.unwrap();
+        let completions = mails
+            .iter()
+            .filter(|m| m.kind == quietus::mail::MessageKind::Completion)
+            .count();
+        assert_eq!(completions, 1, "{id}: completion emails");
+        let tasks = ctx.store.tasks_of(id).await.unwrap();
+        let live: Vec<_> = ctx
+            .store
+            .backups_of(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|b| b.shredded_at.is_none())
+            .collect();
+        for t in tasks
+            .iter()
+            .filter(|t| t.kind != quietus::jobs::TaskKind::Followup)
+        {
+            assert_eq!(t.state, quietus::jobs::TaskState::Done, "{id}: {t:?}");
+            let of_task = live.iter().filter(|b| b.task_id == t.id).count();
+            assert_eq!(of_task, 1, "{id}: task {} has {of_task} live backups", t.id);
+        }
+    }
+    let quietus::store::Pool::Postgres(pool) = &ctx.store.pool else {
+        unreachable!("a PostgreSQL store")
+    };
+    let ticks: Vec<(String, i64)> =
+        sqlx::query_as("SELECT fired_by, COUNT(*) FROM schedule_ticks GROUP BY fired_by")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let total: i64 = ticks.iter().map(|(_, n)| n).sum();
+    assert!(total > 0, "the sweep ticked: {ticks:?}");
+    ctx.store.close().await;
+    common::ok(&env.run(&["log", "verify"]));
+    drop(env);
+    crm.cleanup().await;
+    kind.cleanup().await;
+}

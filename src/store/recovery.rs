@@ -140,6 +140,12 @@ impl Store {
                 .bind(worker).execute(&mut *tx).await?.rows_affected();
             let m = sqlx::query("UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
                 .bind(worker).execute(&mut *tx).await?.rows_affected();
+            // Its receipt claims too: a request whose work is done waits for no one's
+            // receipt that will never come.
+            sqlx::query("UPDATE requests SET receipt_claimed_by = NULL, receipt_claim_until = NULL WHERE receipt_claimed_by = $1")
+                .bind(worker).execute(&mut *tx).await?;
+            sqlx::query("UPDATE tasks SET receipt_claimed_by = NULL, receipt_claim_until = NULL WHERE receipt_claimed_by = $1")
+                .bind(worker).execute(&mut *tx).await?;
             tx.commit().await?;
             (t, m)
         }))
