@@ -2018,3 +2018,83 @@ async fn a_resumed_apply_starts_after_the_last_committed_batch(#[case] backend: 
         kind.cleanup().await;
     }
 }
+
+/// Outages (issue 9, suite 2, in bounded form). The backup folder cannot be written (a
+/// file stands where it should be), and later the CRM's database is gone between the
+/// backup and the change. Each time the task fails with the cause recorded and no change
+/// in the CRM; once the fault is gone, the next run carries the exit out exactly as a
+/// clean run does. (The SMTP server going down and coming back is in tests/mail.rs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn outages_change_nothing_and_the_work_recovers_after() {
+    let want = reference().await;
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let crm = CrmKind::Sqlite;
+    let id = submit_and_approve(&env);
+    let window = [("QUIETUS_SCHEDULE__WINDOW", WINDOW)];
+
+    // The backup folder cannot be written.
+    let backups = env.path().join("var/backups");
+    let _ = std::fs::remove_dir_all(&backups);
+    std::fs::create_dir_all(backups.parent().unwrap()).unwrap();
+    std::fs::write(&backups, "not a folder").unwrap();
+    let out = run(&env, &["run", "--json"], Some(BEFORE_WINDOW), &window);
+    let s = json(&common::stdout(&out));
+    assert_eq!(s["done"], 0, "{s}");
+    assert_same(
+        "backup folder unwritable",
+        &dump(&env, &crm).await,
+        &want.original,
+    );
+    let tasks = tasks_of(&env, &id).await;
+    let disable = tasks.iter().find(|t| t.kind.as_str() == "disable").unwrap();
+    let why = disable.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("backups"),
+        "the cause is recorded: {disable:?}"
+    );
+    assert!(disable.backup_id.is_none(), "{disable:?}");
+    std::fs::remove_file(&backups).unwrap();
+    let s = json(&ok(&run(
+        &env,
+        &["run", "--json"],
+        Some("2027-01-01T02:00:00Z"),
+        &window,
+    )));
+    assert_eq!(
+        s["done"], 1,
+        "the disable task, once the folder is back: {s}"
+    );
+    assert_same(
+        "after the disable",
+        &dump(&env, &crm).await,
+        &want.after_disable,
+    );
+
+    // The CRM's database is gone after the apply task's backup.
+    run_and_kill_at(&env, "after_backup", Some(NOW), &[]);
+    let db = env.path().join("crm.db");
+    let away = env.path().join("crm.db.away");
+    std::fs::rename(&db, &away).unwrap();
+    let out = run(&env, &["run", "--json"], Some(LATER), &[]);
+    let s = json(&common::stdout(&out));
+    assert_eq!(s["done"], 0, "{s}");
+    let tasks = tasks_of(&env, &id).await;
+    let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+    assert_eq!(apply.state.as_str(), "backed_up", "{apply:?}");
+    let why = apply.last_error.clone().unwrap_or_default();
+    assert!(why.contains("crm"), "the cause is recorded: {apply:?}");
+    std::fs::rename(&away, &db).unwrap();
+    assert_same(
+        "the CRM while it was gone",
+        &dump(&env, &crm).await,
+        &want.after_disable,
+    );
+    let later = "2027-01-01T09:00:00Z";
+    let s = json(&ok(&run(&env, &["run", "--json"], Some(later), &[])));
+    assert_eq!(
+        s["done"], 1,
+        "the apply task, once the database is back: {s}"
+    );
+    assert_eq!(request_state(&env, &id), "completed");
+    assert_same("after recovery", &dump(&env, &crm).await, &want.fin);
+}

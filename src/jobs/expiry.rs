@@ -20,7 +20,7 @@ pub struct Shredded {
 /// Crypto-shred every backup past its expiry, and record it; and every archive that no
 /// backup record names and no live worker can record any more.
 pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<Shredded> {
-    let unrecorded = shred_unrecorded(ctx, s, now).await?;
+    let unrecorded = shred_unrecorded_or_say_why(ctx, s, now).await?;
     export::expire(ctx, now).await?;
     let mut expired = 0;
     for b in ctx.store.expired_backups(now).await? {
@@ -55,7 +55,26 @@ pub async fn recover(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<
         released += tasks;
         gone.forget()?;
     }
-    Ok((released, shred_unrecorded(ctx, s, now).await?))
+    Ok((released, shred_unrecorded_or_say_why(ctx, s, now).await?))
+}
+
+/// [`shred_unrecorded`], where a backup folder that cannot be read (an outage: unmounted,
+/// not a folder) does not stop the round: the rest of the work goes on (a task that needs
+/// the folder fails with the cause, and is tried again), and the archives are looked for
+/// again next round. A failing state store still fails the round.
+async fn shred_unrecorded_or_say_why(
+    ctx: &Context,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    match shred_unrecorded(ctx, s, now).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.code == Code::Io => {
+            tracing::error!(code = %e.code, "archives no record names cannot be looked for this round: {}", e.message);
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Crypto-shred archives that will never be recorded as backups: those whose writer can
