@@ -453,6 +453,10 @@ pub struct ProofConfig {
     pub receipts_dir: PathBuf,
     /// The latest signed checkpoint, rewritten after each append: copy it to a witness.
     pub checkpoint_file: PathBuf,
+    /// Witnesses' copies of a checkpoint (files, e.g. a mounted witness's folder): `log
+    /// verify` requires each to exist once the log has entries, to be signed by the key,
+    /// and the log to be consistent with it.
+    pub witnesses: Vec<PathBuf>,
 }
 
 impl Default for ProofConfig {
@@ -463,6 +467,7 @@ impl Default for ProofConfig {
             public_key_file: "var/keys/receipts.pub".into(),
             receipts_dir: "var/receipts".into(),
             checkpoint_file: "var/log/checkpoint".into(),
+            witnesses: Vec::new(),
         }
     }
 }

@@ -166,7 +166,10 @@ async fn four_workers_issue_exactly_one_receipt_and_one_email_per_request(
         receipts,
         "{label}: one log entry per receipt"
     );
-    let report = quietus::proof::log::verify(&ctx.store, &pk).await.unwrap();
+    let copies = quietus::proof::log::CheckpointCopy::of_config(&app.config);
+    let report = quietus::proof::log::verify(&ctx.store, &pk, &copies)
+        .await
+        .unwrap();
     assert!(report.problems.is_empty(), "{label}: {:?}", report.problems);
     // The receipt files: one per receipt; the checkpoint file is the latest one.
     let files = std::fs::read_dir(env.path().join("var/receipts"))
@@ -309,7 +312,12 @@ async fn an_append_reads_no_leaf_but_once_on_a_log_without_frontiers(#[case] bac
     let (a, _) = append(vec![body(n + 11)]).await;
     assert_eq!(a.leaves_read, 0, "{label}: and then kept");
     let pk = key.verifier();
-    let report = log::verify(&store, &pk).await.unwrap();
+    let copies = [log::CheckpointCopy {
+        what: "the checkpoint file",
+        path: file.clone(),
+    }];
+    let report = log::verify(&store, &pk, &copies).await.unwrap();
+    assert_eq!(report.checkpoint_copies, 1, "{label}");
     assert!(report.problems.is_empty(), "{label}: {:?}", report.problems);
     assert_eq!(report.entries, n as u64 + 12);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), a.note);

@@ -217,8 +217,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
-    /// Check every entry against its leaf hash and every stored checkpoint against the
-    /// entries; exit 1 on any difference.
+    /// Check every entry (each column) against its leaf hash, every stored checkpoint
+    /// against the entries, and the log against the checkpoint file and the witnesses'
+    /// copies (`proof.witnesses`): a log shorter than one was rolled back; entries with no
+    /// checkpoint anywhere do not hold. Exit 1 on any difference.
     Verify {
         #[arg(long)]
         public_key: Option<PathBuf>,

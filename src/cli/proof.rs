@@ -96,7 +96,8 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
         } => {
             let pk = keys::public(config, public_key.as_deref())?;
             let app = App::open(config.clone()).await?;
-            let report = log::verify(&app.ctx.store, &pk).await?;
+            let copies = log::CheckpointCopy::of_config(config);
+            let report = log::verify(&app.ctx.store, &pk, &copies).await?;
             app.close().await;
             if json {
                 crate::outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -105,9 +106,10 @@ pub async fn run(config: &Config, cmd: Command) -> Result<ExitCode> {
                     crate::outln!("FAILED {p}");
                 }
                 crate::outln!(
-                    "{} entries, {} checkpoints: {}",
+                    "{} entries, {} checkpoints, {} checkpoint copies: {}",
                     report.entries,
                     report.checkpoints,
+                    report.checkpoint_copies,
                     if report.problems.is_empty() {
                         "the log holds"
                     } else {

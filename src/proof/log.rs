@@ -250,18 +250,71 @@ pub async fn consistency(store: &Store, from: u64, to: u64) -> Result<Vec<Hash>>
     })
 }
 
+/// A copy of the latest checkpoint kept outside the state store, that the log must be
+/// consistent with: the checkpoint file quietus writes, or a witness's copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointCopy {
+    /// What it is, in messages ("the checkpoint file", "witness copy").
+    pub what: &'static str,
+    pub path: PathBuf,
+}
+
+impl CheckpointCopy {
+    /// The checkpoint file and the witnesses' copies a configuration names.
+    pub fn of_config(config: &crate::config::Config) -> Vec<CheckpointCopy> {
+        std::iter::once(CheckpointCopy {
+            what: "the checkpoint file",
+            path: config.path(&config.proof.checkpoint_file),
+        })
+        .chain(config.proof.witnesses.iter().map(|w| CheckpointCopy {
+            what: "witness copy",
+            path: config.path(w),
+        }))
+        .collect()
+    }
+}
+
 /// What `quietus log verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LogReport {
     pub entries: u64,
+    /// Checkpoints in the state store.
     pub checkpoints: u64,
+    /// Copies outside it (the checkpoint file, witnesses' copies) read and signed by the key.
+    pub checkpoint_copies: u64,
     pub problems: Vec<String>,
 }
 
-/// Check the whole log: entries contiguous, every leaf the hash of its body, every stored
-/// checkpoint signed by `key` and equal to the tree recomputed from the bodies, and each
-/// checkpoint consistent with the next.
-pub async fn verify(store: &Store, key: &PublicKey) -> Result<LogReport> {
+/// The request an entry's body names (`request.id`; `None` when it names none).
+fn body_request_id(body: &str) -> std::result::Result<Option<String>, &'static str> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|_| "its body is not JSON (altered)")?;
+    match v.get("request").map(|r| r.get("id")) {
+        None | Some(None | Some(serde_json::Value::Null)) => Ok(None),
+        Some(Some(serde_json::Value::String(id))) => Ok(Some(id.clone())),
+        Some(Some(
+            serde_json::Value::Bool(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::Array(_)
+            | serde_json::Value::Object(_),
+        )) => Err("its body's request id is not text"),
+    }
+}
+
+/// Check the whole log: entries contiguous; every column of every entry covered (the
+/// leaf hash is the hash of the body, the kind is a kind, the request id is the one the
+/// body names, so that the leaf covers it); every stored checkpoint signed by `key`,
+/// equal to the tree recomputed from the bodies and consistent with the next; the newest
+/// covering every entry. Then each of `copies` (the checkpoint file, witnesses' copies):
+/// once the log has entries, it must exist, be signed by `key`, and the log must hold
+/// its entries unchanged (a log shorter than a copy was rolled back; one whose first
+/// entries no longer hash to its root was rewritten). A log with entries and no
+/// checkpoint anywhere does not hold. No message holds an entry's values.
+pub async fn verify(
+    store: &Store,
+    key: &PublicKey,
+    copies: &[CheckpointCopy],
+) -> Result<LogReport> {
     let entries = store.log_entries().await?;
     let mut r = LogReport {
         entries: entries.len() as u64,
@@ -276,14 +329,28 @@ pub async fn verify(store: &Store, key: &PublicKey) -> Result<LogReport> {
             ));
             return Ok(r);
         }
+        match LogKind::parse(&e.kind) {
+            Some(LogKind::Receipt) => {}
+            None => r.problems.push(format!(
+                "entry {i}: column kind holds no kind of entry (altered)"
+            )),
+        }
         let computed = merkle::leaf_hash(e.body.as_bytes());
         if hex::encode(computed) != e.leaf_hash {
             r.problems.push(format!(
-                "entry {i}: its body does not hash to its recorded leaf hash (altered)"
+                "entry {i}: column leaf_hash is not the hash of its body (altered)"
             ));
+        }
+        match body_request_id(&e.body) {
+            Ok(named) if named == e.request_id => {}
+            Ok(_) => r.problems.push(format!(
+                "entry {i}: column request_id is not the request its body names (altered)"
+            )),
+            Err(why) => r.problems.push(format!("entry {i}: {why}")),
         }
         leaves.push(computed);
     }
+    let n = leaves.len() as u64;
     let cps = store.checkpoints().await?;
     r.checkpoints = cps.len() as u64;
     let mut previous: Option<(u64, Hash)> = None;
@@ -332,7 +399,80 @@ pub async fn verify(store: &Store, key: &PublicKey) -> Result<LogReport> {
         }
         previous = Some((cp.size, cp.root));
     }
+    // Each batch of entries is appended with its checkpoint, in one transaction.
+    match previous {
+        None if n > 0 => r.problems.push(format!(
+            "the log has {n} entries but the store holds no checkpoint signed by the key (checkpoints were removed)"
+        )),
+        Some((size, _)) if size < n => {
+            let which = if size + 1 == n {
+                format!("entry {size} is")
+            } else {
+                format!("entries {size} to {} are", n - 1)
+            };
+            r.problems.push(format!(
+                "{which} in no stored checkpoint (appended without one, or its checkpoint was removed)"
+            ));
+        }
+        None | Some(_) => {}
+    }
+    for c in copies {
+        if let Some(p) = check_copy(c, key, &leaves, &mut r.checkpoint_copies) {
+            r.problems.push(p);
+        }
+    }
+    if n > 0 && previous.is_none() && r.checkpoint_copies == 0 {
+        r.problems.push(format!(
+            "the log has {n} entries and no checkpoint anywhere (the store, the checkpoint file, witnesses' copies)"
+        ));
+    }
     Ok(r)
+}
+
+/// Compare the log's `leaves` with a checkpoint copy: the problem, if any. `read` counts
+/// the copies read and signed by `key`.
+fn check_copy(
+    c: &CheckpointCopy,
+    key: &PublicKey,
+    leaves: &[Hash],
+    read: &mut u64,
+) -> Option<String> {
+    let (what, path) = (c.what, c.path.display());
+    let n = leaves.len() as u64;
+    match c.path.try_exists() {
+        Ok(true) => {}
+        // An empty log has no checkpoint yet.
+        Ok(false) if n == 0 => return None,
+        Ok(false) => {
+            return Some(format!(
+                "{what} {path} is missing, though the log has {n} entries"
+            ));
+        }
+        Err(e) => return Some(format!("{what} {path}: {e}")),
+    }
+    let note = match crate::fsx::read_text_limited(&c.path, crate::fsx::limit::RECEIPT) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("{what} {path}: {}", e.message)),
+    };
+    let cp = match Checkpoint::open(&note, key) {
+        Ok(cp) => cp,
+        Err(e) => return Some(format!("{what} {path}: {e}")),
+    };
+    *read += 1;
+    if cp.size > n {
+        return Some(format!(
+            "{what} {path} holds a checkpoint of size {}, but the log has only {n} entries (rolled back)",
+            cp.size
+        ));
+    }
+    let size = usize::try_from(cp.size).unwrap_or(usize::MAX);
+    if merkle::root(leaves.get(..size).unwrap_or(leaves)) != cp.root {
+        return Some(format!(
+            "{what} {path}: the log's first {} entries do not hash to its signed root (rewritten)",
+            cp.size
+        ));
+    }
+    None
 }
 
 #[cfg(test)]

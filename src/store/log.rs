@@ -22,11 +22,27 @@ pub enum LogKind {
     Receipt,
 }
 
-/// One log entry.
+impl LogKind {
+    /// The kind's text in the store (as `sqlx` writes it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogKind::Receipt => "receipt",
+        }
+    }
+
+    /// The kind a stored text names; `None` for a text no kind has.
+    pub fn parse(text: &str) -> Option<LogKind> {
+        [LogKind::Receipt].into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// One log entry, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LogEntry {
     pub idx: i64,
-    pub kind: LogKind,
+    /// The kind's text as stored (see [`LogKind::parse`]): `log verify` names an entry
+    /// whose kind is no kind, rather than failing to read the log.
+    pub kind: String,
     pub request_id: Option<String>,
     pub leaf_hash: String,
     pub body: String,
