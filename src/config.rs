@@ -122,6 +122,16 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The address people reach quietus at (links in emails), e.g. https://privacy.corp.example.
     pub public_url: String,
+    /// Seconds a connection has to send a whole request head, counted from when it opens
+    /// or from its last answer: silent, idle and slow-header connections are closed then.
+    pub header_timeout_seconds: u64,
+    /// Seconds a request has to send its whole body; then 408 timeout.
+    pub body_timeout_seconds: u64,
+    /// Connections served at once; more wait in the kernel's queue until one closes.
+    pub max_connections: usize,
+    /// Verification attempts (`/api/v1/verify`, `/verify`) one client address may make
+    /// per minute; more get 429 rate_limited.
+    pub verify_attempts_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +140,10 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
             max_body_bytes: 64 * 1024,
             public_url: "http://127.0.0.1:8750".into(),
+            header_timeout_seconds: 10,
+            body_timeout_seconds: 30,
+            max_connections: 256,
+            verify_attempts_per_minute: 10,
         }
     }
 }
@@ -543,7 +557,31 @@ impl Config {
 
     /// Numbers out of their range are errors, never quietly replaced by another value.
     fn check_bounds(&self) -> Result<()> {
-        let bounds: [(&str, i128, i128, i128); 8] = [
+        let bounds: [(&str, i128, i128, i128); 12] = [
+            (
+                "server.header_timeout_seconds",
+                self.server.header_timeout_seconds.into(),
+                1,
+                3_600,
+            ),
+            (
+                "server.body_timeout_seconds",
+                self.server.body_timeout_seconds.into(),
+                1,
+                3_600,
+            ),
+            (
+                "server.max_connections",
+                i128::try_from(self.server.max_connections).unwrap_or(i128::MAX),
+                1,
+                100_000,
+            ),
+            (
+                "server.verify_attempts_per_minute",
+                self.server.verify_attempts_per_minute.into(),
+                1,
+                100_000,
+            ),
             (
                 "targets.max_connections",
                 self.targets.max_connections.into(),

@@ -43,6 +43,10 @@ pub enum Code {
     Io,
     /// A command-line argument is invalid.
     Usage,
+    /// A client too slow to send its request (HTTP 408).
+    Timeout,
+    /// Too many attempts from one address in a short time (HTTP 429).
+    RateLimited,
     /// Anything else; a bug.
     Internal,
 }
@@ -66,6 +70,8 @@ impl Code {
             Code::Forbidden => "forbidden",
             Code::Io => "io_failed",
             Code::Usage => "usage",
+            Code::Timeout => "timeout",
+            Code::RateLimited => "rate_limited",
             Code::Internal => "internal",
         }
     }
@@ -75,6 +81,8 @@ impl Code {
         match self {
             Code::Ticket | Code::Usage | Code::Deadline => 400,
             Code::Unauthorized => 401,
+            Code::Timeout => 408,
+            Code::RateLimited => 429,
             Code::TooLarge => 413,
             Code::Forbidden => 403,
             Code::NotFound => 404,

@@ -33,7 +33,24 @@ struct Server {
 
 impl Server {
     fn start(env: &Env) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_with(env, &[], None)
+    }
+
+    /// With environment overrides (`QUIETUS_SERVER__...`), and a file limit (`ulimit -n`)
+    /// if `nofile` is given.
+    fn start_with(env: &Env, vars: &[(&str, &str)], nofile: Option<u32>) -> Server {
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(vars.iter().copied());
+        let mut child = cmd
             .arg("--config")
             .arg(&env.config)
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -108,6 +125,14 @@ impl Server {
             base,
             stderr,
         }
+    }
+
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     fn url(&self, path: &str) -> String {
@@ -764,4 +789,393 @@ async fn sigterm_shuts_down_gracefully(#[case] backend: Backend) {
         assert!(client().get(url).send().await.is_err(), "[{label}]");
         kind.cleanup().await;
     }
+}
+
+// ---- Slow clients, the connection cap, and the API's errors (issue 9, items 3 and 15).
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Read until the server closes the connection: when it did, and what it sent; `None` if
+/// it is still open after `wait`.
+async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> Option<(Duration, String)> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = wait.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Some((
+                    started.elapsed(),
+                    String::from_utf8_lossy(&got).into_owned(),
+                ));
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+const ONE_SECOND_TIMEOUTS: [(&str, &str); 2] = [
+    ("QUIETUS_SERVER__HEADER_TIMEOUT_SECONDS", "1"),
+    ("QUIETUS_SERVER__BODY_TIMEOUT_SECONDS", "1"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_idle_and_slow_header_connections_are_closed() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start_with(&env, &ONE_SECOND_TIMEOUTS, None);
+    let addr = server.addr();
+
+    // Opens and sends nothing.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let (after, _) = read_until_closed(&mut silent, Duration::from_secs(8))
+        .await
+        .expect("a silent connection is still open after 8 s");
+    assert!(after < Duration::from_secs(4), "closed after {after:?}");
+
+    // Half a request head, then nothing.
+    let mut partial = TcpStream::connect(&addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (after, _) = read_until_closed(&mut partial, Duration::from_secs(8))
+        .await
+        .expect("a partial header is still open after 8 s");
+    assert!(after < Duration::from_secs(4), "closed after {after:?}");
+
+    // A head dribbled a byte at a time, each in time for any per-read timeout.
+    let dribbled = TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = dribbled.into_split();
+    let writer = tokio::spawn(async move {
+        for b in
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"
+        {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a dribbled header is still open after 8 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    writer.abort();
+
+    // Answered, then kept alive and idle: closed too.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (after, text) = read_until_closed(&mut idle, Duration::from_secs(8))
+        .await
+        .expect("an idle kept-alive connection is still open after 8 s");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(after < Duration::from_secs(4), "closed after {after:?}");
+
+    // And the server still answers.
+    let h = get(&server, "/healthz", None).await;
+    assert_eq!(h.status, StatusCode::OK);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_body_is_cut_with_408() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start_with(&env, &ONE_SECOND_TIMEOUTS, None);
+    let addr = server.addr();
+    let head = format!(
+        "POST /api/v1/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {HR}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        ERASURE_TICKET.len()
+    );
+
+    // A part of the body, then nothing.
+    let mut stalled = TcpStream::connect(&addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled
+        .write_all(&ERASURE_TICKET.as_bytes()[..10])
+        .await
+        .unwrap();
+    let (after, text) = read_until_closed(&mut stalled, Duration::from_secs(8))
+        .await
+        .expect("a stalled body is still open after 8 s");
+    assert!(after < Duration::from_secs(4), "answered after {after:?}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"timeout""#), "{text}");
+
+    // The body a byte at a time: the limit is for the whole body, not for each read.
+    let dribbled = TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = dribbled.into_split();
+    let body = ERASURE_TICKET.as_bytes().to_vec();
+    let head2 = head.clone();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head2.as_bytes()).await.is_err() {
+            return;
+        }
+        for b in body {
+            if wr.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    assert!(queue(&env).is_empty(), "a cut body was stored");
+    let h = get(&server, "/healthz", None).await;
+    assert_eq!(h.status, StatusCode::OK);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_the_connection_cap_a_request_waits_and_is_answered() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start_with(
+        &env,
+        &[
+            ("QUIETUS_SERVER__HEADER_TIMEOUT_SECONDS", "2"),
+            ("QUIETUS_SERVER__MAX_CONNECTIONS", "3"),
+        ],
+        None,
+    );
+    let addr = server.addr();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let h = get(&server, "/healthz", None).await;
+    let waited = started.elapsed();
+    assert_eq!(h.status, StatusCode::OK, "{}", h.text);
+    // It waited for a silent one to be closed (2 s after it opened), then was answered.
+    assert!(
+        waited > Duration::from_millis(1000) && waited < Duration::from_secs(8),
+        "answered after {waited:?}"
+    );
+    drop(silent);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_beyond_the_file_limit_leave_the_inbox_working() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let inbox: PathBuf = env.path().join("var/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    // The incident, scaled down: more idle sockets than the process may open files.
+    let server = Server::start_with(
+        &env,
+        &[
+            ("QUIETUS_SERVER__HEADER_TIMEOUT_SECONDS", "60"),
+            ("QUIETUS_SERVER__MAX_CONNECTIONS", "16"),
+        ],
+        Some(128),
+    );
+    let addr = server.addr();
+    let mut idle = Vec::new();
+    // 120: more than the files left to the process, fewer than the listen queue holds
+    // (128), so that every connect completes.
+    for _ in 0..120 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    drop_file(
+        &inbox,
+        "flood.json",
+        r#"{"kind":"erasure","external_id":"FLOOD-1","subject":{"email":"olivia.chen@example.com"},"jurisdiction":"GDPR"}"#,
+    );
+    wait_for_empty_inbox(&inbox, &server, "sqlite");
+    assert_eq!(
+        files_in(&inbox.join("done")).len(),
+        1,
+        "{}",
+        server.stderr()
+    );
+    eprintln!("open files of quietus serve with 120 idle clients: {fds}");
+    assert!(fds > 0 && fds < 100, "quietus serve holds {fds} files");
+    // Once the idle ones go, the API answers at once.
+    drop(idle);
+    let started = Instant::now();
+    let h = get(&server, "/healthz", None).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_api_error_is_json() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start(&env);
+    let a = get(
+        &server,
+        "/api/v1/requests?state=unverified&state=pending_review",
+        Some(DPO),
+    )
+    .await;
+    api_error(&a, 400, "usage", "repeated query parameter");
+    let a = get(&server, "/api/v1/requests?state=nonsense", Some(DPO)).await;
+    api_error(&a, 400, "usage", "unknown state");
+    let a = get(&server, "/api/v1/requests/%FF", Some(DPO)).await;
+    api_error(&a, 400, "usage", "path not UTF-8");
+    let a = get(&server, "/api/v1/verify", None).await;
+    api_error(&a, 405, "usage", "GET /api/v1/verify");
+    let a = get(&server, "/api/v1/nothing-here", None).await;
+    api_error(&a, 404, "not_found", "unknown API path");
+    let a = post(&server, "/api/v1/verify", None, "token=abc").await;
+    api_error(&a, 400, "ticket_invalid", "verify, not JSON");
+    // The page's link with no token is a page that says so, not plain text.
+    let a = get(&server, "/verify", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(
+        a.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html")),
+        "{:?} {}",
+        a.headers,
+        a.text
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start(&env);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let res = client()
+            .get(server.url("/api/v1/requests"))
+            .header("authorization", format!("{scheme} {DPO}"))
+            .send()
+            .await
+            .unwrap();
+        let a = answer(res).await;
+        assert_eq!(a.status, StatusCode::OK, "{scheme}: {}", a.text);
+    }
+    let res = client()
+        .get(server.url("/api/v1/requests"))
+        .header("authorization", format!("Basic {DPO}"))
+        .send()
+        .await
+        .unwrap();
+    api_error(&answer(res).await, 401, "unauthorized", "Basic");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submitter_learns_no_other_request_id_from_a_conflict() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start(&env);
+    let first = post(&server, "/api/v1/requests", Some(HR), ERASURE_TICKET).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    let v: Value = json(ERASURE_TICKET);
+    let ext = v["external_id"].as_str().unwrap().to_owned();
+    let other = format!(
+        r#"{{"kind":"erasure","external_id":"{ext}","subject":{{"email":"someone.else@example.com"}}}}"#
+    );
+    let a = post(&server, "/api/v1/requests", Some(FORM), other.clone()).await;
+    let msg = api_error(&a, 409, "external_id_conflict", "submitter");
+    assert!(!msg.contains(&id), "the submitter was told {id}: {msg}");
+    assert!(!a.text.contains(&id), "{}", a.text);
+    assert!(!a.text.contains(&id[..8]), "{}", a.text);
+    // A trusted door is still told which request it is.
+    let a = post(&server, "/api/v1/requests", Some(HR), other).await;
+    let msg = api_error(&a, 409, "external_id_conflict", "hr");
+    assert!(msg.contains(&id), "{msg}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_is_rate_limited() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let server = Server::start_with(
+        &env,
+        &[("QUIETUS_SERVER__VERIFY_ATTEMPTS_PER_MINUTE", "3")],
+        None,
+    );
+    let a = post(&server, "/api/v1/requests", Some(FORM), ERASURE_TICKET).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let token = a.body["verify_token"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        let a = post(
+            &server,
+            "/api/v1/verify",
+            None,
+            format!(r#"{{"token":"wrong-{i}"}}"#),
+        )
+        .await;
+        api_error(&a, 404, "not_found", "a wrong token");
+    }
+    let a = post(&server, "/api/v1/verify", None, r#"{"token":"wrong-4"}"#).await;
+    api_error(&a, 429, "rate_limited", "the fourth wrong token");
+    assert!(a.headers.get("retry-after").is_some(), "{:?}", a.headers);
+    // Even the right token waits now, and the page's form shares the limit.
+    let a = post(
+        &server,
+        "/api/v1/verify",
+        None,
+        serde_json::json!({ "token": token }).to_string(),
+    )
+    .await;
+    api_error(&a, 429, "rate_limited", "the right token, limited");
+    let res = client()
+        .post(server.url("/verify"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(server);
 }

@@ -40,6 +40,8 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
         max_body_bytes: config.server.max_body_bytes,
         checkpoint_file: config.path(&config.proof.checkpoint_file),
         public_key_file: config.path(&config.proof.public_key_file),
+        limits: crate::web::Limits::of(&config.server),
+        verify_attempts: Default::default(),
     });
     tracing::info!(%bound, inbox = %inbox_dir.display(), store = state.ctx.store.dialect(), "quietus serving");
     // Tests and supervisors read this line to learn the port.

@@ -1,13 +1,19 @@
 //! The HTTP door: a JSON API under `/api/v1` with bearer tokens, and `/healthz`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, FormRejection, PathRejection, QueryRejection};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, Request, State as AxState,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -30,6 +36,91 @@ pub struct AppState {
     /// verifiers).
     pub checkpoint_file: std::path::PathBuf,
     pub public_key_file: std::path::PathBuf,
+    pub limits: Limits,
+    /// Verification attempts per client address in the current minute.
+    pub verify_attempts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// What a client may take of the server (`[server]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// To send a whole request head, from the connection's start or its last answer.
+    pub header_timeout: Duration,
+    /// To send a whole request body.
+    pub body_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Verification attempts per client address and minute.
+    pub verify_attempts_per_minute: u32,
+}
+
+impl Limits {
+    pub fn of(c: &crate::config::ServerConfig) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(c.header_timeout_seconds),
+            body_timeout: Duration::from_secs(c.body_timeout_seconds),
+            max_connections: c.max_connections,
+            verify_attempts_per_minute: c.verify_attempts_per_minute,
+        }
+    }
+}
+
+/// The client's address (from the connection), if known.
+struct Peer(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+const VERIFY_WINDOW: Duration = Duration::from_secs(60);
+
+/// Count one verification attempt of `peer`; `Err(seconds to wait)` past the limit.
+fn verify_attempt(state: &AppState, peer: &Peer) -> Result<(), u64> {
+    let Some(ip) = peer.0 else { return Ok(()) };
+    let now = Instant::now();
+    let mut map = state
+        .verify_attempts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if map.len() > 10_000 {
+        map.retain(|_, (start, _)| now.duration_since(*start) < VERIFY_WINDOW);
+    }
+    let entry = map.entry(ip).or_insert((now, 0));
+    if now.duration_since(entry.0) >= VERIFY_WINDOW {
+        *entry = (now, 0);
+    }
+    if entry.1 >= state.limits.verify_attempts_per_minute {
+        let left = VERIFY_WINDOW.saturating_sub(now.duration_since(entry.0));
+        return Err(left.as_secs().max(1));
+    }
+    entry.1 += 1;
+    Ok(())
+}
+
+fn retry_after(mut res: Response, seconds: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    res
+}
+
+fn rate_limited(seconds: u64) -> Error {
+    Error::new(
+        Code::RateLimited,
+        format!("too many verification attempts from this address: try again in {seconds} s"),
+    )
 }
 
 /// An error as the API answers it: `{"error": {"code", "message"}}` with the code's status.
@@ -65,11 +156,13 @@ struct Caller {
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
+    // The scheme is case-insensitive (RFC 7235 section 2.1).
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             Error::new(
@@ -103,6 +196,12 @@ fn require(caller: &Caller, roles: &[Role]) -> Result<(), Error> {
 /// Build the router.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
+    let api = Router::new()
+        .route("/requests", post(create_request).get(list_requests))
+        .route("/requests/{id}", get(get_request))
+        .route("/verify", post(verify))
+        .fallback(api_not_found)
+        .method_not_allowed_fallback(api_method_not_allowed);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/log/checkpoint", get(checkpoint))
@@ -111,12 +210,93 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/export/{token}/file", get(download_export))
         .route("/verify", get(verify_page).post(verify_form))
         .route("/confirm", get(confirm_page).post(confirm_form))
-        .route("/api/v1/requests", post(create_request).get(list_requests))
-        .route("/api/v1/requests/{id}", get(get_request))
-        .route("/api/v1/verify", post(verify))
+        .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError(Error::new(Code::NotFound, "no such API path"))
+}
+
+async fn api_method_not_allowed() -> Response {
+    let mut res =
+        ApiError(Error::new(Code::Usage, "this method is not allowed here")).into_response();
+    *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    res
+}
+
+/// Take the whole request body before any handler runs, within `body_timeout` in all (a
+/// body dribbled a byte at a time is cut as surely as one that stalls) and within
+/// `max_body_bytes`.
+async fn read_body(AxState(state): AxState<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use futures_util::StreamExt;
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        Error::new(
+            Code::TooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return close(ApiError(too_large()).into_response());
+    }
+    let (parts, body) = req.into_parts();
+    let collected = tokio::time::timeout(state.limits.body_timeout, async {
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Error::new(
+                    Code::Ticket,
+                    format!("the request body could not be read: {e}"),
+                )
+            })?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await;
+    match collected {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => close(ApiError(e).into_response()),
+        Err(_) => {
+            tracing::warn!(path = %parts.uri.path(), "a request body was cut: slower than body_timeout_seconds");
+            close(
+                ApiError(Error::new(
+                    Code::Timeout,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        state.limits.body_timeout.as_secs()
+                    ),
+                ))
+                .into_response(),
+            )
+        }
+    }
+}
+
+/// Close the connection after this answer (the rest of its request was not read).
+fn close(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
 }
 
 async fn security_headers(mut res: Response) -> Response {
@@ -410,7 +590,10 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 
 /// The link in the verification email: a page whose button confirms (a link alone never
 /// changes anything, so mail scanners that open links do no harm).
-async fn verify_page(Query(q): Query<TokenForm>) -> Response {
+async fn verify_page(q: Result<Query<TokenForm>, QueryRejection>) -> Response {
+    let Ok(Query(q)) = q else {
+        return no_token_page();
+    };
     page(
         StatusCode::OK,
         "Confirm your request",
@@ -423,10 +606,32 @@ async fn verify_page(Query(q): Query<TokenForm>) -> Response {
     )
 }
 
+fn no_token_page() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "This link does not work",
+        "<p>This link is incomplete: open the whole link from the email.</p>",
+    )
+}
+
 async fn verify_form(
     AxState(state): AxState<Arc<AppState>>,
-    axum::Form(f): axum::Form<TokenForm>,
+    peer: Peer,
+    f: Result<axum::Form<TokenForm>, FormRejection>,
 ) -> Response {
+    let Ok(axum::Form(f)) = f else {
+        return no_token_page();
+    };
+    if let Err(wait) = verify_attempt(&state, &peer) {
+        return retry_after(
+            page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Please wait",
+                &format!("<p>Too many attempts: please try again in {wait} seconds.</p>"),
+            ),
+            wait,
+        );
+    }
     match intake::verify_token(&state.ctx, &f.token, crate::clock::now()).await {
         Ok(req) => page(
             StatusCode::OK,
@@ -450,8 +655,11 @@ async fn verify_form(
 /// The link in a manual task's email: what to do, and a button to confirm it is done.
 async fn confirm_page(
     AxState(state): AxState<Arc<AppState>>,
-    Query(q): Query<TokenForm>,
+    q: Result<Query<TokenForm>, QueryRejection>,
 ) -> Response {
+    let Ok(Query(q)) = q else {
+        return no_token_page();
+    };
     let hash = hex::encode(Sha256::digest(q.token.trim().as_bytes()));
     match state.ctx.store.task_by_confirm_token(&hash).await {
         Ok(Some(t)) if t.state == crate::jobs::TaskState::WaitingConfirmation => {
@@ -516,8 +724,11 @@ async fn confirm_page(
 
 async fn confirm_form(
     AxState(state): AxState<Arc<AppState>>,
-    axum::Form(f): axum::Form<TokenForm>,
+    f: Result<axum::Form<TokenForm>, FormRejection>,
 ) -> Response {
+    let Ok(axum::Form(f)) = f else {
+        return no_token_page();
+    };
     let hash = hex::encode(Sha256::digest(f.token.trim().as_bytes()));
     let result = async {
         let t = state
@@ -593,7 +804,23 @@ async fn create_request(
         trusted: matches!(caller.role, Role::Hr | Role::Dpo | Role::Admin),
     };
     let raw = String::from_utf8_lossy(&bytes).into_owned();
-    let sub = intake::submit(ctx, &ticket, &raw, &source, crate::clock::now()).await?;
+    let sub = intake::submit(ctx, &ticket, &raw, &source, crate::clock::now())
+        .await
+        .map_err(|e| {
+            // An untrusted caller is not told which request another ticket made.
+            if e.code == Code::Conflict && !source.trusted {
+                Error::new(
+                    Code::Conflict,
+                    format!(
+                        "external_id {:?} is already taken by a different ticket; send the same \
+                         ticket again or use a new external_id",
+                        ticket.external_id.as_deref().unwrap_or_default()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
     let status = if sub.created {
         StatusCode::CREATED
     } else {
@@ -610,10 +837,11 @@ struct ListQuery {
 async fn list_requests(
     AxState(state): AxState<Arc<AppState>>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers)?;
     require(&caller, &[Role::Dpo, Role::Auditor])?;
+    let Query(q) = q.map_err(|e| Error::new(Code::Usage, e.body_text()))?;
     let states = match q.state {
         Some(s) => vec![
             s.parse::<crate::lifecycle::State>()
@@ -629,10 +857,11 @@ async fn list_requests(
 async fn get_request(
     AxState(state): AxState<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers)?;
     require(&caller, &[Role::Dpo, Role::Auditor])?;
+    let Path(id) = id.map_err(|e| Error::new(Code::Usage, e.body_text()))?;
     let req = state.ctx.request(&state.ctx.resolve(&id).await?).await?;
     let history = state.ctx.store.history(&req.id).await?;
     Ok(Json(json!({"request": req, "history": history})).into_response())
@@ -645,8 +874,15 @@ struct VerifyBody {
 
 async fn verify(
     AxState(state): AxState<Arc<AppState>>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    if let Err(wait) = verify_attempt(&state, &peer) {
+        return Ok(retry_after(
+            ApiError(rate_limited(wait)).into_response(),
+            wait,
+        ));
+    }
     let bytes = body_bytes(&state, body)?;
     let v: VerifyBody = serde_json::from_slice(&bytes)
         .map_err(|e| Error::new(Code::Ticket, format!("request body: {e}")))?;
@@ -654,17 +890,72 @@ async fn verify(
     Ok(Json(json!({"id": req.id, "state": req.state})).into_response())
 }
 
-/// Serve until `shutdown` resolves.
+/// Serve until `shutdown` resolves: at most `max_connections` at once (the others wait in
+/// the kernel's listen queue, holding no file of this process), each closed when it is
+/// slower than `header_timeout` to send a request head.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let limits = state.limits.clone();
     let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
-        .map_err(|e| Error::new(Code::Io, format!("HTTP server: {e}")))
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    let kind = e.kind();
+                    if !matches!(
+                        kind,
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) {
+                        // Out of files, most likely: wait rather than spin.
+                        tracing::warn!("cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { app.call(req.map(Body::new)).await }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection closed: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("connections still open 10 s after shutdown began: left behind");
+        }
+    }
+    Ok(())
 }
