@@ -688,9 +688,10 @@ impl Config {
         let url = match &self.store.url_file {
             Some(f) => {
                 let f = self.path(f);
-                let text = std::fs::read_to_string(&f).map_err(|e| {
-                    Error::new(Code::Config, format!("store.url_file {}: {e}", f.display()))
-                })?;
+                let text =
+                    crate::fsx::read_text_limited(&f, crate::fsx::limit::TEXT).map_err(|e| {
+                        Error::new(Code::Config, format!("store.url_file {}", e.message))
+                    })?;
                 text.lines().next().unwrap_or("").trim().to_owned()
             }
             None => self.store.url.clone(),

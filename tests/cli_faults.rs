@@ -170,3 +170,20 @@ async fn a_closed_standard_output_is_a_quiet_exit() {
         .unwrap();
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+/// Files quietus reads from its own folders are read only up to a limit too (issue 9,
+/// item 10): a 4 GiB policy file (sparse: no disk used) is refused at once, naming the
+/// file and the limit, instead of being read into memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_policy_file_is_refused_not_read() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let huge = env.path().join("policies/huge.toml");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(4 << 30).unwrap();
+    drop(f);
+    let (out, took) = run_capped(&env, &["policy", "check"], &[]);
+    let e = stderr(&out);
+    assert!(!out.status.success(), "{e}");
+    assert!(e.contains("huge.toml") && e.contains("limit"), "{e}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}

@@ -145,10 +145,10 @@ impl HolidayCalendar {
 
     /// Read a calendar file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::fsx::read_text_limited(path, crate::fsx::limit::TEXT).map_err(|e| {
             Error::new(
-                Code::Io,
-                format!("cannot read the holiday calendar {}: {e}", path.display()),
+                e.code,
+                format!("cannot read the holiday calendar: {}", e.message),
             )
         })?;
         Self::parse(&text, &path.display().to_string())

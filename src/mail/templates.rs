@@ -102,15 +102,15 @@ fn load(dir: Option<&Path>, name: &str) -> std::result::Result<Option<String>, m
     }
     if let Some(dir) = dir {
         let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => return Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    format!("cannot read {}: {e}", path.display()),
-                ));
-            }
+        if path.exists() {
+            return crate::fsx::read_text_limited(&path, crate::fsx::limit::TEXT)
+                .map(Some)
+                .map_err(|e| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("cannot read {}", e.message),
+                    )
+                });
         }
     }
     Ok(builtin(name).map(str::to_owned))

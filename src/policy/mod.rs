@@ -381,8 +381,8 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Problems> {
             .collect();
         paths.sort();
         for p in paths {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| problem(&p, format!("cannot read: {e}")))?;
+            let text = crate::fsx::read_text_limited(&p, crate::fsx::limit::TEXT)
+                .map_err(|e| problem(&p, format!("cannot read: {}", e.message)))?;
             let file_name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
