@@ -275,18 +275,22 @@ impl HolidayCalendar {
 
     /// The `n`-th working day after `start` (`start` itself is not counted; `n == 0` gives
     /// `start`), and a warning for each year touched that the calendar does not cover.
-    pub fn add_working_days(&self, start: NaiveDate, n: u32) -> (NaiveDate, Vec<String>) {
+    ///
+    /// An error ([`Code::Deadline`]) when the `n`-th working day would be past the last
+    /// supported date: never a date with fewer working days than asked for.
+    pub fn add_working_days(&self, start: NaiveDate, n: u32) -> Result<(NaiveDate, Vec<String>)> {
         let mut day = start;
         let mut left = n;
         let mut uncovered = BTreeSet::new();
-        let mut overflow = None;
         while left > 0 {
             let Some(next) = day.succ_opt() else {
-                overflow = Some(format!(
-                    "{n} working days after {start} is past the last supported date; \
-                     stopped at {day}"
+                return Err(Error::new(
+                    Code::Deadline,
+                    format!(
+                        "{n} working days after {start} is outside the supported date range \
+                         (the last supported date is {day})"
+                    ),
                 ));
-                break;
             };
             day = next;
             if !self.covers(day.year()) {
@@ -296,12 +300,11 @@ impl HolidayCalendar {
                 left -= 1;
             }
         }
-        let mut warnings: Vec<String> = uncovered
+        let warnings = uncovered
             .into_iter()
             .map(Self::missing_year_warning)
             .collect();
-        warnings.extend(overflow);
-        (day, warnings)
+        Ok((day, warnings))
     }
 }
 
@@ -391,7 +394,7 @@ mod tests {
     #[case("2026-01-01", 15, "2026-01-22")]
     #[case("2026-03-02", 0, "2026-03-02")]
     fn adds_working_days_in_2026(#[case] start: &str, #[case] n: u32, #[case] due: &str) {
-        let (got, warnings) = cn().add_working_days(d(start), n);
+        let (got, warnings) = cn().add_working_days(d(start), n).unwrap();
         assert_eq!(got, d(due));
         assert!(warnings.is_empty(), "{warnings:?}");
     }
@@ -399,20 +402,40 @@ mod tests {
     #[test]
     fn uncovered_year_counts_weekends_only_and_warns() {
         // 22-25, 28-31 Dec, Fri 1 Jan 2027 (no data: a working day), 4-8, 11 Jan.
-        let (got, warnings) = cn().add_working_days(d("2026-12-21"), 15);
+        let (got, warnings) = cn().add_working_days(d("2026-12-21"), 15).unwrap();
         assert_eq!(got, d("2027-01-11"));
         assert_eq!(
             warnings,
             vec!["the holiday calendar has no data for 2027: counted weekends only".to_string()]
         );
         // Entirely inside 2026: no warning.
-        let (_, warnings) = cn().add_working_days(d("2026-12-01"), 5);
+        let (_, warnings) = cn().add_working_days(d("2026-12-01"), 5).unwrap();
         assert!(warnings.is_empty());
         // Two uncovered years, one warning each.
-        let (got, warnings) = HolidayCalendar::empty("X").add_working_days(d("2027-12-31"), 1);
+        let (got, warnings) = HolidayCalendar::empty("X")
+            .add_working_days(d("2027-12-31"), 1)
+            .unwrap();
         assert_eq!(got, d("2028-01-03"));
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("2028"));
+    }
+
+    #[test]
+    fn working_days_past_the_last_date_are_an_error() {
+        let e = HolidayCalendar::empty("X")
+            .add_working_days(NaiveDate::MAX, 1)
+            .unwrap_err();
+        assert_eq!(e.code, Code::Deadline);
+        assert!(
+            e.message.contains("outside the supported date range"),
+            "{}",
+            e.message
+        );
+        // Zero working days need no next day.
+        let (got, _) = HolidayCalendar::empty("X")
+            .add_working_days(NaiveDate::MAX, 0)
+            .unwrap();
+        assert_eq!(got, NaiveDate::MAX);
     }
 
     const GOOD: &str = r#"
@@ -433,7 +456,7 @@ work = ["2027-01-02"]
         assert!(!cal.is_working_day(d("2027-01-01")));
         assert!(cal.is_working_day(d("2027-01-02")));
         assert!(!cal.is_working_day(d("2026-05-01")));
-        let (_, warnings) = cal.add_working_days(d("2026-12-30"), 1);
+        let (_, warnings) = cal.add_working_days(d("2026-12-30"), 1).unwrap();
         assert!(warnings[0].contains("2027"));
     }
 

@@ -46,7 +46,7 @@ fn add_period(
     cal: &HolidayCalendar,
 ) -> Result<(NaiveDate, Vec<String>)> {
     match by.unit {
-        Unit::WorkingDays => Ok(cal.add_working_days(from, by.count)),
+        Unit::WorkingDays => cal.add_working_days(from, by.count),
         Unit::Days | Unit::Weeks | Unit::Months | Unit::Years => by
             .add_calendar(from)
             .map(|d| (d, Vec::new()))
