@@ -306,7 +306,14 @@ impl TableCtx<'_> {
         }
         let mut resolved: Vec<(&String, &String, &Rule)> = Vec::new();
         for (col, cat) in &self.table.columns {
-            match self.policies.resolve(cat, kind, j) {
+            let r = self.policies.resolve_on(
+                cat,
+                kind,
+                j,
+                self.input.request_date,
+                self.input.exit_date,
+            );
+            match r {
                 Some(r) => resolved.push((col, cat, r)),
                 None => plan.blocked.push(format!(
                     "{}.{col}: category {cat} is not covered by any rule for {kind} under {j}",

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -308,7 +309,9 @@ impl Policies {
     }
 
     /// The rule that governs `category` for a request: the most specific wins; between
-    /// equally specific rules, the one that keeps data longer.
+    /// equally specific rules, the one that keeps data longer, by the rough length of its
+    /// period (see [`Rule::keep_rank`]). Plans use [`Policies::resolve_on`], which counts
+    /// retentions from the request's dates.
     pub fn resolve(&self, category: &str, kind: RequestKind, j: Jurisdiction) -> Option<&Rule> {
         self.rules
             .iter()
@@ -318,6 +321,51 @@ impl Policies {
                 sa.cmp(sb)
                     .then(a.keep_rank().cmp(&b.keep_rank()))
                     // deterministic between identical ranks: the first id in order wins
+                    .then(b.id.cmp(&a.id))
+            })
+            .map(|(_, r)| r)
+    }
+
+    /// The rule that governs `category` for a request with these dates: as
+    /// [`Policies::resolve`], but between equally specific retain rules the one whose
+    /// retention ends later for this request wins, by calendar arithmetic rather than the
+    /// rough length (1 year from the request and 1 year from the end of its year are
+    /// equally long, but the second keeps the data longer). A retain rule whose end
+    /// cannot be computed (the request lacks its start date, or the end is out of range)
+    /// wins over those whose end can: the plan then blocks rather than erase data that
+    /// rule may still keep.
+    pub fn resolve_on(
+        &self,
+        category: &str,
+        kind: RequestKind,
+        j: Jurisdiction,
+        request_date: NaiveDate,
+        exit_date: Option<NaiveDate>,
+    ) -> Option<&Rule> {
+        // A retain rule's end for this request; an unknown end sorts after every date.
+        let end = |r: &Rule| -> Option<(bool, NaiveDate)> {
+            if r.action != Action::Retain {
+                return None;
+            }
+            let until = r
+                .from
+                .as_ref()
+                .and_then(|f| f.resolve(request_date, exit_date))
+                .and_then(|start| r.period.and_then(|p| p.add_calendar(start)));
+            Some(match until {
+                Some(d) => (false, d),
+                None => (true, NaiveDate::MIN),
+            })
+        };
+        self.rules
+            .iter()
+            .filter(|r| r.applies_to(kind, j))
+            .filter_map(|r| r.specificity(category).map(|s| (s, r)))
+            .max_by(|(sa, a), (sb, b)| {
+                sa.cmp(sb)
+                    .then(a.keep_rank().0.cmp(&b.keep_rank().0))
+                    .then(end(a).cmp(&end(b)))
+                    .then(a.keep_rank().cmp(&b.keep_rank()))
                     .then(b.id.cmp(&a.id))
             })
             .map(|(_, r)| r)
