@@ -452,3 +452,42 @@ async fn connect(sys: &System, base: &Path) -> OwnTarget {
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", sys.name))
 }
+
+/// The target's catalog (its tables' columns and types) is read once per survey and once
+/// per task, in one statement for every mapped table, not once per table and step (issue 8:
+/// twelve catalog lookups a task were the larger part of a small erasure's round). The
+/// demo's two requests are each surveyed when planned and when approved, and each of its
+/// tasks reads the catalog when it starts: the statements the target runs (sqlx logs each
+/// at debug level) hold at most that many catalog reads.
+#[test]
+fn the_catalog_is_read_once_per_survey_and_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("d"))
+        .env("QUIETUS_LOG", "info,sqlx::query=debug")
+        .env("NO_COLOR", "1")
+        .env_remove("QUIETUS_CONFIG")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let tasks = log.lines().filter(|l| l.contains("task done")).count();
+    let requests = log
+        .lines()
+        .filter(|l| l.contains("request received"))
+        .count();
+    assert!(
+        tasks >= 3 && requests == 2,
+        "{tasks} tasks, {requests} requests"
+    );
+    let reads = log
+        .lines()
+        .filter(|l| l.contains("FROM pragma_table_info") && !l.contains("pragma_index_list"))
+        .count();
+    let budget = 2 * requests + tasks;
+    assert!(
+        reads <= budget,
+        "{reads} catalog reads for {requests} requests and {tasks} tasks (at most {budget})"
+    );
+}

@@ -115,7 +115,8 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         }
         None => (Identities::new(), None),
     };
-    let target = ctx.targets.get(&sys).await?;
+    // One task, one read of the catalog.
+    let target = ctx.targets.get(&sys).await?.scoped();
     run_on(
         ctx,
         s,

@@ -122,7 +122,7 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
     let path = dir.join(format!("{id}.html.age"));
     let tmp = dir.join(format!(".{id}.tmp"));
     let passphrase = random_text(5);
-    let target = ctx.targets.get(&sys).await?;
+    let target = ctx.targets.get(&sys).await?.scoped();
     let tables = write_page(ctx, &sys, &body, &req, &target, &tmp, &passphrase, now).await?;
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
     let token = random_text(6);

@@ -180,7 +180,7 @@ pub async fn receipt(
             continue;
         };
         let target = match ctx.targets.get(sys).await {
-            Ok(target) => target,
+            Ok(target) => target.scoped(),
             Err(e) => {
                 out.push(fail(format!("{system}: {}", e.message)));
                 continue;

@@ -135,7 +135,7 @@ pub async fn restore(
                 ),
             )
         })?;
-        let target = ctx.targets.get(sys).await?;
+        let target = ctx.targets.get(sys).await?.scoped();
         let result = async {
             let mut here = Vec::new();
             for tm in manifest.tables.iter().rev() {

@@ -3,6 +3,7 @@
 //! index (without one, an erasure's cost grows with the size of the table).
 
 use serde::Serialize;
+use std::collections::HashMap;
 
 use super::sql;
 use super::{Pools, Target};
@@ -90,8 +91,19 @@ impl Lack {
 /// these; a plan that meets one is blocked, so it cannot be approved.
 pub async fn lacking(target: &Target, sys: &System) -> Vec<Lack> {
     let mut out = Vec::new();
+    let names: Vec<&str> = sys.tables.iter().map(|t| t.name.as_str()).collect();
+    let catalog = match names.is_empty() {
+        true => Ok(HashMap::new()),
+        false => target.catalog(&names).await,
+    };
     for t in &sys.tables {
-        match target.columns(&t.name).await {
+        let cols = match &catalog {
+            Ok(all) => all
+                .get(&t.name)
+                .ok_or_else(|| format!("table {} does not exist in the target database", t.name)),
+            Err(e) => Err(e.message.clone()),
+        };
+        match cols {
             Ok(cols) => out.extend(
                 t.known_columns()
                     .into_iter()
@@ -101,9 +113,9 @@ pub async fn lacking(target: &Target, sys: &System) -> Vec<Lack> {
                         column: c.to_owned(),
                     }),
             ),
-            Err(e) => out.push(Lack::Table {
+            Err(why) => out.push(Lack::Table {
                 table: t.name.clone(),
-                why: e.message,
+                why,
             }),
         }
     }

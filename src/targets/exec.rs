@@ -2,9 +2,10 @@
 
 use crate::store::BeginWrite as _;
 use sqlx::Row;
+use std::collections::HashMap;
 
-use super::Target;
 use super::sql::{Column, Statement};
+use super::{Db, Target};
 use crate::error::{Code, Error, Result};
 
 /// A row read as text: the key, then the columns asked for (NULL as `None`).
@@ -77,42 +78,95 @@ macro_rules! text_rows {
 impl Target {
     /// Run a query whose columns are all text (or NULL).
     pub async fn fetch_text(&self, st: &Statement) -> Result<Vec<TextRow>> {
-        Ok(match self {
-            Target::Sqlite(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
-            Target::Postgres(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
-            Target::Mysql(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
+        Ok(match &self.db {
+            Db::Sqlite(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
+            Db::Postgres(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
+            Db::Mysql(p) => text_rows!(query!(st).fetch_all(p).await.map_err(fail)?),
         })
     }
 
     /// The columns of a table with their types; an error when the table does not exist.
     pub async fn columns(&self, table: &str) -> Result<Vec<Column>> {
-        let rows = self
-            .fetch_text(&super::sql::column_types(self.dialect(), table))
-            .await?;
-        let cols: Vec<Column> = rows
-            .into_iter()
-            .filter_map(|r| {
-                let mut it = r.into_iter();
-                let name = it.next().flatten()?;
-                let sql_type = it.next().flatten().unwrap_or_default().to_ascii_lowercase();
-                Some(Column { name, sql_type })
-            })
-            .collect();
-        if cols.is_empty() {
-            return Err(Error::new(
+        self.catalog(&[table]).await?.remove(table).ok_or_else(|| {
+            Error::new(
                 Code::Target,
                 format!("table {table} does not exist in the target database"),
-            ));
+            )
+        })
+    }
+
+    /// The columns of each of `tables` that the database has (a table it lacks is not in
+    /// the map), read in one statement. A [scoped](Target::scoped) target reads each
+    /// table once and answers from what it read after that.
+    pub async fn catalog(&self, tables: &[&str]) -> Result<HashMap<String, Vec<Column>>> {
+        let mut out = HashMap::new();
+        let mut unread: Vec<&str> = Vec::new();
+        match &self.catalog {
+            Some(memo) => {
+                let memo = memo
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for t in tables {
+                    match memo.get(*t) {
+                        Some(cols) => {
+                            out.insert((*t).to_owned(), cols.clone());
+                        }
+                        None => unread.push(t),
+                    }
+                }
+            }
+            None => unread.extend_from_slice(tables),
         }
-        Ok(cols)
+        unread.sort_unstable();
+        unread.dedup();
+        if unread.is_empty() {
+            return Ok(out);
+        }
+        let rows = self
+            .fetch_text(&super::sql::column_types(self.dialect(), &unread))
+            .await?;
+        let mut read: HashMap<String, Vec<Column>> = HashMap::new();
+        for r in rows {
+            let mut it = r.into_iter();
+            let (Some(table), Some(name)) = (it.next().flatten(), it.next().flatten()) else {
+                continue;
+            };
+            let sql_type = it.next().flatten().unwrap_or_default().to_ascii_lowercase();
+            // The name asked for: the same bytes, or (MySQL/MariaDB compare table names
+            // by a case-insensitive collation) the same letters when no table has them.
+            let asked = unread
+                .iter()
+                .find(|t| **t == table)
+                .or_else(|| {
+                    unread
+                        .iter()
+                        .find(|t| t.eq_ignore_ascii_case(&table) && !read.keys().any(|k| k == **t))
+                })
+                .copied();
+            if let Some(asked) = asked {
+                read.entry(asked.to_owned())
+                    .or_default()
+                    .push(Column { name, sql_type });
+            }
+        }
+        if let Some(memo) = &self.catalog {
+            let mut memo = memo
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (t, cols) in &read {
+                memo.insert(t.clone(), cols.clone());
+            }
+        }
+        out.extend(read);
+        Ok(out)
     }
 
     /// Start a transaction (SQLite: take the write lock at once).
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(match self {
-            Target::Sqlite(p) => Tx::Sqlite(p.begin_write().await.map_err(fail)?),
-            Target::Postgres(p) => Tx::Postgres(p.begin_write().await.map_err(fail)?),
-            Target::Mysql(p) => Tx::Mysql(p.begin_write().await.map_err(fail)?),
+        Ok(match &self.db {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_write().await.map_err(fail)?),
+            Db::Postgres(p) => Tx::Postgres(p.begin_write().await.map_err(fail)?),
+            Db::Mysql(p) => Tx::Mysql(p.begin_write().await.map_err(fail)?),
         })
     }
 }
@@ -197,10 +251,10 @@ impl Target {
                 }
             }};
         }
-        match self {
-            Target::Sqlite(p) => drain!(p),
-            Target::Postgres(p) => drain!(p),
-            Target::Mysql(p) => drain!(p),
+        match &self.db {
+            Db::Sqlite(p) => drain!(p),
+            Db::Postgres(p) => drain!(p),
+            Db::Mysql(p) => drain!(p),
         }
         Ok(n)
     }

@@ -8,9 +8,10 @@ pub mod exec;
 pub mod pools;
 pub mod sql;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -25,9 +26,19 @@ pub use pools::Pools;
 pub use sql::{Dialect, Statement};
 
 /// An open connection pool to one target system. Only [`Pools`] opens one: a process keeps
-/// one per system.
+/// one per system. A clone made with [`Target::scoped`] also remembers the catalog it
+/// read (see there).
 #[derive(Debug, Clone)]
-pub enum Target {
+pub struct Target {
+    db: Db,
+    /// The columns of each table as read within one survey or task; `None`: every
+    /// lookup reads the catalog.
+    catalog: Option<Arc<std::sync::Mutex<HashMap<String, Vec<sql::Column>>>>>,
+}
+
+/// The pool, by dialect.
+#[derive(Debug, Clone)]
+pub enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
     Mysql(MySqlPool),
@@ -104,7 +115,7 @@ impl Target {
                     .connect_with(opts)
                     .await
                     .map_err(fail)?;
-                Ok(Target::Sqlite(pool))
+                Ok(Target::new(Db::Sqlite(pool)))
             }
             Driver::Postgres => {
                 // Short statements only: no JIT (see the state store's connections).
@@ -117,7 +128,7 @@ impl Target {
                     .connect_with(opts)
                     .await
                     .map_err(fail)?;
-                Ok(Target::Postgres(pool))
+                Ok(Target::new(Db::Postgres(pool)))
             }
             Driver::Mysql => {
                 let pool = MySqlPoolOptions::new()
@@ -126,7 +137,7 @@ impl Target {
                     .connect(url)
                     .await
                     .map_err(fail)?;
-                Ok(Target::Mysql(pool))
+                Ok(Target::new(Db::Mysql(pool)))
             }
             Driver::Manual => Err(Error::new(
                 Code::Target,
@@ -135,11 +146,32 @@ impl Target {
         }
     }
 
+    fn new(db: Db) -> Target {
+        Target { db, catalog: None }
+    }
+
+    /// The pool itself.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The same pool, remembering the catalog it reads from now on: for one survey or one
+    /// task, which then reads each table's columns once (in one statement for all the
+    /// tables [`Target::catalog`] is asked for) instead of at every step. Never kept
+    /// longer: the next survey or task reads the catalog again, so a column added to a
+    /// table is in the next backup of its rows.
+    pub fn scoped(&self) -> Target {
+        Target {
+            db: self.db.clone(),
+            catalog: Some(Arc::default()),
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
-        match self {
-            Target::Sqlite(_) => Dialect::Sqlite,
-            Target::Postgres(_) => Dialect::Postgres,
-            Target::Mysql(_) => Dialect::Mysql,
+        match &self.db {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+            Db::Mysql(_) => Dialect::Mysql,
         }
     }
 
@@ -168,19 +200,19 @@ impl Target {
                 out
             }};
         }
-        Ok(match self {
-            Target::Sqlite(p) => run!(p, sqlx::sqlite::SqliteRow),
-            Target::Postgres(p) => run!(p, sqlx::postgres::PgRow),
-            Target::Mysql(p) => run!(p, sqlx::mysql::MySqlRow),
+        Ok(match &self.db {
+            Db::Sqlite(p) => run!(p, sqlx::sqlite::SqliteRow),
+            Db::Postgres(p) => run!(p, sqlx::postgres::PgRow),
+            Db::Mysql(p) => run!(p, sqlx::mysql::MySqlRow),
         })
     }
 
     /// Close the pool (only [`Pools::close`]: a pool is shared).
     async fn close(&self) {
-        match self {
-            Target::Sqlite(p) => p.close().await,
-            Target::Postgres(p) => p.close().await,
-            Target::Mysql(p) => p.close().await,
+        match &self.db {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+            Db::Mysql(p) => p.close().await,
         }
     }
 }
@@ -293,7 +325,8 @@ async fn survey_one(
     subject: &Identities,
     successor: Option<&Identities>,
 ) -> Result<Surveyed> {
-    let target = pools.get(sys).await?;
+    // One survey, one read of the catalog.
+    let target = pools.get(sys).await?.scoped();
     let lacks = doctor::lacking(&target, sys).await;
     if !lacks.is_empty() {
         return Ok(Surveyed::Lacking(

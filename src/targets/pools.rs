@@ -146,6 +146,7 @@ impl Pools {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::Db;
 
     fn system(url: &str) -> System {
         toml::from_str(&format!(
@@ -175,7 +176,7 @@ mod tests {
         let a = pools.get(&sys).await?;
         let b = pools.clone().get(&sys).await?;
         assert_eq!(pools.opened(), 1, "the second use reuses the pool");
-        let (Target::Sqlite(a), Target::Sqlite(b)) = (&a, &b) else {
+        let (Db::Sqlite(a), Db::Sqlite(b)) = (a.db(), b.db()) else {
             panic!("a SQLite target");
         };
         assert_eq!(a.options().get_max_connections(), 2);
@@ -186,7 +187,7 @@ mod tests {
         let c = pools.get(&system("sqlite://other.db")).await?;
         assert_eq!(pools.opened(), 2, "a new URL, a new pool");
         pools.close().await;
-        let Target::Sqlite(c) = &c else {
+        let Db::Sqlite(c) = c.db() else {
             panic!("a SQLite target");
         };
         assert!(c.is_closed());

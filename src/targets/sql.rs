@@ -308,22 +308,51 @@ impl Dialect {
     }
 }
 
-/// The columns and types of a table, from the database's catalog.
-pub fn column_types(d: Dialect, table: &str) -> Statement {
+/// The columns and types of each of `tables` (at least one), from the database's catalog,
+/// in one statement: rows of (table, column, type), each table's columns in their order.
+/// A table the database lacks has no rows.
+pub fn column_types(d: Dialect, tables: &[&str]) -> Statement {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
     let sql = match d {
-        Dialect::Sqlite => "SELECT name, type FROM pragma_table_info($1) ORDER BY cid",
+        // One table-valued pragma per table, each row named by the table asked for.
+        Dialect::Sqlite => {
+            let parts: Vec<String> = tables
+                .iter()
+                .map(|t| {
+                    let ph = b.bind(t);
+                    format!("SELECT {ph} AS t, cid, name, type FROM pragma_table_info({ph})")
+                })
+                .collect();
+            format!(
+                "SELECT t, name, type FROM ({}) ORDER BY t, cid",
+                parts.join(" UNION ALL ")
+            )
+        }
         Dialect::Postgres => {
-            "SELECT column_name::text, CASE WHEN data_type IN ('USER-DEFINED', 'ARRAY') THEN udt_name::text ELSE data_type::text END \
-             FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
+            let phs: Vec<String> = tables.iter().map(|t| b.bind(t)).collect();
+            format!(
+                "SELECT table_name::text, column_name::text, \
+                 CASE WHEN data_type IN ('USER-DEFINED', 'ARRAY') THEN udt_name::text ELSE data_type::text END \
+                 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name IN ({}) \
+                 ORDER BY table_name, ordinal_position",
+                phs.join(", ")
+            )
         }
         Dialect::Mysql => {
-            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+            let phs: Vec<String> = tables.iter().map(|t| b.bind(t)).collect();
+            format!(
+                "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ({}) ORDER BY TABLE_NAME, ORDINAL_POSITION",
+                phs.join(", ")
+            )
         }
     };
     Statement {
-        sql: sql.to_owned(),
-        binds: vec![table.to_owned()],
+        sql,
+        binds: b.binds,
     }
 }
 
