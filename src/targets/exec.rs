@@ -98,7 +98,7 @@ impl Target {
     /// The columns of each of `tables` that the database has (a table it lacks is not in
     /// the map), read in one statement. A [scoped](Target::scoped) target reads each
     /// table once and answers from what it read after that.
-    pub async fn catalog(&self, tables: &[&str]) -> Result<HashMap<String, Vec<Column>>> {
+    pub async fn catalog(&self, tables: &[&str]) -> Result<super::Catalog> {
         let mut out = HashMap::new();
         let mut unread: Vec<&str> = Vec::new();
         match &self.catalog {

@@ -33,8 +33,11 @@ pub struct Target {
     db: Db,
     /// The columns of each table as read within one survey or task; `None`: every
     /// lookup reads the catalog.
-    catalog: Option<Arc<std::sync::Mutex<HashMap<String, Vec<sql::Column>>>>>,
+    catalog: Option<Arc<std::sync::Mutex<Catalog>>>,
 }
+
+/// Each table's columns, by table name.
+pub type Catalog = HashMap<String, Vec<sql::Column>>;
 
 /// The pool, by dialect.
 #[derive(Debug, Clone)]
