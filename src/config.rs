@@ -527,7 +527,11 @@ impl Config {
                     format!("config file {} does not exist", p.display()),
                 ));
             }
-            figment = figment.merge(Toml::file_exact(p));
+            // Read here, within the limit (a config file is never gigabytes; a device or
+            // a huge file is refused, not read into memory), then parsed by figment.
+            let text = crate::fsx::read_text_limited(p, crate::fsx::limit::TEXT)
+                .map_err(|e| Error::new(e.code, format!("config file {}", e.message)))?;
+            figment = figment.merge(Toml::string(&text));
         }
         figment = figment.merge(
             Env::prefixed("QUIETUS_")

@@ -150,6 +150,12 @@ pub fn read_text_limited(path: &Path, limit: u64) -> Result<String> {
         .map_err(|_| Error::new(Code::Io, format!("{}: not UTF-8 text", path.display())))
 }
 
+/// Open a file to read it piece by piece from async code (a download streamed to its
+/// client), never creating it.
+pub async fn open_read_async(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::File::open(path).await
+}
+
 /// Why [`open_owned_regular`] refused a path.
 #[derive(Debug)]
 pub enum Refused {

@@ -26,7 +26,7 @@ fn json(s: &str) -> Value {
 async fn env_for(store: &StoreKind, crm: &CrmKind) -> Env {
     let env = Env::new(store).await;
     env.use_crm(crm).await;
-    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = common::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
         format!("{text}\n[mail]\ndpo = \"dpo@corp.example\"\n"),
@@ -49,7 +49,7 @@ fn show(env: &Env, id: &str, at: &str) -> Value {
 /// Replace `from` (which must be there) with `to` in a policy file.
 fn edit(env: &Env, file: &str, from: &str, to: &str) {
     let path = env.path().join("policies").join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = common::read_to_string(&path).unwrap();
     assert!(text.contains(from), "{file} has no {from:?}");
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
 }

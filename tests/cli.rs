@@ -321,7 +321,7 @@ async fn the_queue_puts_overdue_requests_first_when_time_passes(#[case] backend:
 async fn an_invalid_policy_stops_every_command_and_the_daemon() {
     let env = Env::new(&StoreKind::Sqlite).await;
     let path = env.path().join("policies/retention.toml");
-    let text = std::fs::read_to_string(&path)
+    let text = common::read_to_string(&path)
         .unwrap()
         .replace("action = \"erase\"", "action = \"obliterate\"");
     std::fs::write(&path, text).unwrap();
@@ -342,7 +342,7 @@ async fn an_invalid_policy_stops_every_command_and_the_daemon() {
 #[tokio::test(flavor = "multi_thread")]
 async fn config_rejects_unknown_keys_takes_env_overrides_and_works_from_anywhere() {
     let env = Env::new(&StoreKind::Sqlite).await;
-    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = common::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
         format!("{text}\n[server]\nlisten = \"127.0.0.1:0\"\nmax_body = 5\n"),
@@ -443,7 +443,7 @@ async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose(
             foreign.push("sqlite://crm.db".to_owned());
         }
         let crm_file = env.path().join("crm.db");
-        let crm_before = std::fs::read(&crm_file).unwrap();
+        let crm_before = common::read(&crm_file).unwrap();
         for url in &foreign {
             for args in [
                 vec!["queue"],
@@ -485,7 +485,7 @@ async fn a_store_that_does_not_exist_is_refused_and_only_created_on_purpose(
                     "{label}: the CRM database was not turned into a store"
                 );
                 assert!(
-                    std::fs::read(&crm_file).unwrap() == crm_before,
+                    common::read(&crm_file).unwrap() == crm_before,
                     "{label}: the CRM database file is untouched"
                 );
             }
@@ -549,7 +549,7 @@ fn assert_dates_labelled(what: &str, text: &str) {
 fn outbox_texts(env: &Env) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(env.path().join("var/outbox")).unwrap() {
-        let raw = std::fs::read(e.unwrap().path()).unwrap();
+        let raw = common::read(e.unwrap().path()).unwrap();
         let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
         let subject = msg.subject().unwrap_or_default().to_owned();
         let text = msg.body_text(0).unwrap_or_default().to_string();

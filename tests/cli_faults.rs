@@ -187,3 +187,59 @@ async fn a_huge_policy_file_is_refused_not_read() {
     assert!(e.contains("huge.toml") && e.contains("limit"), "{e}");
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }
+
+/// The config file, the SMTP password file and the signing key file are read only up to
+/// a limit too (issue 9, item 10): each, as a 4 GiB sparse file, is refused at once,
+/// naming the file and the limit, under a 3 GB address-space cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_config_password_or_key_file_is_refused_not_read() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let huge = env.path().join("huge.txt");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(4 << 30).unwrap();
+    drop(f);
+    let base = common::read_to_string(&env.config).unwrap();
+    let with = |extra: &str| {
+        let p = env.path().join(format!("quietus-{}.toml", extra.len()));
+        std::fs::write(&p, format!("{base}\n{extra}\n")).unwrap();
+        p
+    };
+    let cases: [(&str, std::path::PathBuf, &[&str]); 3] = [
+        ("config", huge.clone(), &["doctor"]),
+        (
+            "password file",
+            with(
+                "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\npassword_file = \"huge.txt\"",
+            ),
+            &["run"],
+        ),
+        (
+            "key file",
+            with("[proof]\nkey_file = \"huge.txt\""),
+            &["run"],
+        ),
+    ];
+    for (what, config, args) in cases {
+        let t = Instant::now();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 3000000; exec timeout -s KILL 60 \"$@\"")
+            .arg("sh")
+            .arg(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .current_dir(env.path())
+            .env_remove("QUIETUS_CONFIG")
+            .env_remove("QUIETUS_NOW")
+            .env("QUIETUS_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let took = t.elapsed();
+        let e = stderr(&out);
+        assert!(!out.status.success(), "{what}: {e}");
+        assert!(e.contains("huge.txt") && e.contains("limit"), "{what}: {e}");
+        assert!(took < Duration::from_secs(20), "{what}: took {took:?}");
+    }
+}

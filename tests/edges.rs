@@ -201,7 +201,7 @@ async fn a_request_with_nothing_to_change_gets_a_receipt_and_one_completion_emai
         // The receipt verifies, and says nothing was changed.
         let file = run["receipts"][0].as_str().unwrap();
         ok(&env.run_at(&["verify", file], Some(at), None));
-        let doc = json(&std::fs::read_to_string(file).unwrap());
+        let doc = json(&common::read_to_string(file).unwrap());
         assert_eq!(doc["body"]["tasks"], json("[]"), "{label}: {doc}");
         let completions = mail_kinds(&env, &id)
             .await
@@ -293,7 +293,7 @@ async fn a_followup_whose_retention_ended_waits_for_its_keys_then_erases_now(
 }
 
 fn add_dpo(env: &Env) {
-    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = common::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
         format!("{text}\n[mail]\ndpo = \"dpo@corp.example\"\n"),

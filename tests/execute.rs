@@ -576,7 +576,7 @@ async fn the_exit_backups_open_with_age_and_zstd_and_hold_exactly_the_changed_ro
         let file = env.path().join(format!("var/backups/{bid}.jsonl.zst.age"));
         let key = env.path().join(format!("var/backup-keys/{bid}.key"));
         assert!(file.is_file() && key.is_file(), "{bid}: {b:#}");
-        let raw = std::fs::read(&file).unwrap();
+        let raw = common::read(&file).unwrap();
         assert!(
             raw.starts_with(b"age-encryption.org/v1\n"),
             "{bid}: not age"
@@ -988,7 +988,7 @@ async fn addresses_with_apostrophes_and_quotes_are_erased_on_every_database(
         // completion went out.
         let mut recipients: BTreeMap<String, usize> = BTreeMap::new();
         for e in std::fs::read_dir(env.path().join("var/outbox")).unwrap() {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let text = common::read_to_string(e.unwrap().path()).unwrap();
             for l in text.lines().filter(|l| l.starts_with("To: ")) {
                 *recipients
                     .entry(l["To: ".len()..].trim().to_owned())

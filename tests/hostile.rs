@@ -458,7 +458,7 @@ columns = { role"#
 
 fn edit(env: &Env, file: &str, from: &str, to: &str) -> String {
     let path = env.path().join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = common::read_to_string(&path).unwrap();
     assert!(text.contains(from), "{file} has no {from:?}");
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
     text
@@ -484,7 +484,7 @@ async fn hostile_policy_files_and_schedules_are_refused_naming_the_file() {
     }
     // Schedules that never fire, or do not parse.
     for cron in ["0 0 0 30 2 *", "not a cron", "0 0 0 31 4 *"] {
-        let config = std::fs::read_to_string(&env.config).unwrap();
+        let config = common::read_to_string(&env.config).unwrap();
         std::fs::write(
             &env.config,
             format!("{config}\n[schedule]\nretention_sweep = \"{cron}\"\n"),

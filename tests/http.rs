@@ -700,7 +700,7 @@ async fn inbox_files_are_taken_whole_or_rejected_with_a_reason(#[case] backend: 
         one_ending_with(&done, "-leavers.csv", label);
         assert_eq!(rejected.len(), 4, "[{label}] rejected: {rejected:?}");
         let bad = one_ending_with(&rejected, "-bad.json", label);
-        let note = std::fs::read_to_string(inbox.join("rejected").join(format!("{bad}.error.txt")))
+        let note = common::read_to_string(inbox.join("rejected").join(format!("{bad}.error.txt")))
             .unwrap_or_else(|e| panic!("[{label}] no error note beside {bad}: {e}"));
         assert!(
             note.contains("bad.json") && note.contains("malformed") && note.contains("line 1"),
@@ -709,7 +709,7 @@ async fn inbox_files_are_taken_whole_or_rejected_with_a_reason(#[case] backend: 
         assert!(note.contains("ticket_invalid"), "[{label}] {note}");
         let broken = one_ending_with(&rejected, "-broken-list.csv", label);
         let note =
-            std::fs::read_to_string(inbox.join("rejected").join(format!("{broken}.error.txt")))
+            common::read_to_string(inbox.join("rejected").join(format!("{broken}.error.txt")))
                 .unwrap_or_else(|e| panic!("[{label}] no error note beside {broken}: {e}"));
         assert!(
             note.contains("broken-list.csv: line 3") && note.contains("exit_date"),
@@ -717,7 +717,7 @@ async fn inbox_files_are_taken_whole_or_rejected_with_a_reason(#[case] backend: 
         );
         // The rejected files are kept as they were sent.
         assert_eq!(
-            std::fs::read_to_string(inbox.join("rejected").join(&broken)).unwrap(),
+            common::read_to_string(inbox.join("rejected").join(&broken)).unwrap(),
             bad_csv
         );
 

@@ -149,7 +149,7 @@ async fn links_fifos_folders_and_strangers_files_are_moved_aside_unread() {
             .iter()
             .find(|n| n.ends_with(&format!("-{name}")))
             .unwrap_or_else(|| panic!("{name} not moved aside: {rejected:?}"));
-        let note = std::fs::read_to_string(rejected_dir.join(format!("{moved}.error.txt")))
+        let note = common::read_to_string(rejected_dir.join(format!("{moved}.error.txt")))
             .unwrap_or_else(|e| panic!("no note for {name}: {e}"));
         assert!(!note.contains("TOP-SECRET"), "{name}: {note}");
         assert!(!note.contains("olivia"), "{name}: {note}");
@@ -157,7 +157,7 @@ async fn links_fifos_folders_and_strangers_files_are_moved_aside_unread() {
     }
     // What the links pointed at is untouched, and still where it was.
     assert_eq!(
-        std::fs::read_to_string(outside.join("secret.txt")).unwrap(),
+        common::read_to_string(outside.join("secret.txt")).unwrap(),
         "TOP-SECRET-VALUE\n"
     );
     assert!(outside.join("ticket.json").exists());

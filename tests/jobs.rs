@@ -15,7 +15,7 @@ fn json(s: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_keeps_failing_needs_attention_with_its_error_visible() {
     let env = Env::new(&StoreKind::Sqlite).await;
-    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = common::read_to_string(&env.config).unwrap();
     std::fs::write(&env.config, format!("{text}\n[jobs]\nmax_attempts = 2\n")).unwrap();
     let f = env.write("exit.json", EXIT_TICKET);
     let at = Some("2026-12-01T03:00:00Z");
@@ -337,7 +337,7 @@ async fn an_access_request_gets_its_own_words_and_the_passphrase_only_once_the_a
             );
         }
         for e in std::fs::read_dir(env.path().join("var/outbox")).unwrap() {
-            let raw = std::fs::read(e.unwrap().path()).unwrap();
+            let raw = common::read(e.unwrap().path()).unwrap();
             let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
             assert!(!String::from_utf8_lossy(&raw).contains(&pass));
             assert!(!msg.body_text(0).unwrap_or_default().contains(&pass));
@@ -491,7 +491,7 @@ async fn a_leaver_who_asks_gets_a_copy_taken_before_anything_is_erased() {
 /// The first link in an outbox message whose text contains `marker`.
 fn link_in_outbox(env: &Env, marker: &str) -> Option<String> {
     for e in std::fs::read_dir(env.path().join("var/outbox")).ok()? {
-        let raw = std::fs::read(e.ok()?.path()).ok()?;
+        let raw = common::read(e.ok()?.path()).ok()?;
         let msg = mail_parser::MessageParser::default().parse(&raw)?;
         let text = msg.body_text(0).unwrap_or_default().to_string();
         if let Some(i) = text.find(marker) {

@@ -42,7 +42,7 @@ impl Logged {
         let label = kind.label();
         let env = Env::new(&kind).await;
         if !extra_config.is_empty() {
-            let mut text = std::fs::read_to_string(&env.config).unwrap();
+            let mut text = common::read_to_string(&env.config).unwrap();
             text.push_str(extra_config);
             std::fs::write(&env.config, text).unwrap();
         }
@@ -244,7 +244,7 @@ async fn a_log_with_entries_but_no_checkpoint_anywhere_does_not_hold(#[case] bac
     let l = Logged::new(backend, "").await;
     // The file alone gone: quietus writes it with every append.
     let file = l.checkpoint_file();
-    let kept = std::fs::read_to_string(&file).unwrap();
+    let kept = common::read_to_string(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
     l.fails("a missing checkpoint file", &["checkpoint file", "missing"]);
     std::fs::write(&file, &kept).unwrap();

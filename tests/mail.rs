@@ -611,7 +611,7 @@ async fn the_file_transport_writes_each_message_once(#[case] backend: Backend) {
         assert_eq!(files.len(), 3);
 
         for m in &mails {
-            let bytes = std::fs::read(outbox.join(format!("{}.eml", m.id))).unwrap();
+            let bytes = common::read(outbox.join(format!("{}.eml", m.id))).unwrap();
             let msg = parse(&bytes);
             assert_eq!(
                 msg.message_id(),
@@ -862,7 +862,7 @@ impl Drop for SmtpSink {
 fn delivered(dir: &Path) -> HashMap<String, usize> {
     let mut by_id = HashMap::new();
     for f in eml_files(dir) {
-        let bytes = std::fs::read(&f).unwrap();
+        let bytes = common::read(&f).unwrap();
         let id = parse(&bytes).message_id().expect("a Message-ID").to_owned();
         *by_id.entry(id).or_insert(0) += 1;
     }
@@ -919,7 +919,7 @@ async fn smtp_to_a_real_server_on_loopback_loses_nothing_and_sends_nothing_twice
         assert_eq!(s.sent, vec![first.id.clone()], "{}", kind.label());
         let files = eml_files(&received);
         assert_eq!(files.len(), 1);
-        let bytes = std::fs::read(&files[0]).unwrap();
+        let bytes = common::read(&files[0]).unwrap();
         let msg = parse(&bytes);
         assert_eq!(
             msg.message_id(),

@@ -110,7 +110,7 @@ fn no_file_is_created_outside_fsx() {
         if p.extension().is_none_or(|e| e != "rs") || p.ends_with("fsx.rs") {
             continue;
         }
-        let text = std::fs::read_to_string(&p).unwrap();
+        let text = common::read_to_string(&p).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap_or("");
         for (i, line) in code.lines().enumerate() {
             if line.trim_start().starts_with("//") {

@@ -148,7 +148,7 @@ async fn every_database_connection_has_tcp_nodelay() {
     let crm_my = CrmKind::of(Backend::Mysql).await;
     crm_my.load().await;
     let (_, my_url) = crm_my.driver_url();
-    let map = std::fs::read_to_string(env.path().join("policies/systems/crm.toml")).unwrap();
+    let map = common::read_to_string(env.path().join("policies/systems/crm.toml")).unwrap();
     let mut named = false;
     let map: Vec<String> = map
         .lines()
@@ -193,7 +193,7 @@ async fn every_database_connection_has_tcp_nodelay() {
                 "the erasure is carried out on both systems: {summary}"
             );
         }
-        let c = connections(&std::fs::read_to_string(&log).unwrap());
+        let c = connections(&common::read_to_string(&log).unwrap());
         for (port, n) in c.per_port {
             *total.per_port.entry(port).or_default() += n;
         }

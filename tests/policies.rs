@@ -79,7 +79,7 @@ fn a_syntax_error_names_file_line_and_column() {
     let dir = broken("retention.toml", |t| {
         t.replace("id = \"private-content\"", "id = \"private-content")
     });
-    let text = std::fs::read_to_string(dir.path().join("retention.toml")).unwrap();
+    let text = common::read_to_string(dir.path().join("retention.toml")).unwrap();
     let line = line_of(&text, "id = \"private-content");
     let err = fails(&check(dir.path()));
     assert!(err.contains(&format!("retention.toml:{line}:")), "{err}");
@@ -93,7 +93,7 @@ fn an_unknown_key_names_file_and_line() {
             "id = \"private-content\"\nretension = \"5 years\"",
         )
     });
-    let text = std::fs::read_to_string(dir.path().join("retention.toml")).unwrap();
+    let text = common::read_to_string(dir.path().join("retention.toml")).unwrap();
     let line = line_of(&text, "retension");
     let err = fails(&check(dir.path()));
     assert!(
@@ -107,7 +107,7 @@ fn an_unknown_action_names_file_and_line() {
     let dir = broken("retention.toml", |t| {
         t.replacen("action = \"erase\"", "action = \"shred\"", 1)
     });
-    let text = std::fs::read_to_string(dir.path().join("retention.toml")).unwrap();
+    let text = common::read_to_string(dir.path().join("retention.toml")).unwrap();
     let line = line_of(&text, "shred");
     let err = fails(&check(dir.path()));
     assert!(
@@ -124,7 +124,7 @@ fn an_uncovered_category_names_the_data_map_and_line() {
             "columns = { role = \"user.authorization\", face = \"user.biometric\" }",
         )
     });
-    let text = std::fs::read_to_string(dir.path().join("systems/crm.toml")).unwrap();
+    let text = common::read_to_string(dir.path().join("systems/crm.toml")).unwrap();
     let line = line_of(&text, "user.biometric");
     let err = fails(&check(dir.path()));
     assert!(err.contains(&format!("systems/crm.toml:{line}:")), "{err}");

@@ -66,7 +66,7 @@ impl Demo {
 }
 
 fn load(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    serde_json::from_str(&common::read_to_string(p).unwrap()).unwrap()
 }
 
 fn write(dir: &Path, name: &str, v: &Value) -> PathBuf {
@@ -242,11 +242,11 @@ fn a_rewritten_log_is_caught() {
 #[test]
 fn old_receipts_verify_with_the_old_key_after_a_rotation() {
     let d = Demo::new();
-    let old_pub = std::fs::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap();
+    let old_pub = common::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap();
     let keep = d.root.join("old.pub");
     std::fs::write(&keep, &old_pub).unwrap();
     ok(&d.q(&["keys", "rotate"]));
-    let new_pub = std::fs::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap();
+    let new_pub = common::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap();
     assert_ne!(old_pub, new_pub);
     let r = d.receipts()[0].clone();
     let out = d.verify(&r, &[]);
@@ -265,9 +265,9 @@ fn receipts_and_the_log_hold_no_personal_data() {
     let d = Demo::new();
     let mut text = String::new();
     for r in d.receipts() {
-        text.push_str(&std::fs::read_to_string(r).unwrap());
+        text.push_str(&common::read_to_string(r).unwrap());
     }
-    text.push_str(&std::fs::read_to_string(d.root.join("var/log/checkpoint")).unwrap());
+    text.push_str(&common::read_to_string(d.root.join("var/log/checkpoint")).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let bodies: Vec<String> = rt.block_on(async {
         let pool = sqlx::SqlitePool::connect(&format!(
@@ -341,7 +341,7 @@ fn shredding_a_backup_issues_its_own_receipt_and_old_receipts_still_verify() {
 
 /// The attachments and text parts of an `.eml` file.
 fn eml_parts(path: &Path) -> (String, Vec<(String, Vec<u8>)>, String) {
-    let raw = std::fs::read(path).unwrap();
+    let raw = common::read(path).unwrap();
     let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
     let to = msg
         .to()
@@ -475,13 +475,13 @@ async fn the_daemon_serves_the_checkpoint_and_the_public_key() {
     let cp = get("/log/checkpoint").await;
     assert_eq!(
         cp,
-        std::fs::read_to_string(d.root.join("var/log/checkpoint")).unwrap()
+        common::read_to_string(d.root.join("var/log/checkpoint")).unwrap()
     );
     assert!(cp.starts_with("quietus/log\n"));
     let pk = get("/keys/receipts.pub").await;
     assert_eq!(
         pk,
-        std::fs::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap()
+        common::read_to_string(d.root.join("var/keys/receipts.pub")).unwrap()
     );
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();

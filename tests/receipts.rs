@@ -179,7 +179,7 @@ async fn four_workers_issue_exactly_one_receipt_and_one_email_per_request(
     let cps = ctx.store.checkpoints().await.unwrap();
     let latest = cps.last().unwrap();
     assert_eq!(latest.size, entries, "{label}");
-    let file = std::fs::read_to_string(app.config.path(&app.config.proof.checkpoint_file)).unwrap();
+    let file = common::read_to_string(app.config.path(&app.config.proof.checkpoint_file)).unwrap();
     assert_eq!(
         file, latest.note,
         "{label}: the checkpoint file holds the latest checkpoint"
@@ -320,7 +320,7 @@ async fn an_append_reads_no_leaf_but_once_on_a_log_without_frontiers(#[case] bac
     assert_eq!(report.checkpoint_copies, 1, "{label}");
     assert!(report.problems.is_empty(), "{label}: {:?}", report.problems);
     assert_eq!(report.entries, n as u64 + 12);
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), a.note);
+    assert_eq!(common::read_to_string(&file).unwrap(), a.note);
     with_frontier.sort();
     eprintln!(
         "{label}: append of one entry at {n} entries: {:?} (median) from the frontier, {from_leaves:?} reading every leaf",
@@ -499,7 +499,7 @@ async fn three_instances_one_killed_do_each_task_once() {
             .unwrap();
         assert!(st.success());
         let st = i.wait().unwrap();
-        let log = std::fs::read_to_string(env.path().join(format!("serve-{n}.log"))).unwrap();
+        let log = common::read_to_string(env.path().join(format!("serve-{n}.log"))).unwrap();
         // Once in CI (under the load of the other tests) a survivor exited 1 here, cause
         // not yet known: its log is printed, and the invariants below decide. To be
         // made an assertion again once the cause is found (see the session note).

@@ -40,7 +40,7 @@ impl Drop for Daemon {
 }
 
 fn add_config(env: &Env, text: &str) {
-    let mut c = std::fs::read_to_string(&env.config).unwrap();
+    let mut c = common::read_to_string(&env.config).unwrap();
     c.push_str(text);
     std::fs::write(&env.config, c).unwrap();
 }
@@ -284,7 +284,7 @@ async fn a_tick_already_past_at_first_start_is_not_fired_unless_catch_up_is_conf
         );
 
         // Configured to catch up: the missed tick fires at start.
-        let c = std::fs::read_to_string(&env.config)
+        let c = common::read_to_string(&env.config)
             .unwrap()
             .replace("[schedule]\n", "[schedule]\ncatch_up = true\n");
         std::fs::write(&env.config, c).unwrap();

@@ -55,7 +55,7 @@ impl Daemon {
             let _ = child.wait();
             panic!(
                 "quietus serve did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                common::read_to_string(&log).unwrap_or_default()
             );
         };
         Daemon {
@@ -66,7 +66,7 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        common::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -81,7 +81,7 @@ impl Drop for Daemon {
 /// An env whose daemon polls for due work once a minute.
 async fn env_polling_once_a_minute(kind: &StoreKind) -> Env {
     let env = Env::new(kind).await;
-    let mut c = std::fs::read_to_string(&env.config).unwrap();
+    let mut c = common::read_to_string(&env.config).unwrap();
     c.push_str("[jobs]\npoll_seconds = 60\n");
     std::fs::write(&env.config, c).unwrap();
     env

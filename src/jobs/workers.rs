@@ -5,7 +5,7 @@
 //! released at once instead of being waited out.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Code, Error, Result};
@@ -104,10 +104,9 @@ pub fn gone(dir: &Path) -> Result<Vec<Gone>> {
             std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
             continue;
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .map_err(|e| io("read", &path, e))?;
-        let worker = text.trim().to_owned();
+        // A worker's name: a few bytes; never more than a small bound is read.
+        let bytes = crate::fsx::read_bounded(&mut file, &path.display().to_string(), 4096)?;
+        let worker = String::from_utf8_lossy(&bytes).trim().to_owned();
         if worker.is_empty() {
             std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
             continue;

@@ -208,12 +208,10 @@ impl Mailer {
                 let password = match &m.smtp.password_file {
                     Some(f) => {
                         let f = config.path(f);
-                        let text = std::fs::read_to_string(&f).map_err(|e| {
-                            Error::new(
-                                Code::Config,
-                                format!("mail.smtp.password_file {}: {e}", f.display()),
-                            )
-                        })?;
+                        let text = crate::fsx::read_text_limited(&f, crate::fsx::limit::KEY)
+                            .map_err(|e| {
+                                Error::new(e.code, format!("mail.smtp.password_file {}", e.message))
+                            })?;
                         Some(text.lines().next().unwrap_or("").to_owned())
                     }
                     None => m.smtp.password.as_ref().map(|s| s.0.clone()),
@@ -394,7 +392,7 @@ mod tests {
             Delivery::AlreadyThere
         );
         assert_eq!(
-            std::fs::read(dir.path().join("abc.eml")).unwrap(),
+            crate::fsx::read_limited(&dir.path().join("abc.eml"), u64::MAX).unwrap(),
             b"one".to_vec()
         );
         assert!(write_eml(dir.path(), "../x", b"x").is_err());

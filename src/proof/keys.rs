@@ -58,13 +58,10 @@ pub fn rotate(config: &Config) -> Result<KeyPair> {
 /// The signing key.
 pub fn load(config: &Config) -> Result<KeyPair> {
     let key_file = config.path(&config.proof.key_file);
-    let text = std::fs::read_to_string(&key_file).map_err(|e| {
+    let text = crate::fsx::read_text_limited(&key_file, crate::fsx::limit::KEY).map_err(|e| {
         Error::new(
-            Code::Config,
-            format!(
-                "signing key {}: {e} (run `quietus keys init`)",
-                key_file.display()
-            ),
+            e.code,
+            format!("signing key {} (run `quietus keys init`)", e.message),
         )
     })?;
     KeyPair::parse(&text).map_err(|e| e.context(key_file.display()))

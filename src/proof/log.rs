@@ -217,7 +217,7 @@ pub fn publish_checkpoint(path: &Path, size: u64, note: &str) -> Result<()> {
     }
     let lock = crate::fsx::append_private(&dir.join(format!(".{name}.lock")))?;
     lock.lock()?;
-    let there = std::fs::read_to_string(path)
+    let there = crate::fsx::read_text_limited(path, crate::fsx::limit::RECEIPT)
         .ok()
         .and_then(|t| Checkpoint::parse_body(&t).ok())
         .map(|c| c.size);
@@ -491,10 +491,16 @@ mod tests {
         publish_checkpoint(&path, 7, &note(7)).unwrap();
         // A worker that finished before, writing after.
         publish_checkpoint(&path, 6, &note(6)).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(7));
+        assert_eq!(
+            crate::fsx::read_text_limited(&path, u64::MAX).unwrap(),
+            note(7)
+        );
         publish_checkpoint(&path, 7, &note(7)).unwrap();
         publish_checkpoint(&path, 8, &note(8)).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(8));
+        assert_eq!(
+            crate::fsx::read_text_limited(&path, u64::MAX).unwrap(),
+            note(8)
+        );
         let tmp: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -518,6 +524,9 @@ mod tests {
                 });
             }
         });
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), note(199));
+        assert_eq!(
+            crate::fsx::read_text_limited(&path, u64::MAX).unwrap(),
+            note(199)
+        );
     }
 }

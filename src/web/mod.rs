@@ -546,17 +546,27 @@ async fn download_export(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Ok(bytes) = std::fs::read(&e.path) else {
+    // Streamed in pieces: an export can be large, and never sits whole in memory.
+    let Ok(file) = crate::fsx::open_read_async(std::path::Path::new(&e.path)).await else {
         return ApiError(Error::new(Code::NotFound, "the export is no longer there"))
             .into_response();
     };
+    let pieces = futures_util::stream::try_unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf).await?;
+        if n == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), f)))
+    });
     let disposition = format!("attachment; filename=\"export-{}.html.age\"", e.request_id);
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        bytes,
+        Body::from_stream(pieces),
     )
         .into_response()
 }
@@ -763,7 +773,7 @@ async fn confirm_form(
 }
 
 fn serve_text(path: &std::path::Path, missing: &str) -> Response {
-    match std::fs::read_to_string(path) {
+    match crate::fsx::read_text_limited(path, crate::fsx::limit::RECEIPT) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
         Err(_) => ApiError(Error::new(Code::NotFound, missing)).into_response(),
     }
