@@ -109,6 +109,33 @@ pub fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()
     create_private(path)?.write_all(bytes.as_ref())
 }
 
+/// Make `path` with `bytes`, 0600 and synced, only if no file is there, and whole or not
+/// at all: written to a temporary file beside it first, then linked to its name (which
+/// fails with `AlreadyExists` when another got there first). Processes racing to make
+/// the same file (instances starting at once make the signing key) then agree on one,
+/// and none reads it half written.
+pub fn publish_new_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = create_new_private(&tmp)?;
+        f.write_all(bytes.as_ref())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` (created or truncated), 0600, and sync it.
 pub fn write_private_synced(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     let mut f = create_private(path)?;

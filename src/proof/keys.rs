@@ -11,11 +11,13 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {
         crate::fsx::create_dir_private(d)?;
     }
-    use std::io::Write;
-    let mut f = crate::fsx::create_new_private(path)
-        .map_err(|e| Error::new(Code::Io, format!("{}: {e}", path.display())))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all())?;
-    Ok(())
+    crate::fsx::publish_new_private(path, text).map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Code::Usage,
+            _ => Code::Io,
+        };
+        Error::new(code, format!("{}: {e}", path.display()))
+    })
 }
 
 /// Create the signing key and its public key file. Refuses to replace an existing key
@@ -33,12 +35,18 @@ pub fn init(config: &Config) -> Result<KeyPair> {
     }
     let key = KeyPair::generate(&config.proof.origin)?;
     write_private(&key_file, &format!("{}\n", key.to_text()))?;
+    write_public(config, &key)?;
+    Ok(key)
+}
+
+/// The public key file of `key`.
+fn write_public(config: &Config, key: &KeyPair) -> Result<()> {
     let pub_file = config.path(&config.proof.public_key_file);
     if let Some(d) = pub_file.parent() {
         crate::fsx::create_dir_private(d)?;
     }
     crate::fsx::write_private_synced(&pub_file, format!("{}\n", key.verifier().to_text()))?;
-    Ok(key)
+    Ok(())
 }
 
 /// Replace the signing key: the old key files are kept beside it as `*.NAME+HASH.old`
@@ -69,10 +77,16 @@ pub fn load(config: &Config) -> Result<KeyPair> {
 
 /// The signing key, created on first use (logged, with where its public key is).
 pub fn load_or_init(config: &Config) -> Result<KeyPair> {
-    if config.path(&config.proof.key_file).exists() {
+    let key_file = config.path(&config.proof.key_file);
+    if key_file.exists() {
         return load(config);
     }
-    let key = init(config)?;
+    let key = match init(config) {
+        Ok(key) => key,
+        // Another instance made it first (its file is whole: see `write_private`).
+        Err(_) if key_file.exists() => return load(config),
+        Err(e) => return Err(e),
+    };
     tracing::warn!(
         public_key = %config.path(&config.proof.public_key_file).display(),
         "created a receipt signing key; back it up, and publish its public key"
