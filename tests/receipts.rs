@@ -600,3 +600,23 @@ fn instances_starting_at_once_make_one_signing_key() {
         );
     }
 }
+
+/// A key whose public key file is missing (an instance stopped between making the one and
+/// the other, or an operator removed it) gets it back from the key on the next start.
+#[test]
+fn a_missing_public_key_file_is_made_again_from_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quietus::config::Config {
+        base_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let key = quietus::proof::keys::load_or_init(&config).unwrap();
+    let public = dir.path().join("var/keys/receipts.pub");
+    std::fs::remove_file(&public).unwrap();
+    let again = quietus::proof::keys::load_or_init(&config).unwrap();
+    assert_eq!(again.verifier().to_text(), key.verifier().to_text());
+    assert_eq!(
+        common::read_to_string(&public).unwrap().trim(),
+        key.verifier().to_text()
+    );
+}

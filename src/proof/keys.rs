@@ -79,18 +79,40 @@ pub fn load(config: &Config) -> Result<KeyPair> {
 pub fn load_or_init(config: &Config) -> Result<KeyPair> {
     let key_file = config.path(&config.proof.key_file);
     if key_file.exists() {
-        return load(config);
+        return load_with_public(config);
     }
     let key = match init(config) {
         Ok(key) => key,
         // Another instance made it first (its file is whole: see `write_private`).
-        Err(_) if key_file.exists() => return load(config),
+        Err(_) if key_file.exists() => return load_with_public(config),
         Err(e) => return Err(e),
     };
     tracing::warn!(
         public_key = %config.path(&config.proof.public_key_file).display(),
         "created a receipt signing key; back it up, and publish its public key"
     );
+    Ok(key)
+}
+
+/// The signing key, and its public key file made again when it is missing (an instance
+/// stopped between the two, or someone removed it): made whole or not at all, and left
+/// alone when another instance made it meanwhile.
+fn load_with_public(config: &Config) -> Result<KeyPair> {
+    let key = load(config)?;
+    let pub_file = config.path(&config.proof.public_key_file);
+    if !pub_file.exists() {
+        if let Some(d) = pub_file.parent() {
+            crate::fsx::create_dir_private(d)?;
+        }
+        match crate::fsx::publish_new_private(&pub_file, format!("{}\n", key.verifier().to_text()))
+        {
+            Ok(()) => {
+                tracing::warn!(public_key = %pub_file.display(), "the public key file was missing: made again from the signing key")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::new(Code::Io, format!("{}: {e}", pub_file.display()))),
+        }
+    }
     Ok(key)
 }
 
