@@ -313,17 +313,7 @@ impl Policies {
     /// period (see [`Rule::keep_rank`]). Plans use [`Policies::resolve_on`], which counts
     /// retentions from the request's dates.
     pub fn resolve(&self, category: &str, kind: RequestKind, j: Jurisdiction) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .filter(|r| r.applies_to(kind, j))
-            .filter_map(|r| r.specificity(category).map(|s| (s, r)))
-            .max_by(|(sa, a), (sb, b)| {
-                sa.cmp(sb)
-                    .then(a.keep_rank().cmp(&b.keep_rank()))
-                    // deterministic between identical ranks: the first id in order wins
-                    .then(b.id.cmp(&a.id))
-            })
-            .map(|(_, r)| r)
+        self.pick(category, kind, j, |_| None)
     }
 
     /// The rule that governs `category` for a request with these dates: as
@@ -357,6 +347,20 @@ impl Policies {
                 None => (true, NaiveDate::MIN),
             })
         };
+        self.pick(category, kind, j, end)
+    }
+
+    /// The one ranking of [`Policies::resolve`] and [`Policies::resolve_on`]: the most
+    /// specific rule; then the stronger action; then the later retention end (`end`, where
+    /// it is known); then the rough length of the period; then, deterministic between
+    /// identical ranks, the first id in order.
+    fn pick(
+        &self,
+        category: &str,
+        kind: RequestKind,
+        j: Jurisdiction,
+        end: impl Fn(&Rule) -> Option<(bool, NaiveDate)>,
+    ) -> Option<&Rule> {
         self.rules
             .iter()
             .filter(|r| r.applies_to(kind, j))
