@@ -508,6 +508,28 @@ impl Default for Config {
     }
 }
 
+/// The config file's text (read within its limit), as figment's TOML source named by its
+/// path: a parse error says which file, as reading the file through figment would.
+struct ConfigFile {
+    path: PathBuf,
+    data: figment::providers::Data<Toml>,
+}
+
+impl figment::Provider for ConfigFile {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::from("TOML file", self.path.as_path())
+    }
+
+    fn data(
+        &self,
+    ) -> std::result::Result<
+        figment::value::Map<figment::Profile, figment::value::Dict>,
+        figment::Error,
+    > {
+        self.data.data()
+    }
+}
+
 impl Config {
     /// Load the config: explicit path, `$QUIETUS_CONFIG`, `./quietus.toml`, or the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Config> {
@@ -531,7 +553,10 @@ impl Config {
             // a huge file is refused, not read into memory), then parsed by figment.
             let text = crate::fsx::read_text_limited(p, crate::fsx::limit::TEXT)
                 .map_err(|e| Error::new(e.code, format!("config file {}", e.message)))?;
-            figment = figment.merge(Toml::string(&text));
+            figment = figment.merge(ConfigFile {
+                path: p.clone(),
+                data: Toml::string(&text),
+            });
         }
         figment = figment.merge(
             Env::prefixed("QUIETUS_")

@@ -243,3 +243,24 @@ async fn a_huge_config_password_or_key_file_is_refused_not_read() {
         assert!(took < Duration::from_secs(20), "{what}: took {took:?}");
     }
 }
+
+/// A misspelled key in the config file is an error naming the file and the key (the
+/// file is read within its limit, then parsed: the parse error still says which file).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misspelled_config_key_names_the_file_and_the_key() {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let base = common::read_to_string(&env.config).unwrap();
+    let bad = env.path().join("misspelled.toml");
+    std::fs::write(&bad, format!("{base}\n[server]\nlisen = \"127.0.0.1:1\"\n")).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .arg("doctor")
+        .env_remove("QUIETUS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert!(!out.status.success(), "{e}");
+    assert!(e.contains("misspelled.toml") && e.contains("lisen"), "{e}");
+}

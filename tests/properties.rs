@@ -504,6 +504,27 @@ fn make_plan(
     plan::make(&input, p, &survey(3), now)
 }
 
+/// The policies of `rs` (over a base rule that covers everything, so the data map of one
+/// table with columns of `cols` validates), the exit date (exits only: `exit_offset`
+/// days from the request), and the plan made of them.
+fn planned(
+    rs: Vec<(String, RuleSpec)>,
+    cols: &[&str],
+    kind: RequestKind,
+    j: Jurisdiction,
+    request_date: NaiveDate,
+    exit_offset: i64,
+) -> (Policies, Option<NaiveDate>, plan::Plan) {
+    let mut all = vec![erase_everything()];
+    all.extend(rs);
+    let p = policies_of(&all, vec![file("systems/s.toml", system_toml(cols))]);
+    let exit_date = (kind == RequestKind::Exit)
+        .then(|| request_date.checked_add_signed(chrono::TimeDelta::days(exit_offset)))
+        .flatten();
+    let plan = make_plan(&p, kind, j, request_date, exit_date);
+    (p, exit_date, plan)
+}
+
 /// The day a retain rule's period ends for a request, if the request has its start date.
 fn retention_end(r: &Rule, request: NaiveDate, exit: Option<NaiveDate>) -> Option<NaiveDate> {
     let start = r.from.as_ref()?.resolve(request, exit)?;
@@ -527,14 +548,7 @@ proptest! {
         request_date in date_in((2000, 1, 1), (2100, 12, 31)),
         exit_offset in -400i64..=400,
     ) {
-        // A base rule covers everything, so the data map validates.
-        let mut all = vec![erase_everything()];
-        all.extend(rs);
-        let p = policies_of(&all, vec![file("systems/s.toml", system_toml(&cols))]);
-        let exit_date = (kind == RequestKind::Exit)
-            .then(|| request_date.checked_add_signed(chrono::TimeDelta::days(exit_offset)))
-            .flatten();
-        let plan = make_plan(&p, kind, j, request_date, exit_date);
+        let (p, exit_date, plan) = planned(rs, &cols, kind, j, request_date, exit_offset);
         let immediate = exit_date.map_or(request_date, |e| e.max(request_date));
 
         let resolved: Vec<&Rule> = cols
@@ -587,13 +601,7 @@ proptest! {
         request_date in date_in((2000, 1, 1), (2100, 12, 31)),
         exit_offset in -400i64..=400,
     ) {
-        let mut all = vec![erase_everything()];
-        all.extend(rs);
-        let p = policies_of(&all, vec![file("systems/s.toml", system_toml(&cols))]);
-        let exit_date = (kind == RequestKind::Exit)
-            .then(|| request_date.checked_add_signed(chrono::TimeDelta::days(exit_offset)))
-            .flatten();
-        let plan = make_plan(&p, kind, j, request_date, exit_date);
+        let (p, exit_date, plan) = planned(rs, &cols, kind, j, request_date, exit_offset);
         if plan.is_blocked() {
             prop_assert!(plan.entries.is_empty(), "{:?}", plan.entries);
             return Ok(());

@@ -35,18 +35,18 @@ pub fn init(config: &Config) -> Result<KeyPair> {
     }
     let key = KeyPair::generate(&config.proof.origin)?;
     write_private(&key_file, &format!("{}\n", key.to_text()))?;
-    write_public(config, &key)?;
+    let (pub_file, text) = public_file_of(config, &key)?;
+    crate::fsx::write_private_synced(&pub_file, text)?;
     Ok(key)
 }
 
-/// The public key file of `key`.
-fn write_public(config: &Config, key: &KeyPair) -> Result<()> {
+/// Where the public key file of `key` goes (its folder made) and what it holds.
+fn public_file_of(config: &Config, key: &KeyPair) -> Result<(std::path::PathBuf, String)> {
     let pub_file = config.path(&config.proof.public_key_file);
     if let Some(d) = pub_file.parent() {
         crate::fsx::create_dir_private(d)?;
     }
-    crate::fsx::write_private_synced(&pub_file, format!("{}\n", key.verifier().to_text()))?;
-    Ok(())
+    Ok((pub_file, format!("{}\n", key.verifier().to_text())))
 }
 
 /// Replace the signing key: the old key files are kept beside it as `*.NAME+HASH.old`
@@ -99,13 +99,9 @@ pub fn load_or_init(config: &Config) -> Result<KeyPair> {
 /// alone when another instance made it meanwhile.
 fn load_with_public(config: &Config) -> Result<KeyPair> {
     let key = load(config)?;
-    let pub_file = config.path(&config.proof.public_key_file);
-    if !pub_file.exists() {
-        if let Some(d) = pub_file.parent() {
-            crate::fsx::create_dir_private(d)?;
-        }
-        match crate::fsx::publish_new_private(&pub_file, format!("{}\n", key.verifier().to_text()))
-        {
+    if !config.path(&config.proof.public_key_file).exists() {
+        let (pub_file, text) = public_file_of(config, &key)?;
+        match crate::fsx::publish_new_private(&pub_file, text) {
             Ok(()) => {
                 tracing::warn!(public_key = %pub_file.display(), "the public key file was missing: made again from the signing key")
             }

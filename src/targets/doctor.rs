@@ -3,7 +3,6 @@
 //! index (without one, an erasure's cost grows with the size of the table).
 
 use serde::Serialize;
-use std::collections::HashMap;
 
 use super::sql;
 use super::{Pools, Target};
@@ -92,15 +91,12 @@ impl Lack {
 pub async fn lacking(target: &Target, sys: &System) -> Vec<Lack> {
     let mut out = Vec::new();
     let names: Vec<&str> = sys.tables.iter().map(|t| t.name.as_str()).collect();
-    let catalog = match names.is_empty() {
-        true => Ok(HashMap::new()),
-        false => target.catalog(&names).await,
-    };
+    let catalog = target.catalog(&names).await;
     for t in &sys.tables {
         let cols = match &catalog {
             Ok(all) => all
                 .get(&t.name)
-                .ok_or_else(|| format!("table {} does not exist in the target database", t.name)),
+                .ok_or_else(|| super::exec::no_such_table(&t.name).message),
             Err(e) => Err(e.message.clone()),
         };
         match cols {

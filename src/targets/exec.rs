@@ -46,6 +46,14 @@ pub fn redact_quoted(msg: &str) -> String {
     out
 }
 
+/// A mapped table the target database lacks.
+pub fn no_such_table(table: &str) -> Error {
+    Error::new(
+        Code::Target,
+        format!("table {table} does not exist in the target database"),
+    )
+}
+
 /// A query with every value bound as text. Each argument of these macros is evaluated
 /// once (bound to a local first): an argument may be a query that runs on the target.
 macro_rules! query {
@@ -87,12 +95,10 @@ impl Target {
 
     /// The columns of a table with their types; an error when the table does not exist.
     pub async fn columns(&self, table: &str) -> Result<Vec<Column>> {
-        self.catalog(&[table]).await?.remove(table).ok_or_else(|| {
-            Error::new(
-                Code::Target,
-                format!("table {table} does not exist in the target database"),
-            )
-        })
+        self.catalog(&[table])
+            .await?
+            .remove(table)
+            .ok_or_else(|| no_such_table(table))
     }
 
     /// The columns of each of `tables` that the database has (a table it lacks is not in
