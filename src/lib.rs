@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod failpoints;
 pub mod fsx;
 pub mod intake;
 pub mod jobs;

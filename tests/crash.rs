@@ -59,7 +59,7 @@ fn quietus(env: &Env, args: &[&str], now: Option<&str>, extra: &[(&str, &str)]) 
         .arg(&env.config)
         .args(args)
         .env_remove("QUIETUS_CONFIG")
-        .env_remove("QUIETUS_TEST_STOP_AT")
+        .env_remove("QUIETUS_FAILPOINTS")
         .env_remove("QUIETUS_NOW")
         .env("QUIETUS_LOG", "warn");
     if let Some(n) = now {
@@ -132,7 +132,8 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -
 
 /// Run `quietus run` until it reports the stop point, then SIGKILL it.
 fn run_and_kill_at(env: &Env, point: &str, now: Option<&str>, extra: &[(&str, &str)]) {
-    let mut vars = vec![("QUIETUS_TEST_STOP_AT", point)];
+    let fp = format!("{point}=return(stop)");
+    let mut vars = vec![("QUIETUS_FAILPOINTS", fp.as_str())];
     vars.extend_from_slice(extra);
     let mut child = quietus(env, &["run", "--json"], now, &vars)
         .spawn()
@@ -1183,7 +1184,8 @@ struct Stuck {
 
 impl Stuck {
     fn at(env: &Env, point: &str, now: Option<&str>, extra: &[(&str, &str)]) -> Stuck {
-        let mut vars = vec![("QUIETUS_TEST_STOP_AT", point)];
+        let fp = format!("{point}=return(stop)");
+        let mut vars = vec![("QUIETUS_FAILPOINTS", fp.as_str())];
         vars.extend_from_slice(extra);
         let mut child = quietus(env, &["run", "--json"], now, &vars)
             .spawn()

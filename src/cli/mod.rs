@@ -264,6 +264,11 @@ pub fn main() -> ExitCode {
         eprintln!("  (code: {})", Code::Config);
         return ExitCode::FAILURE;
     }
+    if let Err(e) = crate::failpoints::init() {
+        eprintln!("error: {}", e.message);
+        eprintln!("  (code: {})", e.code);
+        return ExitCode::FAILURE;
+    }
     // The daemon reports what it does; one-shot commands only warn.
     init_tracing(if matches!(cli.command, Command::Serve { .. }) {
         "warn,quietus=info"

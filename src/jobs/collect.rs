@@ -10,6 +10,7 @@ use super::task::{Part, Source, column};
 use super::{Settings, TaskBody};
 use crate::backup::{self, Manifest, Record, TableManifest};
 use crate::error::{Code, Error, Result};
+use crate::failpoints::{Point, hit};
 use crate::lifecycle::Context;
 use crate::policy::datamap::split_target;
 use crate::policy::{Action, FollowUp, Identities, System};
@@ -227,6 +228,7 @@ pub(super) async fn collect(
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<(BackupRow, Roots)> {
+    hit(Point::Collect);
     let id = crate::store::new_id();
     if !ctx
         .store
@@ -374,8 +376,9 @@ async fn write_archive(
         }
         *expected.entry(p.table.name.clone()).or_default() += n;
     }
-    super::task::stop_point("writing_archive");
+    hit(Point::WritingArchive);
     let written = w.finish()?;
+    hit(Point::ReadBack);
     let (counts, roots) = read_back(&written.path, &written.key_path, &written.sha256)?;
     for (t, n) in &expected {
         if counts.get(t).copied().unwrap_or(0) != *n {

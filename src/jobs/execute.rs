@@ -17,11 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use super::Settings;
-use super::task::{
-    Part, Source, Step, TableResult, TaskBody, TaskResult, after_values, stop_point,
-};
+use super::task::{Part, Source, Step, TableResult, TaskBody, TaskResult, after_values};
 use crate::backup::{self, Record, TableManifest};
 use crate::error::{Code, Error, Result};
+use crate::failpoints::{Point, hit};
 use crate::lifecycle::Context;
 use crate::policy::datamap::split_target;
 use crate::policy::{Action, Identities, System, Table};
@@ -171,7 +170,7 @@ async fn run_on(
             super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;
             let (b, roots) =
                 super::collect::collect(ctx, s, task, sys, &parts, subject, target, now).await?;
-            stop_point("before_record");
+            hit(Point::BeforeRecord);
             if let Err(e) = ctx.store.task_backed_up(&task.id, &s.worker, &b, now).await {
                 if e.code == Code::IllegalTransition {
                     // The lease was lost, so the archive was not recorded: destroy it now.
@@ -181,7 +180,7 @@ async fn run_on(
                 }
                 return Err(e);
             }
-            stop_point("after_backup");
+            hit(Point::AfterBackup);
             // `collect` read the archive back whole before recording it.
             (b.id, Some(roots))
         }
@@ -208,7 +207,7 @@ async fn run_on(
         // waited). Back up again.
         Applied::ChangedSinceBackup(why) => return Ok(Step::Rebackup(why)),
     };
-    stop_point("after_apply");
+    hit(Point::AfterApply);
     if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size).await?
     {
         return Ok(Step::Rebackup(why));
@@ -370,7 +369,7 @@ async fn apply(
                 ));
             }
             batches += 1;
-            stop_point(&format!("after_batch_{batches}"));
+            hit(Point::AfterBatch(batches));
         }
         match next {
             Some(r) => batch.push(r),
@@ -463,7 +462,7 @@ async fn apply_batch(
             ));
         }
         if first {
-            stop_point("in_batch");
+            hit(Point::InBatch);
         }
     }
     tx.commit().await?;
@@ -483,6 +482,7 @@ async fn recheck(
     key_path: &std::path::Path,
     batch_size: usize,
 ) -> Result<Option<String>> {
+    hit(Point::Recheck);
     let d = target.dialect();
     for p in parts {
         // Rows of the subject that appeared since the backup.

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::task::StoredResult;
 use super::{Settings, TaskBody};
 use crate::error::{Code, Error, Result};
+use crate::failpoints::{Point, hit};
 use crate::lifecycle::{Context, State};
 use crate::mail::vars;
 use crate::plan::Plan;
@@ -303,6 +304,7 @@ async fn issue_batch(
     if drafts.is_empty() {
         return Ok(Some(Vec::new()));
     }
+    hit(Point::Receipt);
     let canonical = drafts
         .iter()
         .map(|d| receipt::canonical(&d.body))
@@ -322,6 +324,7 @@ async fn issue_batch(
     };
     let mut docs: Vec<String> = Vec::with_capacity(drafts.len());
     let appended = log::append(&ctx.store, signing, &entries, worker, now, |proofs| {
+        hit(Point::LogAppend);
         let mut out = Vec::with_capacity(drafts.len());
         for (d, proof) in drafts.iter().zip(proofs) {
             let log_idx = i64::try_from(proof.index).unwrap_or(i64::MAX);
@@ -359,6 +362,7 @@ async fn issue_batch(
     let Some(appended) = appended else {
         return Ok(None);
     };
+    hit(Point::Checkpoint);
     crate::fsx::create_dir_private(&p.receipts_dir)?;
     let mut written = Vec::with_capacity(drafts.len());
     for ((d, doc), proof) in drafts.iter().zip(&docs).zip(&appended.proofs) {

@@ -109,16 +109,6 @@ pub enum Step {
     Gone(String),
 }
 
-/// Stop here when `QUIETUS_TEST_STOP_AT` names this point: a test kills the process now.
-pub(crate) fn stop_point(name: &str) {
-    if std::env::var("QUIETUS_TEST_STOP_AT").is_ok_and(|v| v == name) {
-        eprintln!("quietus-test-stop: {name}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
-}
-
 pub(crate) fn column(catalog: &[Column], table: &str, name: &str) -> Result<Column> {
     catalog
         .iter()

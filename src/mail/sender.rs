@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::transport::{Delivery, Mailer};
 use crate::error::Result;
+use crate::failpoints::{Point, hit};
 use crate::store::Store;
 
 /// How long a sender holds a message it is sending. Longer than any SMTP timeout, so that
@@ -114,6 +115,7 @@ async fn record(
 ) -> Result<()> {
     match outcome {
         Ok(delivery) => {
+            hit(Point::OutboxSend);
             if delivery == Delivery::AlreadyThere {
                 tracing::info!(id = %row.id, kind = %row.kind, "mail: already delivered by an earlier attempt");
             }
