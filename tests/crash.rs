@@ -346,6 +346,37 @@ fn backed_up(
     out
 }
 
+/// Every row that differs between `original` and `fin` is in one of `backups` (each
+/// verified), with every changed column, and the backups hold the original values.
+#[track_caller]
+fn assert_changes_backed_up(
+    label: &str,
+    env: &Env,
+    backups: &[quietus::store::BackupRow],
+    original: &Dump,
+    fin: &Dump,
+) {
+    let saved = backed_up(env, backups);
+    for ((table, key), cols) in changed_rows(original, fin) {
+        let b = saved
+            .get(&(table.clone(), key.clone()))
+            .unwrap_or_else(|| panic!("{label}: {table} id {key} changed but is in no backup"));
+        for c in &cols {
+            assert!(
+                b.contains_key(c),
+                "{label}: {table}.{c} of id {key} changed but is not backed up"
+            );
+        }
+        for (c, v) in b {
+            assert_eq!(
+                v,
+                &original[&table].value(&key, c),
+                "{label}: {table}.{c} of id {key}: the backup does not hold the original"
+            );
+        }
+    }
+}
+
 /// Every archive and key on disk belongs to a recorded backup: nothing written and then
 /// forgotten (an unrecorded archive would never be crypto-shredded).
 #[track_caller]
@@ -701,25 +732,7 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     );
 
     // Every changed row is in a verified backup, with its original values.
-    let saved = backed_up(&env, &backups);
-    for ((table, key), cols) in changed_rows(&r.original, &fin) {
-        let b = saved
-            .get(&(table.clone(), key.clone()))
-            .unwrap_or_else(|| panic!("{label}: {table} id {key} changed but is in no backup"));
-        for c in &cols {
-            assert!(
-                b.contains_key(c),
-                "{label}: {table}.{c} of id {key} changed but is not backed up"
-            );
-        }
-        for (c, v) in b {
-            assert_eq!(
-                v,
-                &r.original[&table].value(&key, c),
-                "{label}: {table}.{c} of id {key}: the backup does not hold the original"
-            );
-        }
-    }
+    assert_changes_backed_up(&label, &env, &backups, &r.original, &fin);
 
     // One `completed` in the history.
     let shown = json(&ok(&run(&env, &["show", &id, "--json"], Some(LATER), &[])));
@@ -2100,3 +2113,6 @@ async fn outages_change_nothing_and_the_work_recovers_after() {
     assert_eq!(request_state(&env, &id), "completed");
     assert_same("after recovery", &dump(&env, &crm).await, &want.fin);
 }
+
+#[path = "crash/crash_loop.rs"]
+mod crash_loop;

@@ -38,11 +38,17 @@ pub async fn expire_backups(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> 
 }
 
 /// After a worker of this host died: release its leases (its tasks are taken over at
-/// once, not when the leases would have expired), then shred the archives no one can
-/// record any more. Returns (leases released, archives shredded).
+/// once, not when the leases would have expired), write the receipt and checkpoint
+/// files it may have left unwritten, then shred the archives no one can record any
+/// more. Returns (leases released, archives shredded).
 pub async fn recover(ctx: &Context, s: &Settings, now: DateTime<Utc>) -> Result<(u64, usize)> {
     let mut released = 0;
-    for gone in workers::gone(&s.workers_dir)? {
+    let gone = workers::gone(&s.workers_dir)?;
+    if !gone.is_empty() {
+        // Before it is forgotten: should this fail, it is tried again next round.
+        prove::restore_files(ctx, &s.prover).await?;
+    }
+    for gone in gone {
         let (tasks, mails) = ctx.store.release_leases_of(&gone.worker).await?;
         if tasks + mails > 0 {
             tracing::warn!(

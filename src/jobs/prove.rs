@@ -47,6 +47,51 @@ impl Prover {
     }
 }
 
+impl Prover {
+    /// Where a receipt's file goes: `REQUEST-RECEIPT.json` (`sweep-RECEIPT.json` for a
+    /// receipt of no request).
+    pub fn receipt_file(&self, request_id: Option<&str>, id: &str) -> PathBuf {
+        self.receipts_dir
+            .join(format!("{}-{id}.json", request_id.unwrap_or("sweep")))
+    }
+}
+
+/// The receipt files and the checkpoint file are written once the transaction that
+/// stores the receipts has committed; a worker that died in between left them unwritten.
+/// Write, from the store, every receipt file that is missing and the newest checkpoint
+/// if the file holds an older one (after a worker of this host died). Returns the
+/// receipt files written.
+pub async fn restore_files(ctx: &Context, p: &Prover) -> Result<usize> {
+    let mut written = 0;
+    for (id, rid) in ctx.store.receipt_ids().await? {
+        let path = p.receipt_file(rid.as_deref(), &id);
+        if path.exists() {
+            continue;
+        }
+        let Some(doc) = ctx.store.receipt_document(&id).await? else {
+            continue;
+        };
+        crate::fsx::create_dir_private(&p.receipts_dir)?;
+        crate::fsx::write_private(&path, &doc)?;
+        written += 1;
+    }
+    if let Some(c) = ctx.store.latest_checkpoint().await? {
+        // Keeps a newer checkpoint already there.
+        log::publish_checkpoint(
+            &p.checkpoint_file,
+            u64::try_from(c.size).unwrap_or(0),
+            &c.note,
+        )?;
+    }
+    if written > 0 {
+        tracing::warn!(
+            receipts = written,
+            "receipt files that a stopped worker had not written are written now"
+        );
+    }
+    Ok(written)
+}
+
 /// How long a receipt claim holds before another worker may take the work over.
 fn claim_until(s: &Settings, now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300))
@@ -366,11 +411,7 @@ async fn issue_batch(
     crate::fsx::create_dir_private(&p.receipts_dir)?;
     let mut written = Vec::with_capacity(drafts.len());
     for ((d, doc), proof) in drafts.iter().zip(&docs).zip(&appended.proofs) {
-        let path = p.receipts_dir.join(format!(
-            "{}-{}.json",
-            d.rid.as_deref().unwrap_or("sweep"),
-            d.id
-        ));
+        let path = p.receipt_file(d.rid.as_deref(), &d.id);
         crate::fsx::write_private(&path, doc)?;
         tracing::info!(receipt = %d.id, log_index = proof.index, "receipt issued");
         written.push(path);

@@ -292,6 +292,27 @@ impl Store {
         }))
     }
 
+    /// The newest stored checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetch_optional(pool).await?
+        }))
+    }
+
+    /// Every receipt: (id, request id), in log order.
+    pub async fn receipt_ids(&self) -> Result<Vec<(String, Option<String>)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, request_id FROM receipts ORDER BY log_idx").fetch_all(pool).await?
+        }))
+    }
+
+    /// One receipt's document.
+    pub async fn receipt_document(&self, id: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT document FROM receipts WHERE id = $1").bind(id).fetch_optional(pool).await?
+        }))
+    }
+
     pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as("SELECT size, root, note FROM checkpoints ORDER BY size").fetch_all(pool).await?
