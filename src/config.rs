@@ -190,6 +190,11 @@ pub struct TokenConfig {
     pub role: Role,
     /// Hex SHA-256 of the token.
     pub sha256: String,
+    /// An `auditor` token sees identities masked; with `unmask = true` it may ask for them
+    /// unmasked (`GET /api/v1/requests/ID?unmask=true`), and each such view is recorded in
+    /// the request's history with the token's name. Other roles see identities anyway.
+    #[serde(default)]
+    pub unmask: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1179,3 +1179,88 @@ async fn verification_is_rate_limited() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     drop(server);
 }
+
+/// Issue 9, item 15: an auditor sees identities masked; a token with `unmask` may ask
+/// for them unmasked, and each such view is in the request's history with its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auditor_sees_identities_masked_and_each_unmasking_is_recorded() {
+    let kind = StoreKind::of(Backend::Sqlite).await;
+    let env = Env::new(&kind).await;
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str(&format!(
+        "[[api.tokens]]\nname = \"audit\"\nrole = \"auditor\"\nsha256 = \"{}\"\n\
+         [[api.tokens]]\nname = \"audit-unmask\"\nrole = \"auditor\"\nsha256 = \"{}\"\nunmask = true\n",
+        common::sha("audit-token"),
+        common::sha("audit-unmask-token")
+    ));
+    std::fs::write(&env.config, config).unwrap();
+    let server = Server::start(&env);
+    let made = post(&server, "/api/v1/requests", Some(HR), EXIT_TICKET).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    let show = |token: &'static str, query: &'static str| {
+        let (server, id) = (&server, id.clone());
+        async move {
+            get(
+                server,
+                &format!("/api/v1/requests/{id}{query}"),
+                Some(token),
+            )
+            .await
+        }
+    };
+    let notes = |a: &Answer| -> usize {
+        a.body["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["reason"] == "identities shown unmasked to an auditor")
+            .count()
+    };
+
+    // The DPO sees them.
+    let dpo = show(DPO, "").await;
+    assert_eq!(dpo.status, StatusCode::OK, "{}", dpo.text);
+    let subject = &dpo.body["request"]["subject"];
+    assert_eq!(subject["email"], "fang.wang@corp.example", "{}", dpo.text);
+    assert_eq!(subject["employee_id"], "E100");
+
+    // An auditor does not, and may not ask to.
+    for token in ["audit-token", "audit-unmask-token"] {
+        let a = show(token, "").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert!(!a.text.contains("fang.wang"), "{token}: {}", a.text);
+        assert!(!a.text.contains("E100"), "{token}: {}", a.text);
+        assert!(!a.text.contains("E200"), "{token}: {}", a.text);
+        let r = &a.body["request"];
+        assert_eq!(r["subject"]["email"], "f…@corp.example", "{}", a.text);
+        assert_eq!(r["subject"]["employee_id"], "E…", "{}", a.text);
+        assert_eq!(r["successor"]["employee_id"], "E…", "{}", a.text);
+        assert_eq!(notes(&a), 0, "viewing masked is not recorded");
+    }
+    let refused = show("audit-token", "?unmask=true").await;
+    let msg = api_error(&refused, 403, "forbidden", "unmask without the permission");
+    assert!(msg.contains("api.tokens.unmask"), "{msg}");
+
+    // With the permission, unmasked, and recorded first.
+    let a = show("audit-unmask-token", "?unmask=true").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.body["request"]["subject"]["email"],
+        "fang.wang@corp.example"
+    );
+    assert_eq!(notes(&a), 1, "{}", a.text);
+    let entry = a.body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["reason"] == "identities shown unmasked to an auditor")
+        .unwrap()
+        .clone();
+    assert_eq!(entry["actor"], "audit-unmask", "{entry}");
+    let again = show("audit-unmask-token", "?unmask=true").await;
+    assert_eq!(notes(&again), 2, "each view is recorded");
+    let bad = show("audit-unmask-token", "?unmask=maybe").await;
+    api_error(&bad, 400, "usage", "unmask=maybe");
+    drop(server);
+}

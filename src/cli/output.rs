@@ -80,37 +80,15 @@ pub fn masked_subject(req: &Request) -> String {
         return format!("customer {id}");
     }
     if let Some(e) = req.subject.get(&IdentityKind::Email) {
-        return mask_email(e);
+        return crate::intake::identity::mask_email(e);
     }
     if let Some(p) = req.subject.get(&IdentityKind::Phone) {
-        let tail: String = p
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return format!("phone …{tail}");
+        return format!(
+            "phone {}",
+            crate::intake::identity::mask(IdentityKind::Phone, p)
+        );
     }
     "-".into()
-}
-
-/// `o…@example.ie`: the first character of the local part (inside quotes, for a quoted
-/// one) and the domain, which follows the last `@` (a quoted local part may hold `@`).
-pub fn mask_email(e: &str) -> String {
-    match e.rsplit_once('@') {
-        Some((local, domain)) => {
-            let first: String = local.trim_start_matches('"').chars().take(1).collect();
-            let mixed = crate::intake::identity::mixed_scripts(e);
-            if mixed.is_empty() {
-                format!("{first}…@{domain}")
-            } else {
-                format!("{first}…@{domain} (mixed scripts: {})", mixed.join(", "))
-            }
-        }
-        None => "…".into(),
-    }
 }
 
 pub fn days_left_text(req: &Request, today: NaiveDate) -> String {
@@ -125,7 +103,7 @@ pub fn days_left_text(req: &Request, today: NaiveDate) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_email;
+    use crate::intake::identity::mask_email;
 
     #[test]
     fn masked_addresses_keep_only_the_first_character_and_the_domain() {

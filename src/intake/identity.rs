@@ -112,6 +112,46 @@ pub fn mixed_scripts(email: &str) -> Vec<&'static str> {
     mixed.into_iter().collect()
 }
 
+/// `o…@example.ie`: the first character of the local part (inside quotes, for a quoted
+/// one) and the domain, which follows the last `@` (a quoted local part may hold `@`).
+pub fn mask_email(e: &str) -> String {
+    match e.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.trim_start_matches('"').chars().take(1).collect();
+            let mixed = mixed_scripts(e);
+            if mixed.is_empty() {
+                format!("{first}…@{domain}")
+            } else {
+                format!("{first}…@{domain} (mixed scripts: {})", mixed.join(", "))
+            }
+        }
+        None => "…".into(),
+    }
+}
+
+/// An identity as a reader who may not see it is shown it: an email as
+/// [`mask_email`]; a phone number by its last four digits (`…4763`); an employee or
+/// customer id by its first character (`E…`).
+pub fn mask(kind: IdentityKind, value: &str) -> String {
+    match kind {
+        IdentityKind::Email => mask_email(value),
+        IdentityKind::Phone => {
+            let tail: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
+            let tail: String = tail[tail.len().saturating_sub(4)..].iter().collect();
+            format!("…{tail}")
+        }
+        IdentityKind::EmployeeId | IdentityKind::CustomerId => {
+            let first: String = value.chars().take(1).collect();
+            format!("{first}…")
+        }
+    }
+}
+
+/// Every identity of a set, masked ([`mask`]).
+pub fn masked(ids: &crate::policy::Identities) -> crate::policy::Identities {
+    ids.iter().map(|(k, v)| (*k, mask(*k, v))).collect()
+}
+
 /// A local part in its normal form: lower case; a quoted string unquoted when its content
 /// is a dot-atom, else quoted again with only `"` and `\` escaped.
 fn local_part(raw: &str) -> String {

@@ -153,6 +153,8 @@ type ApiResult<T> = Result<T, ApiError>;
 struct Caller {
     name: String,
     role: Role,
+    /// An auditor that may ask to see identities unmasked (`api.tokens.unmask`).
+    unmask: bool,
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
@@ -178,6 +180,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> 
         .map(|t| Caller {
             name: t.name.clone(),
             role: t.role,
+            unmask: t.unmask,
         })
         .ok_or_else(|| Error::new(Code::Unauthorized, "unknown token"))
 }
@@ -864,15 +867,55 @@ async fn list_requests(
     Ok(Json(json!({"today": today, "requests": items})).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowQuery {
+    /// An auditor with `unmask` asks to see identities as they are.
+    #[serde(default)]
+    unmask: bool,
+}
+
 async fn get_request(
     AxState(state): AxState<Arc<AppState>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<ShowQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers)?;
     require(&caller, &[Role::Dpo, Role::Auditor])?;
     let Path(id) = id.map_err(|e| Error::new(Code::Usage, e.body_text()))?;
-    let req = state.ctx.request(&state.ctx.resolve(&id).await?).await?;
+    let Query(q) = q.map_err(|e| Error::new(Code::Usage, e.body_text()))?;
+    let mut req = state.ctx.request(&state.ctx.resolve(&id).await?).await?;
+    if caller.role == Role::Auditor {
+        if !q.unmask {
+            req.subject = crate::intake::identity::masked(&req.subject);
+            req.successor = req.successor.as_ref().map(crate::intake::identity::masked);
+            // Free text of the ticket, which may name a person.
+            req.requested_by = req.requested_by.as_ref().map(|_| "(masked)".to_owned());
+        } else if caller.unmask {
+            // Recorded before anything is shown.
+            state
+                .ctx
+                .store
+                .note(
+                    &req.id,
+                    &caller.name,
+                    "identities shown unmasked to an auditor",
+                    crate::clock::now(),
+                )
+                .await?;
+        } else {
+            return Err(Error::new(
+                Code::Forbidden,
+                format!(
+                    "the token {:?} may not see identities unmasked (api.tokens.unmask)",
+                    caller.name
+                ),
+            )
+            .into());
+        }
+    }
+    // (Other roles see identities anyway: `unmask` changes nothing for them.)
     let history = state.ctx.store.history(&req.id).await?;
     Ok(Json(json!({"request": req, "history": history})).into_response())
 }

@@ -246,7 +246,7 @@ async fn serve_killed_over_and_over_loses_nothing_and_does_nothing_twice() {
             break;
         }
         life += 1;
-        if life > POINTS.len() && life % 2 == 0 {
+        if life > POINTS.len() && life.is_multiple_of(2) {
             let mut d = start(&env, None);
             let after = Duration::from_millis(rng.random_range(20..600));
             if let Some(st) = d.wait(after) {
