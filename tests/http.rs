@@ -1186,7 +1186,7 @@ async fn verification_is_rate_limited() {
 async fn an_auditor_sees_identities_masked_and_each_unmasking_is_recorded() {
     let kind = StoreKind::of(Backend::Sqlite).await;
     let env = Env::new(&kind).await;
-    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    let mut config = common::read_to_string(&env.config).unwrap();
     config.push_str(&format!(
         "[[api.tokens]]\nname = \"audit\"\nrole = \"auditor\"\nsha256 = \"{}\"\n\
          [[api.tokens]]\nname = \"audit-unmask\"\nrole = \"auditor\"\nsha256 = \"{}\"\nunmask = true\n",
