@@ -533,3 +533,145 @@ async fn a_kill_after_the_receipts_committed_leaves_no_receipt_file_unwritten() 
     );
     ok(&run(&env, &["log", "verify"], Some(LATER), &[]));
 }
+
+/// `rows` personal notes more for the leaver (employee 5), so that the exit's apply has
+/// many batches.
+async fn grow_leaver(env: &Env, rows: usize) {
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", env.path().join("crm.db").display()))
+            .await
+            .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < $1) \
+         INSERT INTO personal_notes (id, employee_id, created_at, body) \
+         SELECT 1000000 + x, 5, '2024-01-01', 'note ' || x FROM g",
+    )
+    .bind(i64::try_from(rows).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+/// The crash loop on one large leaver (issue 9, suite 1: "a 100 000-row leaver"; CI
+/// runs 10 000 rows, by hand `QUIETUS_CRASH_LOOP_ROWS=100000`): `serve` killed after a
+/// random batch of the apply or from outside at a random instant, again and again, until
+/// the exit completes. Each life resumes after the last committed batch; the CRM ends as
+/// a clean run leaves it, with one backup for the task, every row changed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_leaver_killed_again_and_again_ends_as_a_clean_run() {
+    let rows: usize = std::env::var("QUIETUS_CRASH_LOOP_ROWS")
+        .ok()
+        .map(|v| v.parse().expect("QUIETUS_CRASH_LOOP_ROWS is a number"))
+        .unwrap_or(10_000);
+    let seed: u64 = std::env::var("QUIETUS_CRASH_LOOP_SEED")
+        .ok()
+        .map(|v| v.parse().expect("QUIETUS_CRASH_LOOP_SEED is a number"))
+        .unwrap_or_else(|| rand::rng().random());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let batches = rows / 500;
+    eprintln!("large leaver: {rows} rows ({batches} batches), QUIETUS_CRASH_LOOP_SEED={seed}");
+    let started = Instant::now();
+
+    // The clean run.
+    let clean = Env::new(&StoreKind::Sqlite).await;
+    grow_leaver(&clean, rows).await;
+    let original = dump(&clean, &CrmKind::Sqlite).await;
+    let cid = submit_and_approve(&clean);
+    let t0 = Instant::now();
+    let s = json(&ok(&run(&clean, &["run", "--json"], Some(NOW), &[])));
+    let clean_took = t0.elapsed();
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(request_state(&clean, &cid), "completed");
+    let want = dump(&clean, &CrmKind::Sqlite).await;
+    let want_apply = table_results(
+        tasks_of(&clean, &cid)
+            .await
+            .iter()
+            .find(|t| t.kind.as_str() == "apply")
+            .unwrap(),
+    );
+    assert_eq!(
+        want_apply.get("personal_notes").map(|r| r.1),
+        Some(u64::try_from(rows).unwrap() + 3),
+        "{want_apply:?}"
+    );
+
+    // Killed until it is done.
+    let env = Env::new(&StoreKind::Sqlite).await;
+    grow_leaver(&env, rows).await;
+    let id = submit_and_approve(&env);
+    let mut kills = 0;
+    let mut by_batch = 0;
+    loop {
+        if request_state(&env, &id) == "completed" {
+            break;
+        }
+        assert!(kills < 200, "not completed after {kills} kills");
+        let fp = format!(
+            "after_batch_{}=return(kill)",
+            rng.random_range(1..=batches.max(2) / 2)
+        );
+        let outside = kills % 2 == 1;
+        let mut d = start(&env, (!outside).then_some(fp.as_str()));
+        let ended = if outside {
+            d.wait(Duration::from_millis(rng.random_range(200..3000)))
+        } else {
+            d.wait(Duration::from_secs(120))
+        };
+        match ended {
+            Some(st) => {
+                let log = d.stderr();
+                assert_eq!(st.signal(), Some(9), "{st:?}\n{}", log.join("\n"));
+                assert!(
+                    log.iter()
+                        .any(|l| l.contains("quietus-failpoint: after_batch_")),
+                    "{}",
+                    log.join("\n")
+                );
+                by_batch += 1;
+            }
+            None => {
+                d.kill();
+            }
+        }
+        kills += 1;
+        if kills >= 8 {
+            // Enough: let the last life finish.
+            let mut d = start(&env, None);
+            let until = Instant::now() + Duration::from_secs(300);
+            while request_state(&env, &id) != "completed" {
+                assert!(
+                    Instant::now() < until,
+                    "not completed 300 s after the last kill"
+                );
+                assert!(d.child.try_wait().unwrap().is_none(), "serve ended early");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            d.kill();
+            break;
+        }
+    }
+    eprintln!(
+        "large leaver: {kills} kills ({by_batch} after a batch), done in {:?}; a clean run took {clean_took:?}",
+        started.elapsed()
+    );
+    assert!(by_batch >= 2, "killed after a batch at least twice");
+
+    let fin = dump(&env, &CrmKind::Sqlite).await;
+    assert_same("the large leaver", &fin, &want);
+    let tasks = tasks_of(&env, &id).await;
+    let backups = backups_of(&env, &id).await;
+    let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+    assert_eq!(apply.state.as_str(), "done");
+    for (table, (backed, c, d)) in table_results(apply) {
+        let w = want_apply[&table];
+        assert_eq!(backed, w.0, "{table}: backed up");
+        assert_eq!(c + d, w.1, "{table}: changed once");
+    }
+    let of_apply: Vec<_> = backups.iter().filter(|b| b.task_id == apply.id).collect();
+    assert_eq!(of_apply.len(), 1, "one backup for the apply: {of_apply:?}");
+    only_recorded_archives(&env, "the large leaver", &backups);
+    assert_changes_backed_up("the large leaver", &env, &backups, &original, &fin);
+    ok(&run(&env, &["log", "verify"], Some(LATER), &[]));
+}
