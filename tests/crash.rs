@@ -426,17 +426,26 @@ struct Reference {
     retained: BTreeMap<String, Vec<String>>,
 }
 
-fn submit_and_approve(env: &Env) -> String {
-    let f = env.write("exit.json", EXIT_TICKET);
-    let id = ok(&run(
+/// Submit a ticket through the CLI as of `DECIDED`; the request's id.
+fn submit(env: &Env, file: &str, ticket: &str) -> String {
+    let f = env.write(file, ticket);
+    ok(&run(
         env,
         &["submit", f.to_str().unwrap()],
         Some(DECIDED),
         &[],
     ))
     .trim()
-    .to_owned();
-    ok(&run(env, &["approve", &id], Some(DECIDED), &[]));
+    .to_owned()
+}
+
+fn approve(env: &Env, id: &str) {
+    ok(&run(env, &["approve", id], Some(DECIDED), &[]));
+}
+
+fn submit_and_approve(env: &Env) -> String {
+    let id = submit(env, "exit.json", EXIT_TICKET);
+    approve(env, &id);
     id
 }
 

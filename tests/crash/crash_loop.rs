@@ -59,22 +59,10 @@ async fn workload(env: &Env, erasures: usize) -> Vec<(String, String)> {
             "subject": { "email": email },
             "jurisdiction": "GDPR",
         });
-        let f = env.write(&format!("erasure-{i}.json"), &ticket.to_string());
-        let id = ok(&run(
-            env,
-            &["submit", f.to_str().unwrap()],
-            Some(DECIDED),
-            &[],
-        ))
-        .trim()
-        .to_owned();
+        let id = submit(env, &format!("erasure-{i}.json"), &ticket.to_string());
         ids.push((ext, id));
     }
     ids
-}
-
-fn approve(env: &Env, id: &str) {
-    ok(&run(env, &["approve", id], Some(DECIDED), &[]));
 }
 
 /// What the work must end as: the same workload run cleanly by `quietus run`.
