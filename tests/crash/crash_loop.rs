@@ -123,8 +123,10 @@ struct Daemon {
     out: mpsc::Receiver<String>,
 }
 
-fn start(env: &Env, failpoints: Option<&str>) -> Daemon {
+/// `quietus serve` with [`loop_vars`], failpoints if given, and batches of `batch` rows.
+fn start(env: &Env, failpoints: Option<&str>, batch: &str) -> Daemon {
     let mut vars = loop_vars();
+    vars.push(("QUIETUS_JOBS__BATCH_SIZE", batch));
     if let Some(fp) = failpoints {
         vars.push(("QUIETUS_FAILPOINTS", fp));
     }
@@ -235,7 +237,7 @@ async fn serve_killed_over_and_over_loses_nothing_and_does_nothing_twice() {
         }
         life += 1;
         if life > POINTS.len() && life.is_multiple_of(2) {
-            let mut d = start(&env, None);
+            let mut d = start(&env, None, "2");
             let after = Duration::from_millis(rng.random_range(20..600));
             if let Some(st) = d.wait(after) {
                 panic!("serve ended by itself ({st:?}):\n{}", d.stderr().join("\n"));
@@ -258,7 +260,7 @@ async fn serve_killed_over_and_over_loses_nothing_and_does_nothing_twice() {
         } else {
             format!("{point}={skip}*off->return(kill)")
         };
-        let mut d = start(&env, Some(&fp));
+        let mut d = start(&env, Some(&fp), "2");
         match d.wait(Duration::from_secs(30)) {
             Some(st) => {
                 let log = d.stderr();
@@ -297,7 +299,7 @@ async fn serve_killed_over_and_over_loses_nothing_and_does_nothing_twice() {
     for id in to_approve {
         approve(&env, id);
     }
-    let mut d = start(&env, None);
+    let mut d = start(&env, None, "2");
     // Listening: its signal handlers are in place.
     wait_for_line(&d.out, "listening on http://", Duration::from_secs(60));
     let until = Instant::now() + Duration::from_secs(120);
@@ -596,14 +598,18 @@ async fn a_large_leaver_killed_again_and_again_ends_as_a_clean_run() {
             break;
         }
         assert!(kills < 200, "not completed after {kills} kills");
+        // After the 2nd to the (batches / 6)th batch of this life (the leaver's `disable`
+        // task, first of all, has one batch).
         let fp = format!(
             "after_batch_{}=return(kill)",
-            rng.random_range(1..=batches.max(2) / 2)
+            rng.random_range(2..=(batches / 6).max(2))
         );
         let outside = kills % 2 == 1;
-        let mut d = start(&env, (!outside).then_some(fp.as_str()));
+        let life = Instant::now();
+        let mut d = start(&env, (!outside).then_some(fp.as_str()), "500");
         let ended = if outside {
-            d.wait(Duration::from_millis(rng.random_range(200..3000)))
+            // Somewhere in the first half of what a clean run takes.
+            d.wait(clean_took.mul_f64(rng.random_range(0.05..0.5)))
         } else {
             d.wait(Duration::from_secs(120))
         };
@@ -623,10 +629,16 @@ async fn a_large_leaver_killed_again_and_again_ends_as_a_clean_run() {
                 d.kill();
             }
         }
+        eprintln!(
+            "large leaver: life {kills} ({}) ended after {:?}",
+            if outside { "kill -9" } else { fp.as_str() },
+            life.elapsed()
+        );
         kills += 1;
         if kills >= 8 {
             // Enough: let the last life finish.
-            let mut d = start(&env, None);
+            let life = Instant::now();
+            let mut d = start(&env, None, "500");
             let until = Instant::now() + Duration::from_secs(300);
             while request_state(&env, &id) != "completed" {
                 assert!(
@@ -637,6 +649,10 @@ async fn a_large_leaver_killed_again_and_again_ends_as_a_clean_run() {
                 std::thread::sleep(Duration::from_millis(200));
             }
             d.kill();
+            eprintln!(
+                "large leaver: the last life finished in {:?}",
+                life.elapsed()
+            );
             break;
         }
     }
