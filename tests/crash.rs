@@ -2100,3 +2100,6 @@ async fn outages_change_nothing_and_the_work_recovers_after() {
     assert_eq!(request_state(&env, &id), "completed");
     assert_same("after recovery", &dump(&env, &crm).await, &want.fin);
 }
+
+#[path = "crash/outages.rs"]
+mod outages;
