@@ -478,7 +478,10 @@ pub async fn run_one(
         // be recorded anyway. No attempt is counted (the retry budget and its backoff are
         // for what goes wrong in the task); the round ends, the lease is given back, and
         // the task resumes from its last recorded step once the store answers.
-        Err(e) if e.store_unreachable() => return Err(e),
+        Err(e) if e.store_unreachable() => {
+            tracing::warn!(task = %task.id, code = %e.code, "task stopped: {}; it resumes from its last recorded step once the store answers", e.message);
+            return Err(e);
+        }
         Err(e) => {
             tracing::warn!(task = %task.id, code = %e.code, "task failed: {}", e.message);
             let gave_up = ctx
