@@ -356,6 +356,19 @@ impl Drop for PgCluster {
     }
 }
 
+/// A child process, SIGKILLed when dropped while it still runs: a failing test leaves no
+/// daemon behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `SELECT key, COUNT(*) … GROUP BY key` on an env's state store, either kind.
 async fn counts(env: &Env, sql: &str) -> BTreeMap<String, i64> {
     let ctx = env.context().await;
@@ -518,7 +531,17 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
     assert_eq!(s["completed_requests"].as_array().unwrap().len(), N, "{s}");
     let want_crm = dump(&clean, &CrmKind::Sqlite).await;
     let want = finished(&clean, &clean_ids).await;
-    assert!(want.receipts.values().all(|n| *n >= 1), "{want:?}");
+    for (what, per_request) in [
+        ("receipt", &want.receipts),
+        ("log entry", &want.log_entries),
+        ("move to completed", &want.completions),
+    ] {
+        assert_eq!(per_request.len(), N, "{what}: {want:?}");
+        assert!(
+            per_request.values().all(|n| *n == 1),
+            "one {what} a request: {want:?}"
+        );
+    }
 
     let pg = PgCluster::start();
     let env = Env::on_store(pg.url()).await;
@@ -542,6 +565,8 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
     .expect("spawn quietus serve");
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
+    let mut serve = KillOnDrop(child);
+    let child = &mut serve.0;
     wait_for_line(&out, "listening on http://", Duration::from_secs(60));
     let mut log: Vec<String> = Vec::new();
     let alive = |child: &mut Child, log: &mut Vec<String>, when: &str| {
@@ -574,11 +599,11 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
     store.close().await;
     let t = Instant::now();
     pg.down();
-    while t.elapsed() < Duration::from_secs(16) {
-        alive(&mut child, &mut log, "while the store was down");
+    while t.elapsed() < Duration::from_secs(17) {
+        alive(child, &mut log, "while the store was down");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    alive(&mut child, &mut log, "while the store was down");
+    alive(child, &mut log, "while the store was down");
     let while_down = log.len();
     pg.up();
     eprintln!(
@@ -609,9 +634,11 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
     })
     .await;
     store.close().await;
+    alive(child, &mut log, "before the second restart");
+    let before_second = log.len();
     pg.down();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    alive(&mut child, &mut log, "while the store was down again");
+    alive(child, &mut log, "while the store was down again");
     pg.up();
 
     // Every request completes, soon: nothing waits out a lease or a retry's backoff.
@@ -628,7 +655,7 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
         if n == i64::try_from(N).unwrap() {
             break;
         }
-        alive(&mut child, &mut log, "before the work was done");
+        alive(child, &mut log, "before the work was done");
         assert!(
             Instant::now() < deadline,
             "{n} of {N} requests completed with a receipt; serve said:\n{}",
@@ -637,7 +664,7 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     store.close().await;
-    signal(&child, "-TERM");
+    signal(child, "-TERM");
     let status = child.wait().unwrap();
     log.extend(err.try_iter());
     assert!(status.success(), "serve: {status:?}\n{}", log.join("\n"));
@@ -647,6 +674,12 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
     assert!(
         said.contains("the state store cannot be reached"),
         "a clear error while the store was down:\n{said}"
+    );
+    // The append's transaction was ended by the shutdown (and its round with it).
+    let after = log[before_second..].join("\n");
+    assert!(
+        after.contains("work round failed: the state store cannot be reached"),
+        "the append's round failed:\n{after}"
     );
     for e in &emails {
         let line = log.iter().find(|l| l.contains(e.as_str()));
