@@ -6,7 +6,12 @@
 //! - `quietus_test_mysql`: `QUIETUS_TEST_MYSQL_URL` is set;
 //! - `quietus_test_age`: the `age` and `zstd` tools are on `PATH`;
 //! - `quietus_test_smtp`: a Python with aiosmtpd (`QUIETUS_TEST_PYTHON`, else `python3`);
-//! - `quietus_test_strace`: the `strace` tool is on `PATH` (tests/nodelay.rs).
+//! - `quietus_test_strace`: the `strace` tool is on `PATH` (tests/nodelay.rs);
+//! - `quietus_test_mount`: this runs as root (effective uid 0, by `id -u`), so a test can
+//!   mount a size-limited tmpfs (tests/crash/outages.rs);
+//! - `quietus_test_pg_cluster`: a PostgreSQL server's binaries
+//!   (`/usr/lib/postgresql/*/bin/initdb`) and root, to run a private cluster as the
+//!   `postgres` user and restart it (tests/crash/outages.rs).
 //!
 //! With `QUIETUS_TEST_REQUIRE_SERVERS=1` (CI) all are on: a missing one fails its tests.
 //! Cargo runs this again when one of those variables changes; a tool installed later
@@ -27,12 +32,15 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     let required = std::env::var("QUIETUS_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1");
     let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
+    let root = effective_uid_is_root();
     let have = [
         ("quietus_test_postgres", set("QUIETUS_TEST_POSTGRES_URL")),
         ("quietus_test_mysql", set("QUIETUS_TEST_MYSQL_URL")),
         ("quietus_test_age", on_path("age") && on_path("zstd")),
         ("quietus_test_smtp", python_with_aiosmtpd()),
         ("quietus_test_strace", on_path("strace")),
+        ("quietus_test_mount", root),
+        ("quietus_test_pg_cluster", root && postgres_server()),
     ];
     for (cfg, present) in have {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
@@ -45,6 +53,23 @@ fn main() {
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(tool).is_file()))
+}
+
+fn effective_uid_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A PostgreSQL server's `initdb` in the Debian layout (`/usr/lib/postgresql/VERSION/bin`).
+fn postgres_server() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|versions| {
+        versions
+            .filter_map(|v| v.ok())
+            .any(|v| v.path().join("bin/initdb").is_file())
+    })
 }
 
 fn python_with_aiosmtpd() -> bool {

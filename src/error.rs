@@ -106,6 +106,10 @@ pub struct Error {
     pub code: Code,
     pub message: String,
     pub location: &'static Location<'static>,
+    /// The state store could not be reached, or the connection to it was lost (see
+    /// [`Error::store_unreachable`]): nothing about the work in hand failed, and it can be
+    /// tried again as it is once the store answers.
+    pub unreachable: bool,
 }
 
 impl Error {
@@ -115,7 +119,14 @@ impl Error {
             code,
             message: message.into(),
             location: Location::caller(),
+            unreachable: false,
         }
+    }
+
+    /// Whether this is the state store not answering (the server is down or restarting,
+    /// the network or the connection is gone), not anything the work in hand did.
+    pub fn store_unreachable(&self) -> bool {
+        self.unreachable && self.code == Code::Store
     }
 
     /// Add context in front of the message ("while reading X: ...").
@@ -146,8 +157,35 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         // sqlx errors can quote values from the statement; database errors only carry the
         // server's message, which names constraints and columns, not bound values.
+        if unreachable(&e) {
+            let mut err = Error::new(
+                Code::Store,
+                format!("the state store cannot be reached: {e}"),
+            );
+            err.unreachable = true;
+            return err;
+        }
         Error::new(Code::Store, format!("database error: {e}"))
     }
+}
+
+/// A connection to the database could not be had or was lost: no connection within the
+/// pool's wait, an I/O or TLS error, or the server ending the session (SQLSTATE class 08,
+/// connection exception; 57P01 to 57P03, shut down or starting up). Any other error,
+/// known or not, is not.
+fn unreachable(e: &sqlx::Error) -> bool {
+    if let sqlx::Error::Database(d) = e {
+        return d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03"));
+    }
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 impl From<sqlx::migrate::MigrateError> for Error {
@@ -168,5 +206,33 @@ impl From<serde_json::Error> for Error {
     #[track_caller]
     fn from(e: serde_json::Error) -> Self {
         Error::new(Code::Internal, format!("JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_does_not_answer_is_told_apart_from_a_failing_statement() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for e in [sqlx::Error::PoolTimedOut, sqlx::Error::Io(refused)] {
+            let e = Error::from(e);
+            assert!(e.store_unreachable(), "{e}");
+            assert_eq!(e.code, Code::Store);
+            assert!(
+                e.message.starts_with("the state store cannot be reached: "),
+                "{e}"
+            );
+        }
+        for e in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::Protocol("bad".into()),
+        ] {
+            let e = Error::from(e);
+            assert!(!e.store_unreachable(), "{e}");
+            assert!(e.message.starts_with("database error: "), "{e}");
+        }
+        assert!(!Error::new(Code::Store, "x").store_unreachable());
     }
 }

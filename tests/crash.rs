@@ -2125,3 +2125,6 @@ async fn outages_change_nothing_and_the_work_recovers_after() {
 
 #[path = "crash/crash_loop.rs"]
 mod crash_loop;
+
+#[path = "crash/outages.rs"]
+mod outages;

@@ -56,6 +56,9 @@ pub struct Settings {
     /// The archives this worker found recorded (see [`RecordedArchives`]), shared by its
     /// clones: the work rounds and the schedule ticks.
     pub recorded_archives: std::sync::Arc<tokio::sync::Mutex<RecordedArchives>>,
+    /// Tasks whose lease a failed round could not give back (the store did not answer):
+    /// given back at the start of the next round (see [`run_due`]).
+    pub unreleased: std::sync::Arc<tokio::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Settings {
@@ -86,6 +89,7 @@ impl Settings {
             mail_attempts: c.mail.max_attempts,
             workers_dir,
             recorded_archives: std::sync::Arc::default(),
+            unreleased: std::sync::Arc::default(),
         })
     }
 }
@@ -470,6 +474,14 @@ pub async fn run_one(
         Ok(task::Step::Gone(why)) => {
             tracing::info!(task = %task.id, "{why}; nothing was begun");
         }
+        // The state store does not answer: the task did not fail, and nothing of it could
+        // be recorded anyway. No attempt is counted (the retry budget and its backoff are
+        // for what goes wrong in the task); the round ends, the lease is given back, and
+        // the task resumes from its last recorded step once the store answers.
+        Err(e) if e.store_unreachable() => {
+            tracing::warn!(task = %task.id, code = %e.code, "task stopped: {}; it resumes from its last recorded step once the store answers", e.message);
+            return Err(e);
+        }
         Err(e) => {
             tracing::warn!(task = %task.id, code = %e.code, "task failed: {}", e.message);
             let gave_up = ctx
@@ -515,6 +527,7 @@ pub async fn run_due(
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
 ) -> Result<RunSummary> {
+    give_back_leases(ctx, s).await?;
     // A worker of this host that died: its leases go now, and so does any archive that no
     // one can record any more.
     let (released_leases, shredded_unrecorded) = recover(ctx, s, crate::clock::now()).await?;
@@ -531,8 +544,9 @@ pub async fn run_due(
     // (or `stop` says so). Each lane is its own future, polled all the time: a lane never
     // waits on the store while another holds a store transaction that it cannot finish
     // (on SQLite that would hold the write lock until the busy timeout). A task that fails
-    // the round has its lease given back at once, not left leased for the rest of its
-    // lease (its effects so far are recorded, and resumed); the other lanes finish their
+    // the round has its lease given back at once (when the store does not answer then, at
+    // the start of the next round), not left leased for the rest of its lease (its
+    // effects so far are recorded, and resumed); the other lanes finish their
     // task, take no more, and the round ends with the error.
     let failed = std::sync::atomic::AtomicBool::new(false);
     let lanes = (0..s.parallel.max(1)).map(|_| lane(ctx, s, stop, on_task, &failed));
@@ -567,6 +581,19 @@ pub async fn run_due(
     Ok(summary)
 }
 
+/// Give back the leases that a failed round could not (the store did not answer then),
+/// before anything is leased: a task must not wait out the lease of a worker that no
+/// longer runs it. (Only while this worker still holds it; the ids stay until given back.)
+async fn give_back_leases(ctx: &Context, s: &Settings) -> Result<()> {
+    let mut held = s.unreleased.lock().await;
+    while let Some(id) = held.first().cloned() {
+        ctx.store.release_lease(&id, &s.worker).await?;
+        tracing::info!(task = %id, "the lease a failed round kept is given back");
+        held.remove(&id);
+    }
+    Ok(())
+}
+
 /// One lane of a round: lease a task, run it, again, until none is due, `stop` says so,
 /// or a lane failed.
 async fn lane(
@@ -599,7 +626,8 @@ async fn lane(
         if let Err(e) = run_one(ctx, s, &task, &mut summary).await {
             failed.store(true, Ordering::SeqCst);
             if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
-                tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease: {}", r.message);
+                tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease (it is given back before the next round): {}", r.message);
+                s.unreleased.lock().await.insert(task.id.clone());
             }
             return (summary, Err(e));
         }

@@ -172,6 +172,16 @@ pub struct Env {
 
 impl Env {
     pub async fn new(store: &StoreKind) -> Env {
+        let store_url = match store {
+            StoreKind::Sqlite => "sqlite://var/quietus.db".to_owned(),
+            StoreKind::Postgres(db) => db.url.clone(),
+        };
+        Env::on_store(store_url).await
+    }
+
+    /// A demo folder whose state store is at `store_url` (a database of a server the
+    /// test runs itself, say), made as `quietus store init` makes it.
+    pub async fn on_store(store_url: String) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("policies/systems")).unwrap();
         for (name, text) in quietus::policy::EXAMPLES {
@@ -180,10 +190,6 @@ impl Env {
         quietus::demo::create_crm_sqlite(&dir.path().join("crm.db"))
             .await
             .expect("demo CRM");
-        let store_url = match store {
-            StoreKind::Sqlite => "sqlite://var/quietus.db".to_owned(),
-            StoreKind::Postgres(db) => db.url.clone(),
-        };
         let config = dir.path().join("quietus.toml");
         std::fs::write(
             &config,
