@@ -83,11 +83,14 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         )));
     }
     // Exactly the approved plan, or nothing.
-    if let Some(rid) = &task.request_id {
-        let req = ctx.request(rid).await?;
-        let diff = super::approved::differences(ctx, &req).await?;
+    let req = match &task.request_id {
+        Some(rid) => Some(ctx.request(rid).await?),
+        None => None,
+    };
+    if let Some(req) = &req {
+        let diff = super::approved::differences(ctx, req).await?;
         if !diff.is_empty() {
-            return super::approved::stop(ctx, s, task, &req, &diff, now).await;
+            return super::approved::stop(ctx, s, task, req, &diff, now).await;
         }
     }
     if task.kind == super::TaskKind::Export {
@@ -107,11 +110,9 @@ pub async fn run(ctx: &Context, s: &Settings, task: &TaskRow, now: DateTime<Utc>
         })?
         .clone();
     let body: TaskBody = serde_json::from_str(&task.body)?;
-    let (subject, successor) = match &task.request_id {
-        Some(rid) => {
-            let req = ctx.request(rid).await?;
-            (req.subject, req.successor)
-        }
+    // The request as read for the plan check above.
+    let (subject, successor) = match req {
+        Some(req) => (req.subject, req.successor),
         None => (Identities::new(), None),
     };
     // One task, one read of the catalog.
