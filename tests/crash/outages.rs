@@ -1170,7 +1170,8 @@ async fn a_read_only_backup_folder_fails_the_task_cleanly_and_it_completes_once_
         assert_eq!(
             counts(
                 &env,
-                "SELECT 'open', COUNT(*) FROM archive_intents WHERE shredded_at IS NULL"
+                "SELECT 'open', COUNT(*) FROM archive_intents i WHERE shredded_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.id = i.id)"
             )
             .await,
             BTreeMap::from([("open".to_owned(), 0)]),
