@@ -1,12 +1,14 @@
 //! Outages of the machine under quietus (issue 9, "Outages"): the disk that holds the
-//! backups fills up while an archive is written, and the PostgreSQL state store restarts
-//! while `quietus serve` is in the middle of its work. Each time nothing is changed that
-//! is not backed up and recorded, nothing is left behind unshredded, the cause is said
-//! plainly, and once the fault is gone the work completes exactly as a clean run does.
+//! backups fills up while an archive is written, the backup folder is read-only, the
+//! PostgreSQL state store restarts while `quietus serve` is in the middle of its work,
+//! and the CRM's PostgreSQL stops in the middle of an apply. Each time nothing is changed
+//! that is not backed up and recorded, nothing is left behind unshredded, the cause is
+//! said plainly, and once the fault is gone the work completes exactly as a clean run
+//! does.
 //!
-//! Both need root: one mounts a size-limited tmpfs (cfg `quietus_test_mount`), the other
-//! runs a PostgreSQL cluster of its own as the `postgres` user and restarts it (cfg
-//! `quietus_test_pg_cluster`); see build.rs.
+//! All need root: two mount over the backup folder (a size-limited tmpfs, a read-only
+//! bind mount: cfg `quietus_test_mount`), two run a PostgreSQL cluster of their own as
+//! the `postgres` user and stop it (cfg `quietus_test_pg_cluster`); see build.rs.
 
 use super::*;
 
@@ -780,7 +782,7 @@ async fn clean_exit_on(crm: &CrmKind) -> CleanExit {
 
 /// The CRM's database (PostgreSQL, a cluster of the test's own) is shut down while
 /// `quietus serve` is in the middle of the exit's apply, one row a batch: after the
-/// second batch committed, the worker holds 4 s (`after_batch_2=1*sleep(4000)`) and the
+/// second batch committed, the worker holds 5 s (`after_batch_2=1*sleep(5000)`) and the
 /// cluster stops (fast: its sessions are ended). The third batch cannot begin: the task
 /// fails with a cause that names the system, serve stays up, the request is `failed`
 /// (retrying), nothing is lost. A run while the CRM is still down, once the backoff is
@@ -835,7 +837,7 @@ async fn a_crm_stopped_mid_apply_fails_the_task_clearly_and_the_exit_resumes_onc
         &[
             one,
             ("QUIETUS_JOBS__POLL_SECONDS", "1"),
-            ("QUIETUS_FAILPOINTS", "after_batch_2=1*sleep(4000)"),
+            ("QUIETUS_FAILPOINTS", "after_batch_2=1*sleep(5000)"),
         ],
     )
     .spawn()
