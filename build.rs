@@ -8,7 +8,7 @@
 //! - `quietus_test_smtp`: a Python with aiosmtpd (`QUIETUS_TEST_PYTHON`, else `python3`);
 //! - `quietus_test_strace`: the `strace` tool is on `PATH` (tests/nodelay.rs);
 //! - `quietus_test_mount`: this runs as root (effective uid 0, by `id -u`), so a test can
-//!   mount a size-limited tmpfs (tests/crash/outages.rs);
+//!   mount a size-limited tmpfs, or bind-mount a folder read-only (tests/crash/outages.rs);
 //! - `quietus_test_pg_cluster`: a PostgreSQL server's binaries
 //!   (`/usr/lib/postgresql/*/bin/initdb`) and root, to run a private cluster as the
 //!   `postgres` user and restart it (tests/crash/outages.rs).

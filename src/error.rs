@@ -172,8 +172,8 @@ impl From<sqlx::Error> for Error {
 /// A connection to the database could not be had or was lost: no connection within the
 /// pool's wait, an I/O or TLS error, or the server ending the session (SQLSTATE class 08,
 /// connection exception; 57P01 to 57P03, shut down or starting up). Any other error,
-/// known or not, is not.
-fn unreachable(e: &sqlx::Error) -> bool {
+/// known or not, is not. (Of a target's database too: see `targets::exec`.)
+pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
     if let sqlx::Error::Database(d) = e {
         return d
             .code()

@@ -136,6 +136,21 @@ pub fn publish_new_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Res
     Ok(())
 }
 
+/// Remove the file at `path`, if there is one: a file that is not there is not an error.
+/// It is looked for first, because a read-only file system answers an unlink with EROFS
+/// before it looks for the name: a file never created there is not one left behind.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    if let Err(e) = std::fs::symlink_metadata(path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Ok(());
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Write `bytes` to `path` (created or truncated), 0600, and sync it.
 pub fn write_private_synced(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     let mut f = create_private(path)?;

@@ -261,13 +261,9 @@ pub(super) async fn discard(
 ) {
     let (p, k) = backup::paths(&s.backup_dir, &s.keys_dir, id);
     let tmp = s.backup_dir.join(format!(".{id}.tmp"));
-    let removed = backup::shred(&p, &k).and_then(|()| match std::fs::remove_file(&tmp) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::new(
-            Code::Io,
-            format!("cannot remove {}: {e}", tmp.display()),
-        )),
+    let removed = backup::shred(&p, &k).and_then(|()| {
+        crate::fsx::remove_if_present(&tmp)
+            .map_err(|e| Error::new(Code::Io, format!("cannot remove {}: {e}", tmp.display())))
     });
     let intent = crate::store::recovery::ArchiveIntent {
         id: id.to_owned(),

@@ -151,7 +151,18 @@ async fn run_on(
         let what: Vec<String> = lacks.iter().map(|l| l.message_in(&sys.name)).collect();
         return Err(Error::new(Code::Target, what.join("; ")));
     }
-    let mut parts = super::collect::parts_of(sys, task, body, target, subject, successor).await?;
+    // From here on, what the database says (a statement refused, the server gone) is said
+    // as the system's: a statement's error does not know which system it ran on.
+    let in_system = |e: Error| {
+        if e.code == Code::Target {
+            e.context(format!("system {}", sys.name))
+        } else {
+            e
+        }
+    };
+    let mut parts = super::collect::parts_of(sys, task, body, target, subject, successor)
+        .await
+        .map_err(in_system)?;
     apply_order(sys, &mut parts);
 
     use super::TaskState as S;
@@ -168,9 +179,13 @@ async fn run_on(
         }
         (S::Pending, _) | (S::BackedUp, None) => {
             // Keys of retained rows first, while the subject can still be found.
-            super::collect::capture_retained_keys(ctx, sys, body, subject, target, now).await?;
+            super::collect::capture_retained_keys(ctx, sys, body, subject, target, now)
+                .await
+                .map_err(in_system)?;
             let (b, roots) =
-                super::collect::collect(ctx, s, task, sys, &parts, subject, target, now).await?;
+                super::collect::collect(ctx, s, task, sys, &parts, subject, target, now)
+                    .await
+                    .map_err(in_system)?;
             hit(Point::BeforeRecord);
             if let Err(e) = ctx.store.task_backed_up(&task.id, &s.worker, &b, now).await {
                 if e.code == Code::IllegalTransition {
@@ -201,7 +216,8 @@ async fn run_on(
     let mut results = match apply(
         ctx, s, task, sys, &parts, target, &backup_id, &path, &key_path,
     )
-    .await?
+    .await
+    .map_err(in_system)?
     {
         Applied::Tables(r) => r,
         // Someone changed a row since the backup (say, while a crashed worker's task
@@ -209,7 +225,9 @@ async fn run_on(
         Applied::ChangedSinceBackup(why) => return Ok(Step::Rebackup(why)),
     };
     hit(Point::AfterApply);
-    if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size).await?
+    if let Some(why) = recheck(sys, &parts, subject, target, &path, &key_path, s.batch_size)
+        .await
+        .map_err(in_system)?
     {
         return Ok(Step::Rebackup(why));
     }

@@ -183,12 +183,6 @@ fn shred_archive_files(s: &Settings, id: &str) -> Result<()> {
     let (path, key) = crate::backup::paths(&s.backup_dir, &s.keys_dir, id);
     crate::backup::shred(&path, &key)?;
     let tmp = s.backup_dir.join(format!(".{id}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::new(
-            Code::Io,
-            format!("cannot remove {}: {e}", tmp.display()),
-        )),
-    }
+    crate::fsx::remove_if_present(&tmp)
+        .map_err(|e| Error::new(Code::Io, format!("cannot remove {}: {e}", tmp.display())))
 }

@@ -11,10 +11,17 @@ use crate::error::{Code, Error, Result};
 /// A row read as text: the key, then the columns asked for (NULL as `None`).
 pub type TextRow = Vec<Option<String>>;
 
+/// A target's error, said as what it is: the database not answering (down, restarting,
+/// the connection lost) or a statement it refused. (Which system: the caller says.)
 fn fail(e: sqlx::Error) -> Error {
+    let what = if crate::error::unreachable(&e) {
+        "the database cannot be reached"
+    } else {
+        "statement failed"
+    };
     Error::new(
         Code::Target,
-        format!("statement failed: {}", redact_quoted(&e.to_string())),
+        format!("{what}: {}", redact_quoted(&e.to_string())),
     )
 }
 

@@ -74,11 +74,16 @@ pub struct Db {
 
 impl Db {
     pub async fn postgres() -> Db {
-        let admin = server_url("QUIETUS_TEST_POSTGRES_URL");
+        Db::postgres_on(server_url("QUIETUS_TEST_POSTGRES_URL")).await
+    }
+
+    /// A fresh database on the PostgreSQL server at `admin` (a cluster the test runs
+    /// itself, say).
+    pub async fn postgres_on(admin: String) -> Db {
         let name = random_name("quietus_test");
         let pool = sqlx::PgPool::connect(&admin)
             .await
-            .expect("PostgreSQL answers at QUIETUS_TEST_POSTGRES_URL");
+            .unwrap_or_else(|e| panic!("PostgreSQL answers at {admin}: {e}"));
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&pool)
             .await

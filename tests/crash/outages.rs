@@ -1,12 +1,14 @@
 //! Outages of the machine under quietus (issue 9, "Outages"): the disk that holds the
-//! backups fills up while an archive is written, and the PostgreSQL state store restarts
-//! while `quietus serve` is in the middle of its work. Each time nothing is changed that
-//! is not backed up and recorded, nothing is left behind unshredded, the cause is said
-//! plainly, and once the fault is gone the work completes exactly as a clean run does.
+//! backups fills up while an archive is written, the backup folder is read-only, the
+//! PostgreSQL state store restarts while `quietus serve` is in the middle of its work,
+//! and the CRM's PostgreSQL stops in the middle of an apply. Each time nothing is changed
+//! that is not backed up and recorded, nothing is left behind unshredded, the cause is
+//! said plainly, and once the fault is gone the work completes exactly as a clean run
+//! does.
 //!
-//! Both need root: one mounts a size-limited tmpfs (cfg `quietus_test_mount`), the other
-//! runs a PostgreSQL cluster of its own as the `postgres` user and restarts it (cfg
-//! `quietus_test_pg_cluster`); see build.rs.
+//! All need root: two mount over the backup folder (a size-limited tmpfs, a read-only
+//! bind mount: cfg `quietus_test_mount`), two run a PostgreSQL cluster of their own as
+//! the `postgres` user and stop it (cfg `quietus_test_pg_cluster`); see build.rs.
 
 use super::*;
 
@@ -728,4 +730,504 @@ async fn serve_rides_out_a_restart_of_its_postgres_state_store() {
     drop(env);
     drop(pg);
     eprintln!("state store restarts: {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------
+// The target database (the CRM) stops in the middle of an apply.
+
+/// The exit run cleanly on a demo CRM (loaded into `crm`), with a SQLite state store:
+/// the CRM before, after the disable task and at the end, and the apply task's changes
+/// per table.
+struct CleanExit {
+    original: Dump,
+    after_disable: Dump,
+    fin: Dump,
+    apply_changed: BTreeMap<String, u64>,
+}
+
+async fn clean_exit_on(crm: &CrmKind) -> CleanExit {
+    let env = Env::new(&StoreKind::Sqlite).await;
+    env.use_crm(crm).await;
+    let original = dump(&env, crm).await;
+    let id = submit_and_approve(&env);
+    let s = json(&ok(&run(
+        &env,
+        &["run", "--json"],
+        Some(BEFORE_WINDOW),
+        &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
+    )));
+    assert_eq!(s["done"], 1, "{s}");
+    let after_disable = dump(&env, crm).await;
+    let s = json(&ok(&run(&env, &["run", "--json"], Some(NOW), &[])));
+    assert_eq!(s["done"], 1, "{s}");
+    assert_eq!(request_state(&env, &id), "completed");
+    let fin = dump(&env, crm).await;
+    let tasks = tasks_of(&env, &id).await;
+    let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+    let apply_changed: BTreeMap<String, u64> = table_results(apply)
+        .into_iter()
+        .map(|(t, (b, c, d))| {
+            assert_eq!((b, d), (c, 0), "{t}: a clean run changes each row once");
+            (t, c)
+        })
+        .collect();
+    assert_eq!(changed_rows(&original, &fin).len(), 15, "as on SQLite");
+    CleanExit {
+        original,
+        after_disable,
+        fin,
+        apply_changed,
+    }
+}
+
+/// The CRM's database (PostgreSQL, a cluster of the test's own) is shut down while
+/// `quietus serve` is in the middle of the exit's apply, one row a batch: after the
+/// second batch committed, the worker holds 5 s (`after_batch_2=1*sleep(5000)`) and the
+/// cluster stops (fast: its sessions are ended). The third batch cannot begin: the task
+/// fails with a cause that names the system, serve stays up, the request is `failed`
+/// (retrying), nothing is lost. A run while the CRM is still down, once the backoff is
+/// over, fails again, as clearly. Then the cluster starts again: what changed so far is
+/// the two committed batches, each row in the recorded backup with its original values;
+/// the next run resumes after the last committed batch and ends the exit as a clean run
+/// on the same kind of CRM does, each row changed once, one backup for the apply task,
+/// the log verifying.
+#[cfg_attr(
+    not(quietus_test_pg_cluster),
+    ignore = "needs root and a PostgreSQL server's binaries (/usr/lib/postgresql/*/bin) to run and stop a cluster"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crm_stopped_mid_apply_fails_the_task_clearly_and_the_exit_resumes_once_it_is_back() {
+    let started = Instant::now();
+    let pg = PgCluster::start();
+    // The clean run, on another database of the same cluster.
+    let clean_crm = CrmKind::Postgres(Db::postgres_on(pg.url()).await);
+    let want = clean_exit_on(&clean_crm).await;
+
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let crm = CrmKind::Postgres(Db::postgres_on(pg.url()).await);
+    env.use_crm(&crm).await;
+    assert_same("before", &dump(&env, &crm).await, &want.original);
+    let id = submit_and_approve(&env);
+    let one = ("QUIETUS_JOBS__BATCH_SIZE", "1");
+    let s = json(&ok(&run(
+        &env,
+        &["run", "--json"],
+        Some(BEFORE_WINDOW),
+        &[one, ("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
+    )));
+    assert_eq!(s["done"], 1, "the disable task: {s}");
+    assert_same(
+        "after the disable",
+        &dump(&env, &crm).await,
+        &want.after_disable,
+    );
+    let tasks = tasks_of(&env, &id).await;
+    let apply_id = tasks
+        .iter()
+        .find(|t| t.kind.as_str() == "apply")
+        .unwrap()
+        .id
+        .clone();
+
+    // The apply, under serve, held after its second batch.
+    let mut child = quietus(
+        &env,
+        &["serve", "--listen", "127.0.0.1:0"],
+        Some(NOW),
+        &[
+            one,
+            ("QUIETUS_JOBS__POLL_SECONDS", "1"),
+            ("QUIETUS_FAILPOINTS", "after_batch_2=1*sleep(5000)"),
+        ],
+    )
+    .spawn()
+    .expect("spawn quietus serve");
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let mut serve = KillOnDrop(child);
+    let child = &mut serve.0;
+    wait_for_line(&out, "listening on http://", Duration::from_secs(60));
+    let mut log: Vec<String> = Vec::new();
+    let alive = |child: &mut Child, log: &mut Vec<String>, when: &str| {
+        log.extend(err.try_iter());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "serve ended {when}:\n{}",
+            log.join("\n")
+        );
+    };
+    let ctx = env.context().await;
+    let rows_done =
+        |p: Option<String>| -> u64 { p.map(|p| json(&p)["rows"].as_u64().unwrap()).unwrap_or(0) };
+    until("two batches committed", Duration::from_secs(30), || {
+        let p = ctx.store.apply_progress(&apply_id);
+        async { rows_done(p.await.unwrap()) >= 2 }
+    })
+    .await;
+    let t = Instant::now();
+    pg.down();
+    let stopped_after = rows_done(ctx.store.apply_progress(&apply_id).await.unwrap());
+    assert_eq!(stopped_after, 2, "the worker holds after its second batch");
+
+    // The worker wakes to its third batch; the CRM does not answer.
+    until("the task failed", Duration::from_secs(40), || {
+        let task = ctx.store.task(&apply_id);
+        async { task.await.unwrap().attempts > 0 }
+    })
+    .await;
+    let failed_after = t.elapsed();
+    // Serve stays up while the CRM is down (rounds every second find nothing due).
+    while t.elapsed() < failed_after + Duration::from_secs(3) {
+        alive(child, &mut log, "while the CRM was down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    alive(child, &mut log, "while the CRM was down");
+    signal(child, "-TERM");
+    let status = child.wait().unwrap();
+    log.extend(err.try_iter());
+    assert!(status.success(), "serve: {status:?}\n{}", log.join("\n"));
+    let said = log.join("\n");
+    eprintln!("serve said:\n{said}");
+
+    let apply = ctx.store.task(&apply_id).await.unwrap();
+    assert_eq!(apply.state.as_str(), "backed_up", "{apply:?}");
+    assert_eq!(apply.attempts, 1, "{apply:?}");
+    assert!(apply.lease_owner.is_none(), "{apply:?}");
+    let first_why = apply.last_error.clone().unwrap_or_default();
+    eprintln!("the recorded cause: {first_why}");
+    assert_eq!(request_state(&env, &id), "failed");
+    assert_eq!(
+        rows_done(ctx.store.apply_progress(&apply_id).await.unwrap()),
+        2,
+        "the progress of the committed batches is kept"
+    );
+    ctx.store.close().await;
+
+    // Still down when the retry comes (after the 60 s backoff of a first attempt).
+    let out = run(
+        &env,
+        &["run", "--json"],
+        Some("2027-01-01T03:05:00Z"),
+        &[one],
+    );
+    let s = json(&common::stdout(&out));
+    assert_eq!(s["done"], 0, "{s}\n{}", stderr(&out));
+    assert_eq!(s["retried"], 1, "{s}\n{}", stderr(&out));
+    let apply = tasks_of(&env, &id)
+        .await
+        .into_iter()
+        .find(|t| t.id == apply_id)
+        .unwrap();
+    assert_eq!(apply.state.as_str(), "backed_up", "{apply:?}");
+    assert_eq!(apply.attempts, 2, "{apply:?}");
+    let second_why = apply.last_error.clone().unwrap_or_default();
+    eprintln!(
+        "the cause recorded by the retry: {second_why}\nthe run said: {}",
+        stderr(&out)
+    );
+    let down_for = t.elapsed();
+    pg.up();
+
+    for (when, why) in [("mid-apply", &first_why), ("at the retry", &second_why)] {
+        assert!(
+            why.contains("system crm")
+                && (why.contains("cannot be reached") || why.contains("cannot connect")),
+            "{when}: the cause names the system and what is wrong with it: {why:?}"
+        );
+        assert!(
+            !why.contains("state store"),
+            "{when}: it is not the state store: {why:?}"
+        );
+        for personal in ["fang", "Fang", "E100", "corp.example"] {
+            assert!(!why.contains(personal), "{when}: personal data: {why:?}");
+        }
+    }
+    assert!(
+        said.contains(&first_why),
+        "serve said why the task failed:\n{said}"
+    );
+    for personal in ["fang", "Fang", "E100", "corp.example"] {
+        assert!(
+            !said.contains(personal),
+            "personal data in the log:\n{said}"
+        );
+    }
+    let shown = json(&ok(&run(&env, &["show", &id, "--json"], Some(LATER), &[])));
+    let history = shown["history"].to_string();
+    assert!(
+        history.contains(&first_why),
+        "the request's history says why: {history}"
+    );
+
+    // What changed before the stop: the two committed batches, from the recorded backup.
+    let backups = backups_of(&env, &id).await;
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let apply_backup: Vec<_> = backups
+        .iter()
+        .filter(|b| Some(b.id.as_str()) == apply.backup_id.as_deref())
+        .cloned()
+        .collect();
+    assert_eq!(apply_backup.len(), 1, "{backups:?}");
+    let midway = dump(&env, &crm).await;
+    assert_eq!(
+        changed_rows(&want.after_disable, &midway).len(),
+        2,
+        "two rows changed before the stop: {:?}",
+        diff(&want.after_disable, &midway)
+    );
+    assert_changes_backed_up(
+        "when the CRM came back",
+        &env,
+        &apply_backup,
+        &want.after_disable,
+        &midway,
+    );
+    only_recorded_archives(&env, "when the CRM came back", &backups);
+
+    // The next run resumes after the committed batches and ends the exit.
+    let out = run(
+        &env,
+        &["run", "--json"],
+        Some("2027-01-01T04:00:00Z"),
+        &[one],
+    );
+    let s = json(&ok(&out));
+    assert_eq!(s["done"], 1, "{s}\n{}", stderr(&out));
+    assert_eq!(
+        s["completed_requests"],
+        serde_json::json!([id]),
+        "{s}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(request_state(&env, &id), "completed");
+    let fin = dump(&env, &crm).await;
+    assert_same("once the CRM was back", &fin, &want.fin);
+    let tasks = tasks_of(&env, &id).await;
+    let backups = backups_of(&env, &id).await;
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    for k in ["disable", "apply"] {
+        let t = tasks.iter().find(|t| t.kind.as_str() == k).unwrap();
+        assert_eq!(t.state.as_str(), "done", "{t:?}");
+        let mine: Vec<_> = backups.iter().filter(|b| b.task_id == t.id).collect();
+        assert_eq!(mine.len(), 1, "one backup for the {k} task: {mine:?}");
+        assert_eq!(t.backup_id.as_deref(), Some(mine[0].id.as_str()));
+    }
+    let apply = tasks.iter().find(|t| t.id == apply_id).unwrap();
+    let results = table_results(apply);
+    let changed: BTreeMap<String, u64> = results
+        .iter()
+        .map(|(t, &(backed, c, d))| {
+            assert_eq!(
+                (backed, d),
+                (c, 0),
+                "{t}: each row changed once, none read back again: {results:?}"
+            );
+            (t.clone(), c)
+        })
+        .collect();
+    assert_eq!(changed, want.apply_changed);
+    assert_changes_backed_up(
+        "once the CRM was back",
+        &env,
+        &backups,
+        &want.original,
+        &fin,
+    );
+    only_recorded_archives(&env, "once the CRM was back", &backups);
+    ok(&run(&env, &["log", "verify"], None, &[]));
+    drop(env);
+    drop(pg);
+    eprintln!(
+        "CRM stopped mid-apply: failed {failed_after:?} after the stop, down {down_for:?}; {:?} in all",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The backup folder is read-only.
+
+/// A folder bind-mounted on itself, read-only (as root, file modes stop no write: a
+/// read-only mount does); unmounted when dropped.
+struct ReadOnlyBind {
+    dir: PathBuf,
+}
+
+impl ReadOnlyBind {
+    fn mount(dir: &Path) -> ReadOnlyBind {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(Command::new("mount").arg("--bind").arg(dir).arg(dir));
+        let m = ReadOnlyBind {
+            dir: dir.to_path_buf(),
+        };
+        m.remount("ro");
+        m
+    }
+
+    /// `ro` or `rw`.
+    fn remount(&self, how: &str) {
+        sh(Command::new("mount")
+            .arg("-o")
+            .arg(format!("remount,bind,{how}"))
+            .arg(&self.dir));
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        let st = Command::new("umount").arg(&self.dir).status();
+        if !st.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// The backup folder is mounted read-only, for the exit's disable task and again for its
+/// apply task. Each time the task fails with the cause recorded (the file system is
+/// read-only, and it was the backup folder), the CRM is as before the task, no archive
+/// or key is left that is not recorded, the request is not completed. Made writable
+/// again (the same mount), the next run carries the task out as a clean run does, and
+/// every backup verifies.
+#[cfg_attr(
+    not(quietus_test_mount),
+    ignore = "needs root to bind-mount the backup folder read-only"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_backup_folder_fails_the_task_cleanly_and_it_completes_once_writable() {
+    let started = Instant::now();
+    let want = reference().await;
+    let env = Env::new(&StoreKind::Sqlite).await;
+    let crm = CrmKind::Sqlite;
+    let (backup_dir, keys_dir) = backup_dirs(&env);
+    assert_ne!(
+        keys_dir.parent(),
+        Some(backup_dir.as_path()),
+        "the keys are not in the read-only folder"
+    );
+    let mount = ReadOnlyBind::mount(&backup_dir);
+    let id = submit_and_approve(&env);
+    let window = ("QUIETUS_SCHEDULE__WINDOW", WINDOW);
+
+    // (kind, when it fails, when it runs again, the CRM before it, the CRM after it)
+    let steps = [
+        (
+            "disable",
+            BEFORE_WINDOW,
+            "2027-01-01T02:00:00Z",
+            &want.original,
+            &want.after_disable,
+        ),
+        ("apply", NOW, LATER, &want.after_disable, &want.fin),
+    ];
+    for (i, (kind, fails_at, runs_at, before, after)) in steps.into_iter().enumerate() {
+        let extra: &[(&str, &str)] = if kind == "disable" { &[window] } else { &[] };
+        if i > 0 {
+            mount.remount("ro");
+        }
+        let out = run(&env, &["run", "--json"], Some(fails_at), extra);
+        let s = json(&common::stdout(&out));
+        assert_eq!(s["done"], 0, "{kind}: {s}\n{}", stderr(&out));
+        assert_eq!(s["retried"], 1, "{kind}: {s}\n{}", stderr(&out));
+        assert_same(
+            &format!("{kind}: the backup folder read-only"),
+            &dump(&env, &crm).await,
+            before,
+        );
+        let tasks = tasks_of(&env, &id).await;
+        let t = tasks.iter().find(|t| t.kind.as_str() == kind).unwrap();
+        assert_eq!(t.state.as_str(), "pending", "{t:?}");
+        assert!(t.backup_id.is_none(), "{t:?}");
+        assert!(t.lease_owner.is_none(), "{t:?}");
+        assert_eq!(t.attempts, 1, "{t:?}");
+        let why = t.last_error.clone().unwrap_or_default();
+        eprintln!(
+            "{kind}: the recorded cause: {why}\nthe run said: {}",
+            stderr(&out)
+        );
+        assert!(
+            why.contains("Read-only file system"),
+            "{kind}: the cause is recorded: {why:?}"
+        );
+        assert!(
+            why.starts_with("backup: ") && why.contains(&backup_dir.display().to_string()),
+            "{kind}: it says the backup could not be written, and where: {why:?}"
+        );
+        for personal in ["fang", "Fang", "E100", "corp.example"] {
+            assert!(
+                !why.contains(personal),
+                "{kind}: no personal data in the error: {why:?}"
+            );
+        }
+        let backups = backups_of(&env, &id).await;
+        assert_eq!(backups.len(), i, "{kind}: {backups:?}");
+        only_recorded_archives(&env, &format!("{kind}: read-only"), &backups);
+        // The archive that could not be begun is shredded (its key: nothing else of it
+        // was written), and known to be: no false alarm, no archive left to look for.
+        for alarm in ["not shredded yet", "cannot be looked for"] {
+            assert!(
+                !stderr(&out).contains(alarm),
+                "{kind}: {alarm:?}:\n{}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(
+            counts(
+                &env,
+                "SELECT 'open', COUNT(*) FROM archive_intents i WHERE shredded_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.id = i.id)"
+            )
+            .await,
+            BTreeMap::from([("open".to_owned(), 0)]),
+            "{kind}: an archive intent is left open"
+        );
+        assert_ne!(request_state(&env, &id), "completed", "{kind}");
+        let shown = json(&ok(&run(&env, &["show", &id, "--json"], Some(LATER), &[])));
+        let history = shown["history"].to_string();
+        assert!(
+            history.contains("Read-only file system"),
+            "{kind}: the request's history says why: {history}"
+        );
+
+        // Writable again (after the retry's backoff): the task is carried out.
+        mount.remount("rw");
+        let out = run(&env, &["run", "--json"], Some(runs_at), extra);
+        let s = json(&ok(&out));
+        assert_eq!(s["done"], 1, "{kind}: {s}\n{}", stderr(&out));
+        assert_same(
+            &format!("{kind}: once writable"),
+            &dump(&env, &crm).await,
+            after,
+        );
+        let backups = backups_of(&env, &id).await;
+        assert_eq!(backups.len(), i + 1, "{kind}: {backups:?}");
+        only_recorded_archives(&env, &format!("{kind}: once writable"), &backups);
+    }
+
+    assert_eq!(request_state(&env, &id), "completed");
+    let tasks = tasks_of(&env, &id).await;
+    let backups = backups_of(&env, &id).await;
+    for k in ["disable", "apply"] {
+        let t = tasks.iter().find(|t| t.kind.as_str() == k).unwrap();
+        assert_eq!(t.state.as_str(), "done", "{t:?}");
+        let mine: Vec<_> = backups.iter().filter(|b| b.task_id == t.id).collect();
+        assert_eq!(mine.len(), 1, "one backup for the {k} task: {mine:?}");
+    }
+    let apply = tasks.iter().find(|t| t.kind.as_str() == "apply").unwrap();
+    let changed: BTreeMap<String, u64> = table_results(apply)
+        .into_iter()
+        .map(|(t, (backed, c, d))| {
+            assert_eq!((backed, d), (c, 0), "{t}: changed once, from its backup");
+            (t, c)
+        })
+        .collect();
+    assert_eq!(changed, want.apply_changed);
+    assert_changes_backed_up(
+        "once writable",
+        &env,
+        &backups,
+        &want.original,
+        &dump(&env, &crm).await,
+    ); // every archive verifies, with its recorded digest
+    ok(&run(&env, &["log", "verify"], None, &[]));
+    drop(mount);
+    eprintln!("read-only backup folder: {:?}", started.elapsed());
 }
