@@ -443,6 +443,33 @@ fn approve(env: &Env, id: &str) {
     ok(&run(env, &["approve", id], Some(DECIDED), &[]));
 }
 
+/// The exit's `disable` task alone: a run before the execution window (disabling is not
+/// windowed), with `extra` settings; its summary, which says one task was done.
+#[track_caller]
+fn run_disable_alone(env: &Env, extra: &[(&str, &str)]) -> Value {
+    let mut vars = vec![("QUIETUS_SCHEDULE__WINDOW", WINDOW)];
+    vars.extend_from_slice(extra);
+    let s = json(&ok(&run(
+        env,
+        &["run", "--json"],
+        Some(BEFORE_WINDOW),
+        &vars,
+    )));
+    assert_eq!(s["done"], 1, "the disable task alone: {s}");
+    s
+}
+
+/// No identity of the demo's leaver appears in `text` (an error, a log).
+#[track_caller]
+fn assert_no_personal_data(label: &str, text: &str) {
+    for personal in ["fang", "Fang", "E100", "corp.example"] {
+        assert!(
+            !text.contains(personal),
+            "{label}: personal data ({personal}) in:\n{text}"
+        );
+    }
+}
+
 fn submit_and_approve(env: &Env) -> String {
     let id = submit(env, "exit.json", EXIT_TICKET);
     approve(env, &id);
@@ -479,13 +506,7 @@ async fn reference() -> Reference {
     let original = dump(&env, &CrmKind::Sqlite).await;
     let id = submit_and_approve(&env);
     // The disable task alone (the window is closed), then the rest.
-    let s = json(&ok(&run(
-        &env,
-        &["run", "--json"],
-        Some(BEFORE_WINDOW),
-        &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
-    )));
-    assert_eq!(s["done"], 1, "{s}");
+    run_disable_alone(&env, &[]);
     let after_disable = dump(&env, &CrmKind::Sqlite).await;
     let s = json(&ok(&run(&env, &["run", "--json"], Some(NOW), &[])));
     assert_eq!(s["done"], 1, "{s}");
@@ -601,13 +622,7 @@ async fn crash_and_recover(point: &str, victim: Victim, kind: &StoreKind, r: &Re
     let before = match victim {
         Victim::Disable => r.original.clone(),
         Victim::Apply => {
-            let s = json(&ok(&run(
-                &env,
-                &["run", "--json"],
-                Some(BEFORE_WINDOW),
-                &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
-            )));
-            assert_eq!(s["done"], 1, "{label}: {s}");
+            run_disable_alone(&env, &[]);
             let d = dump(&env, &crm).await;
             assert_same(&label, &d, &r.after_disable);
             d
@@ -837,13 +852,7 @@ async fn a_row_edited_while_the_worker_was_dead_is_backed_up_again(#[case] backe
         let env = Env::new(&kind).await;
         let crm = CrmKind::Sqlite;
         let id = submit_and_approve(&env);
-        let s = json(&ok(&run(
-            &env,
-            &["run", "--json"],
-            Some(BEFORE_WINDOW),
-            &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
-        )));
-        assert_eq!(s["done"], 1, "{label}: {s}");
+        run_disable_alone(&env, &[]);
         run_and_kill_at(&env, "after_backup", Some(NOW), &[]);
         let stale = tasks_of(&env, &id)
             .await

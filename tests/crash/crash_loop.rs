@@ -479,12 +479,7 @@ async fn serve_killed_over_and_over_loses_nothing_and_does_nothing_twice() {
 async fn a_kill_after_the_receipts_committed_leaves_no_receipt_file_unwritten() {
     let env = Env::new(&StoreKind::Sqlite).await;
     let id = submit_and_approve(&env);
-    ok(&run(
-        &env,
-        &["run", "--json"],
-        Some(BEFORE_WINDOW),
-        &[("QUIETUS_SCHEDULE__WINDOW", WINDOW)],
-    ));
+    run_disable_alone(&env, &[]);
     run_and_kill_at(&env, "checkpoint", Some(NOW), &[]);
     let dir = env.path().join("var/receipts");
     let files = |dir: &std::path::Path| -> BTreeSet<String> {
