@@ -224,13 +224,12 @@ pub fn init() -> Result<()> {
             ));
         }
     };
-    let entries = parse(&spec)?;
-    configure(&entries)
+    configure(&spec)
 }
 
 #[cfg(feature = "failpoints")]
-fn configure(entries: &[Entry]) -> Result<()> {
-    for e in entries {
+fn configure(spec: &str) -> Result<()> {
+    for e in parse(spec)? {
         fail::cfg(e.point.name(), &e.actions).map_err(|why| {
             Error::new(
                 Code::Config,
@@ -241,11 +240,10 @@ fn configure(entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
+/// Without the feature, any value is refused before it is read: whatever it says, this
+/// binary cannot honour it.
 #[cfg(not(feature = "failpoints"))]
-fn configure(entries: &[Entry]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
+fn configure(_spec: &str) -> Result<()> {
     Err(Error::new(
         Code::Config,
         "QUIETUS_FAILPOINTS is set, but this binary was built without the `failpoints` feature; unset it (or build with --features failpoints)",
