@@ -128,9 +128,44 @@ pub struct Entry {
     pub actions: String,
 }
 
-const TASKS: [&str; 8] = [
-    "off", "return", "sleep", "panic", "print", "pause", "yield", "delay",
-];
+/// The `fail` crate's tasks (what an action does), as its syntax names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Off,
+    Return,
+    Sleep,
+    Panic,
+    Print,
+    Pause,
+    Yield,
+    Delay,
+}
+
+impl Task {
+    const ALL: [Task; 8] = [
+        Task::Off,
+        Task::Return,
+        Task::Sleep,
+        Task::Panic,
+        Task::Print,
+        Task::Pause,
+        Task::Yield,
+        Task::Delay,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Task::Off => "off",
+            Task::Return => "return",
+            Task::Sleep => "sleep",
+            Task::Panic => "panic",
+            Task::Print => "print",
+            Task::Pause => "pause",
+            Task::Yield => "yield",
+            Task::Delay => "delay",
+        }
+    }
+}
 
 /// Parse `QUIETUS_FAILPOINTS`'s value: entries separated by `;`, each `point=actions`.
 pub fn parse(spec: &str) -> Result<Vec<Entry>> {
@@ -193,21 +228,30 @@ fn check_action(action: &str) -> std::result::Result<(), String> {
         },
         None => (rest.trim(), None),
     };
-    if !TASKS.contains(&task) {
+    let Some(task) = Task::ALL.into_iter().find(|t| t.name() == task) else {
+        let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
         return Err(format!(
             "{task:?} is not an action; expected one of {}",
-            TASKS.join(", ")
+            names.join(", ")
         ));
-    }
+    };
     match task {
-        "return" if Return::parse(arg).is_none() => Err(format!(
+        Task::Return if Return::parse(arg).is_none() => Err(format!(
             "return({}): expected return, return(kill) or return(stop)",
             arg.unwrap_or_default()
         )),
-        "sleep" | "delay" if arg.is_none_or(|a| a.parse::<u64>().is_err()) => {
-            Err(format!("{task} needs milliseconds, e.g. {task}(1000)"))
+        Task::Sleep | Task::Delay if arg.is_none_or(|a| a.parse::<u64>().is_err()) => {
+            let name = task.name();
+            Err(format!("{name} needs milliseconds, e.g. {name}(1000)"))
         }
-        _ => Ok(()),
+        Task::Return
+        | Task::Sleep
+        | Task::Delay
+        | Task::Off
+        | Task::Panic
+        | Task::Print
+        | Task::Pause
+        | Task::Yield => Ok(()),
     }
 }
 
