@@ -491,3 +491,6 @@ fn the_catalog_is_read_once_per_survey_and_task() {
         "{reads} catalog reads for {requests} requests and {tasks} tasks (at most {budget})"
     );
 }
+
+#[path = "targets/plans.rs"]
+mod plans;

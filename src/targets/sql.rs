@@ -105,6 +105,7 @@ impl Builder {
             ));
         }
         let mut parts = self.identity_parts(table, ids)?;
+        let mut referenced = false;
         for r in &table.references {
             let (pt, pc) = split_target(&r.to).ok_or_else(|| {
                 Error::new(Code::Policy, format!("bad reference target {:?}", r.to))
@@ -113,15 +114,43 @@ impl Builder {
                 Error::new(Code::Policy, format!("reference to unmapped table {pt}"))
             })?;
             if let Some(pp) = self.subject_predicate(sys, parent, ids, depth + 1)? {
-                parts.push(format!(
-                    "{} IN (SELECT {} FROM {} WHERE {pp})",
+                let (col, sub) = (
                     self.q(&r.column)?,
-                    self.q(pc)?,
-                    self.q(pt)?
-                ));
+                    format!("SELECT {} FROM {} WHERE {pp}", self.q(pc)?, self.q(pt)?),
+                );
+                referenced = true;
+                parts.push(match self.dialect {
+                    // An array computed once: `= ANY` of it is an index condition, and
+                    // several of them OR together as a bitmap of index scans. (`IN
+                    // (SELECT …)` OR another is a hashed sub-plan tested on every row.)
+                    Dialect::Postgres => format!("{col} = ANY (ARRAY({sub}))"),
+                    Dialect::Sqlite | Dialect::Mysql => format!("{col} IN ({sub})"),
+                });
             }
         }
-        Ok((!parts.is_empty()).then(|| format!("({})", parts.join(" OR "))))
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(match self.dialect {
+            // MariaDB and MySQL read the whole table for `IN (SELECT …)` OR anything
+            // else; the union of the parts' keys, materialised once, is looked up by key.
+            Dialect::Mysql if referenced && parts.len() > 1 => {
+                let (t, key) = (self.q(&table.name)?, self.q(&table.key)?);
+                let each: Vec<String> = parts
+                    .iter()
+                    .map(|p| format!("SELECT {key} FROM {t} WHERE {p}"))
+                    .collect();
+                format!(
+                    "({key} IN (SELECT {key} FROM ({}) AS quietus_subject_{depth}))",
+                    each.join(" UNION ")
+                )
+            }
+            // SQLite answers an OR of indexed terms, `IN (SELECT …)` among them, with
+            // one index search per term.
+            Dialect::Mysql | Dialect::Postgres | Dialect::Sqlite => {
+                format!("({})", parts.join(" OR "))
+            }
+        }))
     }
 
     /// The predicate selecting the rows of `table` that the subject owns (and an exit
