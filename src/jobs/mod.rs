@@ -548,10 +548,54 @@ pub async fn run_due(
     // the start of the next round), not left leased for the rest of its lease (its
     // effects so far are recorded, and resumed); the other lanes finish their
     // task, take no more, and the round ends with the error.
+    //
+    // Beside the lanes, a sender delivers what is queued whenever a lane finished a task
+    // (a completion mail goes as its receipt is issued, not after the round), and once at
+    // the start (the approvals just scheduled).
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let lanes = (0..s.parallel.max(1)).map(|_| lane(ctx, s, stop, on_task, &failed));
+    let (mail_due, lanes_over) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+    mail_due.notify_one();
+    let lanes = async {
+        let parts = futures_util::future::join_all(
+            (0..s.parallel.max(1)).map(|_| lane(ctx, s, stop, on_task, &failed, &mail_due)),
+        )
+        .await;
+        lanes_over.notify_one();
+        parts
+    };
+    let sender = async {
+        let mut sent = (0, 0);
+        loop {
+            tokio::select! {
+                biased;
+                () = lanes_over.notified() => return sent,
+                () = mail_due.notified() => {}
+            }
+            match crate::mail::send_due(
+                &ctx.store,
+                &s.mailer,
+                &s.worker,
+                crate::clock::now(),
+                s.mail_attempts,
+            )
+            .await
+            {
+                Ok(d) => {
+                    sent.0 += d.sent.len();
+                    sent.1 += d.failed.len();
+                }
+                // Sent again at the end of the round, where an error is the round's.
+                Err(e) => {
+                    tracing::warn!(code = %e.code, "mail not sent during the round: {}", e.message)
+                }
+            }
+        }
+    };
+    let (parts, (sent_early, failed_early)) = tokio::join!(lanes, sender);
+    summary.mail_sent = sent_early;
+    summary.mail_failed = failed_early;
     let mut failure = None;
-    for (part, r) in futures_util::future::join_all(lanes).await {
+    for (part, r) in parts {
         summary.absorb(part);
         if let Err(e) = r {
             failure.get_or_insert(e);
@@ -576,8 +620,8 @@ pub async fn run_due(
         s.mail_attempts,
     )
     .await?;
-    summary.mail_sent = sent.sent.len();
-    summary.mail_failed = sent.failed.len();
+    summary.mail_sent += sent.sent.len();
+    summary.mail_failed += sent.failed.len();
     Ok(summary)
 }
 
@@ -602,6 +646,7 @@ async fn lane(
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
     failed: &std::sync::atomic::AtomicBool,
+    mail_due: &tokio::sync::Notify,
 ) -> (RunSummary, Result<()>) {
     use std::sync::atomic::Ordering;
     let mut summary = RunSummary::default();
@@ -623,7 +668,10 @@ async fn lane(
         };
         let Some(task) = task else { break };
         on_task(&task);
-        if let Err(e) = run_one(ctx, s, &task, &mut summary).await {
+        let outcome = run_one(ctx, s, &task, &mut summary).await;
+        // What the task queued (a completion mail with its receipt, a failure alert).
+        mail_due.notify_one();
+        if let Err(e) = outcome {
             failed.store(true, Ordering::SeqCst);
             if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
                 tracing::warn!(task = %task.id, code = %r.code, "cannot release the lease (it is given back before the next round): {}", r.message);
