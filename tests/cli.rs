@@ -673,3 +673,6 @@ async fn every_date_a_person_reads_is_in_the_policy_zone_and_labelled(#[case] ba
         kind.cleanup().await;
     }
 }
+
+#[path = "cli/approve_many.rs"]
+mod approve_many;

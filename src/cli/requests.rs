@@ -342,9 +342,15 @@ async fn show(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Approve each id in turn, each at its own time. One id: its error is the command's.
-/// Several: each failure is reported on standard error and the rest go on; the exit code
-/// says whether any failed.
+/// Approvals decided at once: each surveys the systems again (round trips to every
+/// target), independent of the others (issue 8: 100 approvals one after another took
+/// 4.4 s, most of it waiting).
+const APPROVE_AT_ONCE: usize = 8;
+
+/// Approve each id, up to [`APPROVE_AT_ONCE`] at a time, each at its own time, reported
+/// in the order given. One id: its error is the command's. Several: each failure is
+/// reported on standard error and the rest go on; the exit code says whether any failed.
+/// An id named twice is decided (and refused) after the first is.
 async fn approve(
     ctx: &Context,
     ids: &[String],
@@ -362,26 +368,59 @@ async fn approve(
         )
         .await;
     }
+    use futures_util::StreamExt as _;
     let mut failed = 0usize;
-    for id in ids {
-        let now = crate::clock::now();
-        let decided = match ctx.resolve(id).await {
-            Ok(id) => ctx.decide(&id, Decision::Approve, actor, reason, now).await,
-            Err(e) => Err(e),
-        };
-        match decided {
-            Ok(req) => crate::outln!("request {} is now {}", req.id, req.state),
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: {id}: {} (code: {})", e.message, e.code);
-            }
+    let mut report = |typed: &str, decided: Result<crate::lifecycle::Request>| match decided {
+        Ok(req) => crate::outln!("request {} is now {}", req.id, req.state),
+        Err(e) => {
+            failed += 1;
+            eprintln!("error: {typed}: {} (code: {})", e.message, e.code);
         }
+    };
+    // Resolved first (prefixes to whole ids), so that one request named twice is never
+    // decided twice at once.
+    let mut seen = std::collections::HashSet::new();
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for typed in ids {
+        match ctx.resolve(typed).await {
+            Ok(id) if seen.insert(id.clone()) => first.push((typed, Ok(id))),
+            Ok(id) => again.push((typed, id)),
+            Err(e) => first.push((typed, Err(e))),
+        }
+    }
+    let mut decided = futures_util::stream::iter(first)
+        .map(|(typed, id)| approve_one(ctx, typed, id, reason, actor))
+        .buffered(APPROVE_AT_ONCE);
+    while let Some((typed, d)) = decided.next().await {
+        report(typed, d);
+    }
+    for (typed, id) in again {
+        let (typed, d) = approve_one(ctx, typed, Ok(id), reason, actor).await;
+        report(typed, d);
     }
     if failed > 0 {
         eprintln!("{failed} of {} request(s) not approved", ids.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The approval of one resolved id, at its own time, with the id as it was typed.
+async fn approve_one<'a>(
+    ctx: &Context,
+    typed: &'a str,
+    id: Result<String>,
+    reason: Option<&str>,
+    actor: &str,
+) -> (&'a str, Result<crate::lifecycle::Request>) {
+    let decided = match id {
+        Ok(id) => {
+            ctx.decide(&id, Decision::Approve, actor, reason, crate::clock::now())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    (typed, decided)
 }
 
 /// A decision on the request `typed` names (its id or a unique prefix).
