@@ -264,15 +264,20 @@ impl Store {
                SELECT id FROM tasks WHERE state IN ('{pending}', '{backed_up}') AND due_at <= $2 AND next_attempt_at <= $2 \
                AND (lease_expires_at IS NULL OR lease_expires_at < $2){window} \
                AND (kind = '{export}' OR request_id IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = '{export}' AND e.state <> '{done}')) \
+                   SELECT 1 FROM tasks e WHERE e.request_id = tasks.request_id AND e.kind = '{export}' AND e.state <> '{done}' {probe})) \
                AND (request_id IS NULL OR EXISTS (SELECT 1 FROM requests r WHERE r.id = tasks.request_id \
-                   AND r.state IN ('{scheduled}', '{running}', '{failed}', '{needs_attention}', '{completed}'))) \
+                   AND r.state IN ('{scheduled}', '{running}', '{failed}', '{needs_attention}', '{completed}') {probe})) \
                AND (request_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.request_id = tasks.request_id \
-                   AND o.system = tasks.system AND o.id <> tasks.id AND o.lease_expires_at >= $2)) \
+                   AND o.system = tasks.system AND o.id <> tasks.id AND o.lease_expires_at >= $2 {probe})) \
                ORDER BY due_at, CASE WHEN kind = '{disable}' THEN 0 ELSE 1 END, id LIMIT $4{lock}) \
              RETURNING {TASK_COLUMNS}",
             pending = TaskState::Pending,
             backed_up = TaskState::BackedUp,
+            // Each due task's request and siblings are looked up by index. Without the
+            // fence PostgreSQL may turn an EXISTS under OR into a hash of every request
+            // in those states (and of every task): 270 ms a lease with 100 000 requests
+            // in the store, for one due task (issue 8, the growth benchmark).
+            probe = "LIMIT 1 OFFSET 0",
             export = TaskKind::Export,
             done = TaskState::Done,
             // A leaver's login closes before the long changes of the same day.
