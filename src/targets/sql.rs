@@ -723,7 +723,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             st.sql,
-            r#"SELECT COUNT(*) FROM "notes" WHERE ("employee_id" IN (SELECT "id" FROM "employees" WHERE ("email" = $1)))"#
+            r#"SELECT COUNT(*) FROM "notes" WHERE ("employee_id" = ANY (ARRAY(SELECT "id" FROM "employees" WHERE ("email" = $1))))"#
         );
         let st = count_owned_rows(Dialect::Mysql, &sys, sys.table("deals").unwrap(), &ids())
             .unwrap()
