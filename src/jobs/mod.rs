@@ -388,13 +388,16 @@ impl RunSummary {
     }
 }
 
-/// Run one leased task to its next recorded state.
+/// Run one leased task to its next recorded state. Returns the request it completed (its
+/// last open task finished): that request's completion receipt is the caller's to issue
+/// ([`run_due`] issues those of several lanes together; [`prove::issue_missing`] finds
+/// any left).
 pub async fn run_one(
     ctx: &Context,
     s: &Settings,
     task: &crate::store::TaskRow,
     summary: &mut RunSummary,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let now = crate::clock::now();
     if let Some(rid) = &task.request_id {
         ctx.store.request_running(rid, now).await?;
@@ -439,17 +442,7 @@ pub async fn run_one(
             summary.done += 1;
             if completed && let Some(rid) = &task.request_id {
                 summary.completed_requests.push(rid.clone());
-                // Its completion receipt (and email) now, not after the round.
-                let issued = prove::issue_for_requests(
-                    ctx,
-                    s,
-                    std::slice::from_ref(rid),
-                    crate::clock::now(),
-                )
-                .await?;
-                summary
-                    .receipts
-                    .extend(issued.into_iter().map(|p| p.display().to_string()));
+                return Ok(Some(rid.clone()));
             }
         }
         Ok(task::Step::Rebackup(why)) => {
@@ -515,7 +508,7 @@ pub async fn run_one(
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Everything due now: schedule approved requests, then lease and run tasks, up to
@@ -549,26 +542,46 @@ pub async fn run_due(
     // effects so far are recorded, and resumed); the other lanes finish their
     // task, take no more, and the round ends with the error.
     //
-    // Beside the lanes, a sender delivers what is queued whenever a lane finished a task
-    // (a completion mail goes as its receipt is issued, not after the round), and once at
-    // the start (the approvals just scheduled).
+    // Beside the lanes, an issuer seals the completion receipts of the requests that the
+    // lanes complete: all those completed since its last append, in one append (one log
+    // checkpoint, one transaction under the log lock, whatever their number). An append
+    // is the one step that no two requests take at once, so while it runs the next
+    // completions queue for the one after it: receipts keep up with the lanes, and a
+    // lone request still has its receipt as soon as it completes.
+    //
+    // And a sender delivers what is queued: after each append (the completion mails),
+    // after a task that queued mail without completing its request (a failure alert),
+    // and once at the start (the approvals just scheduled).
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let (mail_due, lanes_over) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+    let mail_due = tokio::sync::Notify::new();
     mail_due.notify_one();
+    let completions = Completions::default();
+    let (lanes_over, lanes_over_rx) = tokio::sync::watch::channel(false);
+    let (issuer_over, issuer_over_rx) = tokio::sync::watch::channel(false);
     let lanes = async {
         let parts = futures_util::future::join_all(
-            (0..s.parallel.max(1)).map(|_| lane(ctx, s, stop, on_task, &failed, &mail_due)),
+            (0..s.parallel.max(1))
+                .map(|_| lane(ctx, s, stop, on_task, &failed, &mail_due, &completions)),
         )
         .await;
-        lanes_over.notify_one();
+        lanes_over.send_replace(true);
         parts
+    };
+    let issuer = async {
+        let issued = issue_completions(ctx, s, &completions, lanes_over_rx, &mail_due).await;
+        if issued.is_err() {
+            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        issuer_over.send_replace(true);
+        issued
     };
     let sender = async {
         let mut sent = (0, 0);
+        let mut over = issuer_over_rx;
         loop {
             tokio::select! {
                 biased;
-                () = lanes_over.notified() => return sent,
+                _ = over.wait_for(|o| *o) => return sent,
                 () = mail_due.notified() => {}
             }
             match crate::mail::send_due(
@@ -591,13 +604,21 @@ pub async fn run_due(
             }
         }
     };
-    let (parts, (sent_early, failed_early)) = tokio::join!(lanes, sender);
+    let (parts, issued, (sent_early, failed_early)) = tokio::join!(lanes, issuer, sender);
     summary.mail_sent = sent_early;
     summary.mail_failed = failed_early;
     let mut failure = None;
     for (part, r) in parts {
         summary.absorb(part);
         if let Err(e) = r {
+            failure.get_or_insert(e);
+        }
+    }
+    match issued {
+        Ok(files) => summary
+            .receipts
+            .extend(files.into_iter().map(|p| p.display().to_string())),
+        Err(e) => {
             failure.get_or_insert(e);
         }
     }
@@ -638,8 +659,68 @@ async fn give_back_leases(ctx: &Context, s: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// The requests a round's lanes completed whose receipts are still to issue, and the
+/// issuer's wake-up.
+#[derive(Default)]
+struct Completions {
+    queued: std::sync::Mutex<Vec<String>>,
+    due: tokio::sync::Notify,
+}
+
+impl Completions {
+    fn push(&self, request_id: String) {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(request_id);
+        self.due.notify_one();
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .queued
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Issue the completion receipts of what the lanes complete, all those queued at once,
+/// until the lanes are over and nothing is queued. An error ends it (what it could not
+/// issue stays due in the store, for the next round).
+async fn issue_completions(
+    ctx: &Context,
+    s: &Settings,
+    completions: &Completions,
+    mut lanes_over: tokio::sync::watch::Receiver<bool>,
+    mail_due: &tokio::sync::Notify,
+) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    loop {
+        let over = tokio::select! {
+            biased;
+            () = completions.due.notified() => false,
+            _ = lanes_over.wait_for(|o| *o) => true,
+        };
+        let batch = completions.take();
+        if !batch.is_empty() {
+            let issued = prove::issue_for_requests(ctx, s, &batch, crate::clock::now()).await?;
+            tracing::debug!(
+                requests = batch.len(),
+                "completion receipts issued together"
+            );
+            files.extend(issued);
+            mail_due.notify_one();
+        }
+        if over {
+            return Ok(files);
+        }
+    }
+}
+
 /// One lane of a round: lease a task, run it, again, until none is due, `stop` says so,
-/// or a lane failed.
+/// or a lane failed. The requests it completes go to `completions`.
 async fn lane(
     ctx: &Context,
     s: &Settings,
@@ -647,6 +728,7 @@ async fn lane(
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
     failed: &std::sync::atomic::AtomicBool,
     mail_due: &tokio::sync::Notify,
+    completions: &Completions,
 ) -> (RunSummary, Result<()>) {
     use std::sync::atomic::Ordering;
     let mut summary = RunSummary::default();
@@ -669,8 +751,12 @@ async fn lane(
         let Some(task) = task else { break };
         on_task(&task);
         let outcome = run_one(ctx, s, &task, &mut summary).await;
-        // What the task queued (a completion mail with its receipt, a failure alert).
-        mail_due.notify_one();
+        match &outcome {
+            // Its receipt, and with it the completion mail, comes from the issuer.
+            Ok(Some(rid)) => completions.push(rid.clone()),
+            // What the task may have queued (a failure alert).
+            Ok(None) | Err(_) => mail_due.notify_one(),
+        }
         if let Err(e) = outcome {
             failed.store(true, Ordering::SeqCst);
             if let Err(r) = ctx.store.release_lease(&task.id, &s.worker).await {
