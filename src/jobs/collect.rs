@@ -453,8 +453,20 @@ pub(super) async fn capture_retained_keys(
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    // Each follow-up's body as it will be recorded, and whether it learnt anything.
+    let mut bodies: BTreeMap<&str, (TaskBody, bool)> = BTreeMap::new();
     for (table, followup_id) in &body.followups {
         let Some(t) = sys.table(table) else { continue };
+        let fb = match bodies.entry(followup_id.as_str()) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let f = ctx.store.task(followup_id).await?;
+                v.insert((serde_json::from_str(&f.body)?, false))
+            }
+        };
+        if fb.0.keys.contains_key(table) {
+            continue; // captured by an earlier attempt, before anything changed
+        }
         let catalog = target.columns(table).await?;
         let key = column(&catalog, table, &t.key)?;
         let mut keys = Vec::new();
@@ -464,15 +476,15 @@ pub(super) async fn capture_retained_keys(
                 Ok(())
             })
             .await?;
-        let f = ctx.store.task(followup_id).await?;
-        let mut fb: TaskBody = serde_json::from_str(&f.body)?;
-        if fb.keys.contains_key(table) {
-            continue; // captured by an earlier attempt, before anything changed
-        }
-        fb.keys.insert(table.clone(), keys);
-        ctx.store
-            .set_followup_keys(followup_id, &serde_json::to_string(&fb)?, now)
-            .await?;
+        fb.0.keys.insert(table.clone(), keys);
+        fb.1 = true;
     }
-    Ok(())
+    // Every follow-up of the task learns its keys in one transaction.
+    let mut learnt = Vec::new();
+    for (id, (fb, changed)) in bodies {
+        if changed {
+            learnt.push((id.to_owned(), serde_json::to_string(&fb)?));
+        }
+    }
+    ctx.store.set_followup_keys(&learnt, now).await
 }

@@ -328,16 +328,24 @@ impl Store {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let mut claimed = Vec::new();
-        for id in ids {
-            let row: Option<(String,)> = on_pool!(self, pool => {
-                sqlx::query_as("UPDATE requests SET receipt_claimed_by = $2, receipt_claim_until = $4 WHERE id = $1 AND receipt_due = $5 \
+        // All in one transaction (one commit, however many complete at once), the rows
+        // taken in one order so that two workers claiming at once cannot deadlock.
+        let mut ids: Vec<&String> = ids.iter().collect();
+        ids.sort();
+        ids.dedup();
+        let claimed = on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut claimed = Vec::new();
+            for id in ids {
+                let row: Option<(String,)> = sqlx::query_as("UPDATE requests SET receipt_claimed_by = $2, receipt_claim_until = $4 WHERE id = $1 AND receipt_due = $5 \
                                 AND (receipt_claimed_by IS NULL OR receipt_claimed_by = $2 OR receipt_claim_until < $3) RETURNING id")
                     .bind(id).bind(worker).bind(now).bind(until).bind(true)
-                    .fetch_optional(pool).await?
-            });
-            claimed.extend(row.map(|(id,)| id));
-        }
+                    .fetch_optional(&mut *tx).await?;
+                claimed.extend(row.map(|(id,)| id));
+            }
+            tx.commit().await?;
+            claimed
+        });
         Ok(claimed)
     }
 

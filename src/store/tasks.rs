@@ -655,11 +655,23 @@ impl Store {
         row.ok_or_else(|| Error::new(Code::NotFound, format!("no task {id}")))
     }
 
-    /// A follow-up learns the keys of the rows it will act on, and becomes runnable.
-    pub async fn set_followup_keys(&self, id: &str, body: &str, now: DateTime<Utc>) -> Result<()> {
+    /// Follow-ups (id, body) learn the keys of the rows they will act on, and become
+    /// runnable: all of them or none.
+    pub async fn set_followup_keys(
+        &self,
+        followups: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if followups.is_empty() {
+            return Ok(());
+        }
         on_pool!(self, pool => {
-            sqlx::query("UPDATE tasks SET body = $2, updated_at = $3, state = CASE WHEN state = $4 THEN $5 ELSE state END WHERE id = $1")
-                .bind(id).bind(body).bind(now).bind(TaskState::WaitingKeys).bind(TaskState::Pending).execute(pool).await?;
+            let mut tx = pool.begin_write().await?;
+            for (id, body) in followups {
+                sqlx::query("UPDATE tasks SET body = $2, updated_at = $3, state = CASE WHEN state = $4 THEN $5 ELSE state END WHERE id = $1")
+                    .bind(id).bind(body).bind(now).bind(TaskState::WaitingKeys).bind(TaskState::Pending).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
