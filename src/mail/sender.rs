@@ -93,8 +93,31 @@ pub async fn send_due(
         }
         let outcomes =
             futures_util::future::join_all(batch.iter().map(|row| mailer.deliver(row, now))).await;
+        let mut delivered = Vec::new();
         for (row, outcome) in batch.into_iter().zip(outcomes) {
-            record(store, worker, now, max_attempts, row, outcome, &mut summary).await?;
+            match outcome {
+                Ok(delivery) => {
+                    hit(Point::OutboxSend);
+                    if delivery == Delivery::AlreadyThere {
+                        tracing::info!(id = %row.id, kind = %row.kind, "mail: already delivered by an earlier attempt");
+                    }
+                    delivered.push(row);
+                }
+                Err(e) => not_sent(store, worker, now, max_attempts, row, e, &mut summary).await?,
+            }
+        }
+        // What went out is marked sent in one transaction (it was all delivered before
+        // any mark: one commit marks it as soon as one mark each would begin to).
+        let ids: Vec<&str> = delivered.iter().map(|r| r.id.as_str()).collect();
+        let marked = store.mails_sent(&ids, worker, now).await?;
+        for (row, held) in delivered.into_iter().zip(marked) {
+            if held {
+                tracing::info!(id = %row.id, kind = %row.kind, "mail sent");
+                summary.sent.push(row.id);
+            } else {
+                tracing::warn!(id = %row.id, kind = %row.kind, "mail sent, but its lease had been taken over");
+                summary.lease_lost.push(row.id);
+            }
         }
         if again || !full {
             break;
@@ -103,43 +126,26 @@ pub async fn send_due(
     Ok(summary)
 }
 
-/// Record what the transport said of one message.
-async fn record(
+/// Record that the transport refused one message (or could not be reached).
+async fn not_sent(
     store: &Store,
     worker: &str,
     now: DateTime<Utc>,
     max_attempts: i64,
     row: crate::store::outbox::OutboxRow,
-    outcome: std::result::Result<Delivery, super::transport::DeliveryError>,
+    e: super::transport::DeliveryError,
     summary: &mut SendSummary,
 ) -> Result<()> {
-    match outcome {
-        Ok(delivery) => {
-            hit(Point::OutboxSend);
-            if delivery == Delivery::AlreadyThere {
-                tracing::info!(id = %row.id, kind = %row.kind, "mail: already delivered by an earlier attempt");
-            }
-            if store.mail_sent(&row.id, worker, now).await? {
-                tracing::info!(id = %row.id, kind = %row.kind, "mail sent");
-                summary.sent.push(row.id);
-            } else {
-                tracing::warn!(id = %row.id, kind = %row.kind, "mail sent, but its lease had been taken over");
-                summary.lease_lost.push(row.id);
-            }
-        }
-        Err(e) => {
-            let budget = if e.permanent { 1 } else { max_attempts };
-            let gave_up = store
-                .mail_failed(&row.id, worker, &e.message, now, budget)
-                .await?;
-            if gave_up {
-                tracing::error!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail failed; giving up");
-                summary.failed.push(row.id);
-            } else {
-                tracing::warn!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail not sent; will retry");
-                summary.retrying.push(row.id);
-            }
-        }
+    let budget = if e.permanent { 1 } else { max_attempts };
+    let gave_up = store
+        .mail_failed(&row.id, worker, &e.message, now, budget)
+        .await?;
+    if gave_up {
+        tracing::error!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail failed; giving up");
+        summary.failed.push(row.id);
+    } else {
+        tracing::warn!(id = %row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "mail not sent; will retry");
+        summary.retrying.push(row.id);
     }
     Ok(())
 }

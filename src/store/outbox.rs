@@ -247,12 +247,33 @@ impl Store {
     /// Mark a leased message sent. False when the lease was lost (another sender took the
     /// message over after this one's lease expired).
     pub async fn mail_sent(&self, id: &str, worker: &str, now: DateTime<Utc>) -> Result<bool> {
-        let n = on_pool!(self, pool => {
-            sqlx::query("UPDATE outbox SET state = $4, sent_at = $3, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL \
-                         WHERE id = $1 AND lease_owner = $2 AND state = $5")
-                .bind(id).bind(worker).bind(now).bind(OutboxState::Sent).bind(OutboxState::Pending).execute(pool).await?.rows_affected()
+        Ok(self.mails_sent(&[id], worker, now).await?.first() == Some(&true))
+    }
+
+    /// Mark leased messages sent, in one transaction; for each, whether it was still this
+    /// worker's lease (see [`Store::mail_sent`]).
+    pub async fn mails_sent(
+        &self,
+        ids: &[&str],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held = on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut held = Vec::with_capacity(ids.len());
+            for id in ids {
+                let n = sqlx::query("UPDATE outbox SET state = $4, sent_at = $3, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL \
+                             WHERE id = $1 AND lease_owner = $2 AND state = $5")
+                    .bind(id).bind(worker).bind(now).bind(OutboxState::Sent).bind(OutboxState::Pending).execute(&mut *tx).await?.rows_affected();
+                held.push(n == 1);
+            }
+            tx.commit().await?;
+            held
         });
-        Ok(n == 1)
+        Ok(held)
     }
 
     /// Count a failed attempt of a leased message: retry after [`backoff`], or, once
