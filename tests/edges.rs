@@ -314,6 +314,52 @@ fn completed_exit(env: &Env) -> String {
     id
 }
 
+/// `restore` said "the subject and the DPO are told" whether or not a DPO address was
+/// configured: it says who was told (in its JSON too), and no one else.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_says_who_was_told_and_no_one_else() {
+    for with_dpo in [false, true] {
+        let store = StoreKind::of(Backend::Sqlite).await;
+        let env = Env::new(&store).await;
+        if with_dpo {
+            add_dpo(&env);
+        }
+        let id = completed_exit(&env);
+        let at = "2027-01-04T03:00:00Z";
+        let said = ok(&env.run_at(
+            &[
+                "restore",
+                &id,
+                "--yes",
+                "--reason",
+                "filed for the wrong person",
+            ],
+            Some(at),
+            None,
+        ));
+        let kinds = mail_kinds(&env, &id).await;
+        let restored = kinds.iter().filter(|k| *k == "restored").count();
+        if with_dpo {
+            assert_eq!(restored, 2, "{kinds:?}");
+            assert!(said.contains("the subject and the DPO are told"), "{said}");
+        } else {
+            assert_eq!(restored, 1, "only the subject: {kinds:?}");
+            assert!(!said.contains("the DPO are told"), "{said}");
+            assert!(said.contains("the subject is told"), "{said}");
+            assert!(
+                said.contains("no DPO is told ([mail] dpo is not set)"),
+                "{said}"
+            );
+        }
+        let again = json(&ok(&env.run_at(
+            &["restore", &id, "--yes", "--reason", "again", "--json"],
+            Some(at),
+            None,
+        )));
+        assert_eq!(again["told"], serde_json::json!([]), "{again}");
+    }
+}
+
 /// Defect 3: `restore` left the follow-ups armed; two years on they deleted the restored
 /// (active again) employee's contract.
 #[rstest]

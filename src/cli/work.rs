@@ -118,7 +118,7 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "dry_run": dry_run, "tables": report.tables, "lost": report.lost,
-                        "state_changed": report.state_changed,
+                        "state_changed": report.state_changed, "told": report.told,
                     }))?
                 );
             } else {
@@ -145,8 +145,23 @@ pub async fn run(ctx: &Context, s: &Settings, cmd: Command, actor: &str) -> Resu
                     );
                 }
                 if report.state_changed {
+                    use jobs::restore::Told;
+                    let subject = report.told.contains(&Told::Subject);
+                    let dpo = report.told.contains(&Told::Dpo);
+                    let told = match (subject, dpo) {
+                        (true, true) => "the subject and the DPO are told",
+                        (true, false) => {
+                            "the subject is told; no DPO is told ([mail] dpo is not set)"
+                        }
+                        (false, true) => {
+                            "the DPO is told; the subject is not (the request has no address)"
+                        }
+                        (false, false) => {
+                            "no one is told: the request has no address, and [mail] dpo is not set"
+                        }
+                    };
                     crate::outln!(
-                        "request {id} is now restored; its pending tasks are cancelled; the subject and the DPO are told"
+                        "request {id} is now restored; its pending tasks are cancelled; {told}"
                     );
                 }
             }

@@ -40,6 +40,19 @@ pub struct Report {
     /// Whether this run moved the request to `restored` (false on a dry run, or when it
     /// was restored before and this run only finishes putting rows back).
     pub state_changed: bool,
+    /// Who this run's restore message went to (queued with the state change; none when
+    /// the state did not change).
+    pub told: Vec<Told>,
+}
+
+/// Who is told of a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Told {
+    /// The data subject, at the request's address.
+    Subject,
+    /// The DPO, at `[mail] dpo`.
+    Dpo,
 }
 
 /// Restore a request from every backup of it that lives, newest first (each task's own
@@ -84,6 +97,7 @@ pub async fn restore(
                 .collect()
         };
     let mut state_changed = false;
+    let mut told = Vec::new();
     if !dry_run {
         // First the state: the request is restored and its pending tasks cancelled (so
         // no follow-up erases what comes back), or, while a worker runs one of its
@@ -99,6 +113,7 @@ pub async fn restore(
             lost,
         });
         let mut mails = ctx.mail.to_subject(&req, message.clone(), Vec::new())?;
+        let to_subject = !mails.is_empty();
         mails.extend(ctx.mail.to_dpo(
             crate::mail::Concerns::Request {
                 id: &req.id,
@@ -106,10 +121,15 @@ pub async fn restore(
             },
             message,
         )?);
+        let to_dpo = mails.len() > usize::from(to_subject);
         state_changed = ctx
             .store
             .restore_request(&req.id, actor, reason, &mails, now)
             .await?;
+        if state_changed {
+            told.extend(to_subject.then_some(Told::Subject));
+            told.extend(to_dpo.then_some(Told::Dpo));
+        }
     }
     // Then the rows, from the backups as they are now (a task that finished meanwhile
     // is included), newest first.
@@ -195,6 +215,7 @@ pub async fn restore(
         tables: out,
         lost,
         state_changed,
+        told,
     })
 }
 
