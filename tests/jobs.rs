@@ -156,6 +156,32 @@ async fn the_retention_sweep_erases_expired_rows_backup_first_and_only_them() {
         rows += counts.get("follow_ups").copied().unwrap_or(0);
     }
     assert_eq!(rows, u64::try_from(old).unwrap());
+    // Swept again the same day, nothing has expired: no task, no empty backup, no receipt
+    // for nothing.
+    let counts = || async {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT COUNT(*) FROM tasks WHERE kind = 'sweep'",
+            "SELECT COUNT(*) FROM backups",
+            "SELECT COUNT(*) FROM receipts",
+        ] {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+            out.push(n);
+        }
+        out
+    };
+    let before = counts().await;
+    let again = env.run_at(&["run", "--sweep"], Some("2026-11-24T04:00:00Z"), None);
+    let said = ok(&again);
+    assert_eq!(
+        counts().await,
+        before,
+        "a sweep with nothing to sweep: {said}"
+    );
+    assert!(
+        said.contains("retention sweep: 0 task(s) created"),
+        "{said}"
+    );
     ctx.store.close().await;
 }
 

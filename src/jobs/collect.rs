@@ -444,6 +444,39 @@ fn record(p: &Part, row: TextRow) -> Record {
     }
 }
 
+/// Whether `table` of `sys` holds a row whose sweep date is before `before` (the retention
+/// sweep makes no task, backup nor receipt for a table with nothing expired).
+pub(super) async fn expired_rows_exist(
+    target: &Target,
+    sys: &System,
+    table: &crate::policy::Table,
+    date: &str,
+    before: chrono::NaiveDate,
+) -> Result<bool> {
+    let catalog = target.columns(&table.name).await?;
+    let key = column(&catalog, &table.name, &table.key)?;
+    let date = column(&catalog, &table.name, date)?;
+    let before = before.to_string();
+    let which = Which::Before {
+        column: &date.name,
+        sql_type: &date.sql_type,
+        before: &before,
+    };
+    match sql::select_page(
+        target.dialect(),
+        sys,
+        table,
+        which,
+        &key.sql_type,
+        &[],
+        None,
+        1,
+    )? {
+        Some(st) => Ok(!target.fetch_text(&st).await?.is_empty()),
+        None => Ok(false),
+    }
+}
+
 /// Before anything changes: remember which rows are retained, for the follow-up tasks.
 pub(super) async fn capture_retained_keys(
     ctx: &Context,

@@ -359,6 +359,27 @@ pub async fn sweep(ctx: &Context, now: DateTime<Utc>) -> Result<usize> {
             let Some(before) = period.sub_calendar(today) else {
                 continue;
             };
+            // Nothing expired, nothing to do: no task, no empty backup, no receipt. (When
+            // the system does not answer, the task is made anyway, and its failure shows.)
+            let target = match ctx.targets.get(sys).await {
+                Ok(t) => Some(t.scoped()),
+                Err(e) => {
+                    tracing::warn!(system = %sys.name, code = %e.code, "retention sweep: cannot look for expired rows ({}); the task is made anyway", e.message);
+                    None
+                }
+            };
+            if let Some(target) = target {
+                match collect::expired_rows_exist(&target, sys, t, &sw.date, before).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(system = %sys.name, table = %t.name, %before, "retention sweep: no row expired");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(system = %sys.name, table = %t.name, code = %e.code, "retention sweep: cannot look for expired rows ({}); the task is made anyway", e.message);
+                    }
+                }
+            }
             let action = match then {
                 crate::policy::FollowUp::Anonymize => Action::Anonymize,
                 crate::policy::FollowUp::Erase
