@@ -101,7 +101,7 @@ impl fmt::Display for Code {
 }
 
 /// The one error type of quietus.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub code: Code,
     pub message: String,

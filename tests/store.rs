@@ -187,6 +187,121 @@ async fn one_ticket_is_one_request_even_when_sent_at_once(#[case] backend: Backe
     }
 }
 
+/// A ticket with its own external id and address (`k` tells them apart).
+fn ticket_k(ext: &str, k: usize) -> String {
+    format!(
+        r#"{{"kind":"erasure","external_id":"{ext}","subject":{{"email":"person.{k}@example.com"}},"jurisdiction":"GDPR"}}"#
+    )
+}
+
+/// Tickets handed in while the store's write lock is taken are committed together once it
+/// is free, and each caller hears its own answer: a ticket whose external id names
+/// another ticket is refused alone, a ticket sent twice is one request. (Before the
+/// group commit, every ticket was a transaction of its own: on SQLite each queued on the
+/// write lock in SQLite's busy handler, and the intake was one fsync a ticket.)
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn tickets_handed_in_together_are_committed_together_and_answered_each(
+    #[case] backend: Backend,
+) {
+    let kind = StoreKind::of(backend).await;
+    let env = Env::new(&kind).await;
+    let ctx = std::sync::Arc::new(env.context().await);
+    let src = Source {
+        door: quietus::intake::Door::Api,
+        actor: "api:test".into(),
+        trusted: true,
+    };
+    // Another connection holds the write lock (SQLite) or a lock that stops inserts into
+    // requests (PostgreSQL) in an open transaction.
+    let (mut sq, mut pg) = (None, None);
+    match &ctx.store.pool {
+        Pool::Sqlite(p) => {
+            let mut c = p.acquire().await.unwrap();
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            sq = Some(c);
+        }
+        Pool::Postgres(p) => {
+            let mut c = p.acquire().await.unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            pg = Some(c);
+        }
+    }
+    let submit = |body: String| {
+        let (ctx, src) = (ctx.clone(), src.clone());
+        tokio::spawn(async move {
+            let t = intake::parse_ticket(body.as_bytes(), "t", true).unwrap();
+            intake::submit(&ctx, &t, &body, &src, now()).await
+        })
+    };
+    // The first waits on the lock; the others arrive while it waits.
+    let first = submit(ticket_k("G-0", 0));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut rest: Vec<_> = (1..6)
+        .map(|k| submit(ticket_k(&format!("G-{k}"), k)))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    rest.push(submit(ticket_k("G-1", 99))); // G-1 with another subject: refused
+    rest.push(submit(ticket_k("G-2", 2))); // G-2 again, the same ticket
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "the first ticket waits for the lock");
+    if let Some(mut c) = sq {
+        sqlx::raw_sql("COMMIT").execute(&mut *c).await.unwrap();
+    }
+    if let Some(mut c) = pg {
+        sqlx::raw_sql("COMMIT").execute(&mut *c).await.unwrap();
+    }
+    let first = first.await.unwrap().unwrap();
+    assert!(first.created);
+    let mut answers = Vec::new();
+    for r in rest {
+        answers.push(r.await.unwrap());
+    }
+    let label = kind.label();
+    for (k, a) in answers[..5].iter().enumerate() {
+        let a = a
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{label}: ticket {}: {e}", k + 1));
+        assert!(a.created, "{label}: ticket {}", k + 1);
+    }
+    let refused = answers[5].as_ref().unwrap_err();
+    assert_eq!(
+        refused.code,
+        quietus::Code::Conflict,
+        "{label}: {}",
+        refused.message
+    );
+    let again = answers[6].as_ref().unwrap();
+    assert!(!again.created, "{label}");
+    assert_eq!(again.id, answers[1].as_ref().unwrap().id, "{label}");
+    let all = ctx.store.list_requests(&Default::default()).await.unwrap();
+    assert_eq!(all.len(), 6, "{label}");
+    // One transaction for the first ticket, one for the six that arrived while it waited
+    // (PostgreSQL shows it: rows of one transaction share their xmin).
+    if let Pool::Postgres(p) = &ctx.store.pool {
+        let transactions: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM requests")
+                .fetch_one(p)
+                .await
+                .unwrap();
+        assert_eq!(transactions, 2, "six tickets, one after the other");
+    }
+    ctx.store.close().await;
+    kind.cleanup().await;
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[cfg_attr(

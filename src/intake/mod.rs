@@ -403,7 +403,9 @@ pub struct Submitted {
     pub verify_token: Option<String>,
 }
 
-/// Store a ticket as a request (or find the request it already is).
+/// Store a ticket as a request (or find the request it already is). Committed together
+/// with the tickets other callers submit at the same moment (`Store::insert_request`);
+/// its answer is its own.
 pub async fn submit(
     ctx: &Context,
     ticket: &Ticket,
@@ -411,9 +413,10 @@ pub async fn submit(
     source: &Source,
     now: DateTime<Utc>,
 ) -> Result<Submitted> {
-    let mut one = submit_all(ctx, &[(ticket, raw_body, None)], source, now).await?;
-    one.pop()
-        .ok_or_else(|| Error::new(Code::Internal, "a submission stored nothing"))
+    let (new, verify_token) = prepare(ctx, ticket, raw_body, source, now)?;
+    let (kind, state) = (new.kind, new.state);
+    let inserted = ctx.store.insert_request(new).await?;
+    submitted(ctx, inserted, kind, state, verify_token, source).await
 }
 
 /// A ticket of a list, with its raw body and where it came from (`"list.csv: line 3"`),
@@ -446,28 +449,40 @@ pub async fn submit_all(
     })?;
     let mut out = Vec::with_capacity(inserted.len());
     for ((new, verify_token), ins) in prepared.into_iter().zip(inserted) {
-        out.push(match ins {
-            Inserted::Created(id) => {
-                tracing::info!(request = %id, kind = %new.kind, door = %source.door, "request received");
-                Submitted {
-                    id,
-                    created: true,
-                    state: new.state,
-                    verify_token,
-                }
-            }
-            Inserted::Existing(id) => {
-                let row = ctx.store.request(&id).await?;
-                Submitted {
-                    id,
-                    created: false,
-                    state: row.state,
-                    verify_token: None,
-                }
-            }
-        });
+        out.push(submitted(ctx, ins, new.kind, new.state, verify_token, source).await?);
     }
     Ok(out)
+}
+
+/// What the submitter is told of a ticket the store took.
+async fn submitted(
+    ctx: &Context,
+    inserted: Inserted,
+    kind: RequestKind,
+    state: State,
+    verify_token: Option<String>,
+    source: &Source,
+) -> Result<Submitted> {
+    Ok(match inserted {
+        Inserted::Created(id) => {
+            tracing::info!(request = %id, kind = %kind, door = %source.door, "request received");
+            Submitted {
+                id,
+                created: true,
+                state,
+                verify_token,
+            }
+        }
+        Inserted::Existing(id) => {
+            let row = ctx.store.request(&id).await?;
+            Submitted {
+                id,
+                created: false,
+                state: row.state,
+                verify_token: None,
+            }
+        }
+    })
 }
 
 /// The request a ticket makes (with its acknowledgement), and the token of its

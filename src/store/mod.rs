@@ -49,6 +49,8 @@ pub struct Store {
     archive_ids_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Wakes this process's workers when a transaction made work (see [`wake`]).
     wake: std::sync::Arc<wake::Wake>,
+    /// This process's tickets waiting to be committed together (see [`insert`]).
+    grouped: std::sync::Arc<insert::Grouped>,
 }
 
 /// A request as stored.
@@ -402,6 +404,7 @@ impl Store {
                     pool: Pool::Sqlite(pool),
                     archive_ids_asked: Default::default(),
                     wake: Default::default(),
+                    grouped: Default::default(),
                 },
                 opened,
             ))
@@ -451,6 +454,7 @@ impl Store {
                     pool: Pool::Postgres(pool),
                     archive_ids_asked: Default::default(),
                     wake: Default::default(),
+                    grouped: Default::default(),
                 },
                 opened,
             ))
@@ -471,94 +475,6 @@ impl Store {
 
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
-    }
-
-    /// Insert requests with their tickets, identities and first history entries, in one
-    /// transaction: all of them or none. The same external id with the same ticket is the
-    /// same request; with a different ticket it is a conflict, and nothing is stored. An
-    /// error says which of `rs` it is about, where it is about one.
-    pub async fn insert_requests(
-        &self,
-        rs: &[&NewRequest],
-    ) -> std::result::Result<Vec<Inserted>, (Option<usize>, Error)> {
-        // A second try when another door inserted one of the same external ids at the same
-        // moment: it then finds that request.
-        for attempt in 0..2 {
-            let result = on_pool!(self, pool => {
-                async {
-                    let mut tx = pool.begin_write().await?;
-                    let mut out = Vec::with_capacity(rs.len());
-                    for (i, r) in rs.iter().enumerate() {
-                        if let Some(ext) = &r.external_id {
-                            let row: Option<(String, RequestKind, String)> =
-                                sqlx::query_as("SELECT id, kind, ticket_digest FROM requests WHERE external_id = $1")
-                                    .bind(ext).fetch_optional(&mut *tx).await?;
-                            match row {
-                                None => {}
-                                Some((id, k, d)) if k == r.kind && d == r.ticket_digest => {
-                                    out.push(Inserted::Existing(id));
-                                    continue;
-                                }
-                                Some((id, ..)) => {
-                                    tx.rollback().await?;
-                                    return Ok::<_, sqlx::Error>(Err((i, ext.clone(), id)));
-                                }
-                            }
-                        }
-                        sqlx::query(
-                            "INSERT INTO requests (id, kind, external_id, ticket_digest, state, jurisdiction, locale, source, \
-                             requested_by, exit_date, received_at, verified_at, clock_start, due_date, original_due_date, \
-                             verify_token_sha256, updated_at, wants_copy) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $11, $16)",
-                        )
-                        .bind(&r.id).bind(r.kind).bind(&r.external_id).bind(&r.ticket_digest).bind(r.state)
-                        .bind(r.jurisdiction).bind(&r.locale).bind(&r.source).bind(&r.requested_by).bind(r.exit_date)
-                        .bind(r.received_at).bind(r.verified_at).bind(r.clock_start).bind(r.due_date)
-                        .bind(&r.verify_token_sha256).bind(r.wants_copy)
-                        .execute(&mut *tx).await?;
-                        sqlx::query("INSERT INTO tickets (request_id, body, received_at) VALUES ($1, $2, $3)")
-                            .bind(&r.id).bind(&r.ticket_body).bind(r.received_at)
-                            .execute(&mut *tx).await?;
-                        for i in &r.identities {
-                            sqlx::query("INSERT INTO identities (request_id, role, kind, value) VALUES ($1, $2, $3, $4)")
-                                .bind(&r.id).bind(i.role).bind(i.kind).bind(&i.value)
-                                .execute(&mut *tx).await?;
-                        }
-                        sqlx::query("INSERT INTO history (request_id, at, actor, from_state, to_state, reason) VALUES ($1, $2, $3, NULL, $4, 'received')")
-                            .bind(&r.id).bind(r.received_at).bind(&r.actor).bind(r.state)
-                            .execute(&mut *tx).await?;
-                        for m in &r.mails {
-                            outbox::enqueue_in(&mut tx, m, r.received_at).await?;
-                        }
-                        out.push(Inserted::Created(r.id.clone()));
-                    }
-                    let mails = rs.iter().any(|r| !r.mails.is_empty());
-                    self.commit_work(tx, mails).await?;
-                    Ok(Ok(out))
-                }.await
-            });
-            match result {
-                Ok(Ok(out)) => return Ok(out),
-                Ok(Err((i, ext, id))) => {
-                    return Err((
-                        Some(i),
-                        Error::new(
-                            Code::Conflict,
-                            format!(
-                                "external_id {ext:?} already names request {id}, with a different ticket; \
-                                 send the same ticket again or use a new external_id"
-                            ),
-                        ),
-                    ));
-                }
-                Err(e) if attempt == 0 && is_unique_violation(&e) => continue,
-                Err(e) => return Err((None, e.into())),
-            }
-        }
-        Err((
-            None,
-            Error::new(Code::Store, "the requests could not be stored"),
-        ))
     }
 
     /// The statement [`Store::request`] runs, `$1` the whole id: a search of one key in
@@ -780,6 +696,7 @@ impl Store {
 
 // After the macro, so that it is in scope there.
 mod begin;
+mod insert;
 pub mod tasks;
 pub use begin::BeginWrite;
 pub use tasks::{NewTask, TaskRow};
