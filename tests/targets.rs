@@ -494,3 +494,150 @@ fn the_catalog_is_read_once_per_survey_and_task() {
 
 #[path = "targets/plans.rs"]
 mod plans;
+
+/// Rows found by key, as an apply batch finds them, lock them and changes them: a batch of
+/// keys is one bound value on SQLite (issue 8: SQLite looks a named parameter up by walking
+/// the statement's list of them, so a statement of n keys cost n² steps to bind — a batch
+/// of 5 000 keys was slower than ten of 500 — and more than 32 766 keys were refused), and
+/// every key matches as the column compares it, in every dialect: the text key `7` finds
+/// `7` and not `007`; an integer key given as text finds its row.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[cfg_attr(
+    not(quietus_test_mysql),
+    ignore = "needs MariaDB/MySQL: set QUIETUS_TEST_MYSQL_URL"
+)]
+#[case::mysql(Backend::Mysql)]
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_are_found_by_key_in_batches_of_any_size(#[case] backend: Backend) {
+    use quietus::targets::sql::{Dialect, delete_rows, lock_rows, update_rows};
+    let base = tempfile::tempdir().unwrap();
+    let (db, driver, url) = match backend {
+        Backend::Sqlite => {
+            let path = base.path().join("keys.db");
+            std::fs::File::create(&path).unwrap();
+            (None, "sqlite", format!("sqlite://{}", path.display()))
+        }
+        Backend::Postgres => {
+            let db = Db::postgres().await;
+            let url = db.url.clone();
+            (Some(db), "postgres", url)
+        }
+        Backend::Mysql => {
+            let db = Db::mysql().await;
+            let url = db.url.clone();
+            (Some(db), "mysql", url)
+        }
+    };
+    let sys: System = toml::from_str(&format!(
+        "name = \"keys\"\ndriver = \"{driver}\"\nurl = {url:?}\n\
+         [[table]]\nname = \"ints\"\nkey = \"id\"\n\
+         [[table]]\nname = \"codes\"\nkey = \"code\"\n"
+    ))
+    .unwrap();
+    let target = connect(&sys, base.path()).await;
+    let d = target.dialect();
+    let st = |sql: String| Statement { sql, binds: vec![] };
+    const N: u64 = 40_000;
+    let mut tx = target.begin().await.unwrap();
+    tx.execute(&st(
+        "CREATE TABLE ints (id BIGINT PRIMARY KEY, v VARCHAR(20))".into(),
+    ))
+    .await
+    .unwrap();
+    tx.execute(&st(
+        "CREATE TABLE codes (code VARCHAR(20) PRIMARY KEY, v VARCHAR(20))".into(),
+    ))
+    .await
+    .unwrap();
+    for start in (1..=N).step_by(1000) {
+        let ints: Vec<String> = (start..start + 1000)
+            .map(|i| format!("({i}, 'x')"))
+            .collect();
+        tx.execute(&st(format!(
+            "INSERT INTO ints (id, v) VALUES {}",
+            ints.join(", ")
+        )))
+        .await
+        .unwrap();
+        let codes: Vec<String> = (start..start + 1000)
+            .map(|i| format!("('c-{i}', 'x')"))
+            .collect();
+        tx.execute(&st(format!(
+            "INSERT INTO codes (code, v) VALUES {}",
+            codes.join(", ")
+        )))
+        .await
+        .unwrap();
+    }
+    tx.execute(&st(
+        "INSERT INTO codes (code, v) VALUES ('7', 'x'), ('007', 'x')".into(),
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let ints = sys.table("ints").unwrap();
+    let codes = sys.table("codes").unwrap();
+    let int_cols = target.columns("ints").await.unwrap();
+    let code_cols = target.columns("codes").await.unwrap();
+    let int_key = int_cols[0].sql_type.clone();
+    let code_key = code_cols[0].sql_type.clone();
+    let all: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+
+    let mut tx = target.begin().await.unwrap();
+    let lock = lock_rows(d, ints, &int_key, &int_cols[1..], &all).unwrap();
+    if d == Dialect::Sqlite {
+        assert_eq!(
+            lock.binds.len(),
+            1,
+            "SQLite binds {} values for {N} keys",
+            lock.binds.len()
+        );
+    }
+    let rows = tx.fetch_text(&lock).await.unwrap();
+    assert_eq!(rows.len() as u64, N, "rows locked by key");
+    assert!(rows.iter().all(|r| r[1].as_deref() == Some("x")));
+    let seven = tx
+        .fetch_text(&lock_rows(d, codes, &code_key, &code_cols[1..], &["7".into()]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        seven,
+        vec![vec![Some("7".to_owned()), Some("x".to_owned())]]
+    );
+    let set = vec![(int_cols[1].clone(), Some("y".to_owned()))];
+    let half = &all[..20_000];
+    let updated = tx
+        .execute(&update_rows(d, ints, &int_key, &set, half).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(updated, 20_000, "rows updated by key");
+    let gone = tx
+        .execute(&delete_rows(d, codes, &code_key, &["007".into()]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(gone, 1, "the text key 007 deletes one row");
+    let deleted = tx
+        .execute(&delete_rows(d, ints, &int_key, &all).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(deleted, N, "rows deleted by key");
+    tx.commit().await.unwrap();
+    let left = target
+        .fetch_text(&st(
+            "SELECT code FROM codes WHERE code IN ('7', '007')".into()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(left, vec![vec![Some("7".to_owned())]]);
+    target.close().await;
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}

@@ -494,7 +494,17 @@ fn identity_predicate(b: &mut Builder, table: &Table, ids: &Identities) -> Resul
     Ok((!parts.is_empty()).then(|| format!("({})", parts.join(" OR "))))
 }
 
+/// The list of `keys` for `key IN (…)`. SQLite gets one bound value, a JSON array read by
+/// `json_each`: it finds a named parameter by walking the statement's list of them, so n
+/// bound keys cost n² steps to bind (and more than 32 766 are refused). Its values have no
+/// type of their own, so each is compared as the key column compares (an INTEGER key
+/// given as text finds its row, as a bound text value did). The other dialects bind each.
 fn key_list(b: &mut Builder, key_type: &str, keys: &[String]) -> Result<String> {
+    if b.dialect == Dialect::Sqlite {
+        let array = serde_json::to_string(keys)?;
+        let ph = b.bind(&array);
+        return Ok(format!("SELECT value FROM json_each({ph})"));
+    }
     let mut marks = Vec::with_capacity(keys.len());
     for k in keys {
         let ph = b.bind(k);
