@@ -1,6 +1,7 @@
 //! Benchmark: an exit carried out by quietus (collect, encrypted backup, read-back,
 //! batched apply, re-check) against the raw SQL of the same changes, on the demo CRM
-//! (SQLite) with a leaver who has N personal notes and a CRM with M other notes.
+//! (SQLite) with a leaver who has N personal notes and a CRM with M other notes; the floor
+//! is the issue's: the same reads (as JSON), a durable dump, the same changes, one transaction.
 //!
 //! `cargo bench --bench erasure` runs every case in a child process of its own, so that
 //! peak memory (VmHWM) is measured per case, and prints a Markdown table for
@@ -72,20 +73,65 @@ async fn make_crm(path: &Path, notes: u64, other: u64) {
     pool.close().await;
 }
 
-async fn raw(dir: &Path) -> f64 {
+/// The leaver's changes as raw SQL, one transaction of six set-based statements.
+const CHANGES: [&str; 6] = [
+    "UPDATE employees SET status = 'disabled', left_at = '2026-11-24' WHERE id = 5",
+    "UPDATE customers SET owner_id = 25 WHERE owner_id = 5 AND status = 'active'",
+    "UPDATE deals SET owner_id = 25 WHERE owner_id = 5 AND stage IN ('lead', 'negotiation')",
+    "DELETE FROM employee_roles WHERE employee_id = 5",
+    "DELETE FROM personal_notes WHERE employee_id = 5",
+    "UPDATE employees SET name = '(departed employee)', email = NULL, mobile = NULL WHERE id = 5",
+];
+
+/// The rows those changes touch: (table, condition).
+const TOUCHED: [(&str, &str); 5] = [
+    ("employees", "id = 5"),
+    ("customers", "owner_id = 5 AND status = 'active'"),
+    ("deals", "owner_id = 5 AND stage IN ('lead', 'negotiation')"),
+    ("employee_roles", "employee_id = 5"),
+    ("personal_notes", "employee_id = 5"),
+];
+
+/// The raw SQL of the same work, in one transaction. With `dump`, it is the issue's
+/// floor: the same reads (every touched row as JSON), a durable dump (written and
+/// fsynced) and then the same changes. Without, the changes alone.
+async fn raw(dir: &Path, dump: bool) -> f64 {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("crm.db").display()))
         .await
         .unwrap();
+    // Each touched table's rows as one JSON object each (the catalog read before the clock).
+    let mut reads = Vec::new();
+    for (table, cond) in TOUCHED {
+        let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let pairs: Vec<String> = cols.iter().map(|c| format!("'{c}', {c}")).collect();
+        reads.push(format!(
+            "SELECT json_object('t', '{table}', 'v', json_object({})) FROM {table} WHERE {cond}",
+            pairs.join(", ")
+        ));
+    }
     let start = Instant::now();
     let mut tx = pool.begin_write().await.unwrap();
-    for sql in [
-        "UPDATE employees SET status = 'disabled', left_at = '2026-11-24' WHERE id = 5",
-        "UPDATE customers SET owner_id = 25 WHERE owner_id = 5 AND status = 'active'",
-        "UPDATE deals SET owner_id = 25 WHERE owner_id = 5 AND stage IN ('lead', 'negotiation')",
-        "DELETE FROM employee_roles WHERE employee_id = 5",
-        "DELETE FROM personal_notes WHERE employee_id = 5",
-        "UPDATE employees SET name = '(departed employee)', email = NULL, mobile = NULL WHERE id = 5",
-    ] {
+    if dump {
+        use std::io::Write as _;
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(dir.join("dump.jsonl")).unwrap());
+        for sql in &reads {
+            let mut rows =
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone())).fetch(&mut *tx);
+            use futures::TryStreamExt as _;
+            while let Some(line) = rows.try_next().await.unwrap() {
+                out.write_all(line.as_bytes()).unwrap();
+                out.write_all(b"\n").unwrap();
+            }
+        }
+        out.into_inner().unwrap().sync_all().unwrap();
+    }
+    for sql in CHANGES {
         sqlx::query(sql).execute(&mut *tx).await.unwrap();
     }
     tx.commit().await.unwrap();
@@ -145,10 +191,10 @@ fn child(mode: &str, notes: u64, other: u64) {
         let dir = tempfile::tempdir().unwrap();
         make_crm(&dir.path().join("crm.db"), notes, other).await;
         let base = peak_rss_kib();
-        let secs = if mode == "raw" {
-            raw(dir.path()).await
-        } else {
-            with_quietus(dir.path()).await
+        let secs = match mode {
+            "raw" => raw(dir.path(), false).await,
+            "floor" => raw(dir.path(), true).await,
+            _ => with_quietus(dir.path()).await,
         };
         let left: i64 = {
             let pool = sqlx::SqlitePool::connect(&format!(
@@ -182,15 +228,15 @@ fn main() {
     let quick = args.iter().any(|a| a == "quick");
     let me = std::env::current_exe().unwrap();
     println!(
-        "| leaver's notes | other notes | raw SQL (s) | quietus (s) | quietus / raw | peak RSS raw (MiB) | peak RSS quietus (MiB) |"
+        "| leaver's notes | other notes | changes alone (s) | floor: reads + dump + changes (s) | quietus (s) | quietus / floor | quietus / changes | peak RSS floor (MiB) | peak RSS quietus (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (notes, other) in CASES {
         if quick && (notes > 10_000 || other > 0) {
             continue;
         }
         let mut row = Vec::new();
-        for mode in ["raw", "quietus"] {
+        for mode in ["raw", "floor", "quietus"] {
             let out = Command::new(&me)
                 .args(["--child", mode, &notes.to_string(), &other.to_string()])
                 .output()
@@ -212,12 +258,14 @@ fn main() {
             ));
         }
         println!(
-            "| {notes} | {other} | {:.3} | {:.3} | {:.1}× | {:.0} | {:.0} |",
+            "| {notes} | {other} | {:.3} | {:.3} | {:.3} | {:.1}× | {:.1}× | {:.0} | {:.0} |",
             row[0].0,
             row[1].0,
-            row[1].0 / row[0].0,
-            row[0].1,
-            row[1].1
+            row[2].0,
+            row[2].0 / row[1].0,
+            row[2].0 / row[0].0,
+            row[1].1,
+            row[2].1
         );
     }
 }

@@ -252,7 +252,9 @@ pub struct JobsConfig {
     pub lease_seconds: u64,
     /// Attempts before a task (and its request) needs attention.
     pub max_attempts: i64,
-    /// Rows changed per statement and transaction.
+    /// Rows changed per statement and transaction. Each batch is a commit on the system
+    /// and a progress record in the store (about 2.5 ms on SQLite): 2 000 rows hold a
+    /// batch's locks for a few milliseconds and make those fixed costs small per row.
     pub batch_size: usize,
     /// Seconds between two looks for due work (`serve`).
     pub poll_seconds: u64,
@@ -269,7 +271,7 @@ impl Default for JobsConfig {
         JobsConfig {
             lease_seconds: 300,
             max_attempts: 5,
-            batch_size: 500,
+            batch_size: 2000,
             poll_seconds: 5,
             parallel: 4,
             workers_dir: "var/workers".into(),
