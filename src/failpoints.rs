@@ -303,8 +303,19 @@ pub fn hit(point: Point) {
         None => {}
         Some(Return::Stop) => {
             eprintln!("quietus-test-stop: {name}");
-            loop {
+            let forever = || loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
+            };
+            // Only this task stops: on a multi-threaded runtime the worker's other tasks
+            // (another lane's lease transaction, a connection's I/O) are handed to another
+            // thread first. A worker thread that simply slept kept the task in its LIFO
+            // slot, which no other worker may take, and left that transaction open for
+            // good: another process then waited on its lock forever.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(forever)
+                }
+                Ok(_) | Err(_) => forever(),
             }
         }
         Some(Return::Kill) => {
@@ -369,5 +380,38 @@ mod tests {
             assert!(e.message.contains(says), "{spec}: {}", e.message);
             assert!(e.message.contains("QUIETUS_FAILPOINTS"), "{}", e.message);
         }
+    }
+
+    /// A stop holds its own task only: the runtime's other tasks go on (issue 8's
+    /// test run: a `run` stopped in a batch kept another lane's lease transaction open on
+    /// its sleeping worker thread, and a second `run` waited on that lock for good).
+    /// With one worker thread, a task spawned after the stop must still run.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_stopped_task_leaves_the_runtime_to_the_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // No unit test runs a task's re-check: this stop is this test's alone. (The
+        // waits are the test thread's own: a stopped worker drives no runtime timer.)
+        configure("recheck=return(stop)").unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        let (started, stopped) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = started.send(());
+            hit(Point::Recheck);
+        });
+        stopped.recv_timeout(wait).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fail::remove("recheck");
+        let (sent, ran) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = sent.send(7);
+        });
+        let got = ran.recv_timeout(wait);
+        rt.shutdown_background();
+        assert_eq!(got, Ok(7), "a task spawned after the stop did not run");
     }
 }
