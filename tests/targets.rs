@@ -641,3 +641,126 @@ async fn rows_are_found_by_key_in_batches_of_any_size(#[case] backend: Backend) 
         db.drop_now().await;
     }
 }
+
+/// The one-statement change of a batch (SQLite) changes a row only when its key and every
+/// backed-up column read byte for byte as backed up — exactly the rows the row-by-row
+/// comparison of an apply would change, whatever the columns' collation and types: a
+/// name that differs in case in a NOCASE column, a NULL that was an empty string, `3`
+/// for a REAL `3.0`, a trailing space, a key in another case, a row that is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_changes_in_one_statement_only_rows_still_as_backed_up() {
+    use quietus::targets::sql::{Change, change_rows_as_backed_up, lock_rows};
+    let base = tempfile::tempdir().unwrap();
+    let path = base.path().join("batch.db");
+    std::fs::File::create(&path).unwrap();
+    let sys: System = toml::from_str(&format!(
+        "name = \"b\"\ndriver = \"sqlite\"\nurl = \"sqlite://{}\"\n\
+         [[table]]\nname = \"people\"\nkey = \"id\"\n\
+         [[table]]\nname = \"codes\"\nkey = \"code\"\n",
+        path.display()
+    ))
+    .unwrap();
+    let target = connect(&sys, base.path()).await;
+    let d = target.dialect();
+    let st = |sql: &str| Statement {
+        sql: sql.to_owned(),
+        binds: vec![],
+    };
+    let mut tx = target.begin().await.unwrap();
+    for sql in [
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT COLLATE NOCASE, score REAL, note TEXT)",
+        "CREATE TABLE codes (code TEXT COLLATE NOCASE PRIMARY KEY, v TEXT)",
+        "INSERT INTO people VALUES (1, 'Ann', 1.5, NULL), (2, 'Bob', 2.0, ''), (3, 'Cy', 3.0, 'x'), \
+         (4, 'Di', 4.0, 'y'), (5, 'Ed', 5.0, NULL), (6, 'Flo', 6.25, 'z')",
+        "INSERT INTO codes VALUES ('abc', 'x'), ('def', 'y')",
+    ] {
+        tx.execute(&st(sql)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    for (table, change) in [("people", "delete"), ("people", "set"), ("codes", "delete")] {
+        let t = sys.table(table).unwrap();
+        let cols = target.columns(table).await.unwrap();
+        let key_type = cols[0].sql_type.clone();
+        let columns = &cols[1..];
+        // The rows as a backup holds them (as text), then as this test's backup says.
+        let all: Vec<String> = match table {
+            "people" => (1..=7).map(|i| i.to_string()).collect(),
+            _ => vec!["abc".into(), "def".into()],
+        };
+        let read = target
+            .fetch_text(&lock_rows(d, t, &key_type, columns, &all).unwrap())
+            .await
+            .unwrap();
+        let mut backed: Vec<Vec<Option<String>>> = read.clone();
+        let edit = |rows: &mut Vec<Vec<Option<String>>>, key: &str, col: usize, v: Option<&str>| {
+            let r = rows
+                .iter_mut()
+                .find(|r| r[0].as_deref() == Some(key))
+                .unwrap();
+            r[col] = v.map(str::to_owned);
+        };
+        match table {
+            "people" => {
+                edit(&mut backed, "2", 1, Some("bob")); // case, in a NOCASE column
+                edit(&mut backed, "2", 3, Some("")); // (as it is)
+                edit(&mut backed, "3", 2, Some("3")); // REAL 3.0 read as "3.0"
+                edit(&mut backed, "4", 3, Some("y ")); // a trailing space
+                edit(&mut backed, "5", 3, Some("")); // NULL backed up as ''
+                backed.push(vec![
+                    Some("7".into()),
+                    Some("Gus".into()),
+                    Some("7.0".into()),
+                    None,
+                ]); // gone
+            }
+            _ => edit(&mut backed, "def", 0, Some("DEF")), // the key in another case
+        }
+        // What the row-by-row comparison of an apply would change.
+        let want: std::collections::BTreeSet<String> = backed
+            .iter()
+            .filter(|b| read.contains(b))
+            .map(|b| b[0].clone().unwrap())
+            .collect();
+        let sets = vec![(columns[0].clone(), Some("(erased)".to_owned()))];
+        let how = match change {
+            "delete" => Change::Delete,
+            _ => Change::Set(&sets),
+        };
+        let rows: Vec<Vec<Option<&str>>> = backed
+            .iter()
+            .map(|r| r.iter().map(|v| v.as_deref()).collect())
+            .collect();
+        let stmt = change_rows_as_backed_up(d, t, columns, how, &rows)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stmt.binds.len(),
+            sets.len() * usize::from(change == "set") + 1
+        );
+        let mut tx = target.begin().await.unwrap();
+        let n = tx.execute(&stmt).await.unwrap();
+        let after = tx
+            .fetch_text(&lock_rows(d, t, &key_type, columns, &all).unwrap())
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let changed: std::collections::BTreeSet<String> = read
+            .iter()
+            .filter(|r| !after.contains(r))
+            .map(|r| r[0].clone().unwrap())
+            .collect();
+        assert_eq!(changed, want, "{table} ({change}): rows changed");
+        assert_eq!(n, want.len() as u64, "{table} ({change}): rows counted");
+        let expected: &[&str] = match table {
+            "people" => &["1", "6"],
+            _ => &["abc"],
+        };
+        assert_eq!(
+            want,
+            expected.iter().map(|s| (*s).to_owned()).collect(),
+            "{table}: the test's backup"
+        );
+    }
+    target.close().await;
+}

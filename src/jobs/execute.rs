@@ -409,6 +409,47 @@ async fn apply_batch(
     first: bool,
 ) -> Result<Batch> {
     let d = target.dialect();
+    let change = match part.action {
+        Action::Erase => sql::Change::Delete,
+        Action::Anonymize | Action::Reassign | Action::Disable => sql::Change::Set(&part.set),
+        Action::Retain | Action::Export => {
+            return Err(Error::new(
+                Code::Internal,
+                format!("{}: {} changes no row", part.table.name, part.action),
+            ));
+        }
+    };
+    // Where the dialect can say it in one statement: change every row of the batch that
+    // is still as backed up. When that is all of them (the usual case), that is the
+    // batch; otherwise it is rolled back and each row is looked at below.
+    let backed: Vec<Vec<Option<&str>>> = batch
+        .iter()
+        .map(|rec| {
+            std::iter::once(Some(rec.k.as_str()))
+                .chain(
+                    tm.columns
+                        .iter()
+                        .map(|c| rec.v.get(&c.name).and_then(Option::as_deref)),
+                )
+                .collect()
+        })
+        .collect();
+    if let Some(st) = sql::change_rows_as_backed_up(d, &part.table, &tm.columns, change, &backed)? {
+        let mut tx = target.begin().await?;
+        let n = tx.execute(&st).await?;
+        if n == batch.len() as u64 {
+            if first {
+                hit(Point::InBatch);
+            }
+            tx.commit().await?;
+            return Ok(Batch::Applied {
+                changed: n,
+                already: 0,
+            });
+        }
+        tx.rollback().await?;
+    }
+    drop(backed);
     let keys: Vec<String> = batch.iter().map(|r| r.k.clone()).collect();
     let mut tx = target.begin().await?;
     let current = tx
@@ -457,16 +498,12 @@ async fn apply_batch(
         }
     }
     if !to_change.is_empty() {
-        let st = match part.action {
-            Action::Erase => sql::delete_rows(d, &part.table, &part.key.sql_type, &to_change)?,
-            Action::Anonymize | Action::Reassign | Action::Disable => {
-                sql::update_rows(d, &part.table, &part.key.sql_type, &part.set, &to_change)?
+        let st = match change {
+            sql::Change::Delete => {
+                sql::delete_rows(d, &part.table, &part.key.sql_type, &to_change)?
             }
-            Action::Retain | Action::Export => {
-                return Err(Error::new(
-                    Code::Internal,
-                    format!("{}: {} changes no row", part.table.name, part.action),
-                ));
+            sql::Change::Set(set) => {
+                sql::update_rows(d, &part.table, &part.key.sql_type, set, &to_change)?
             }
         };
         let n = tx.execute(&st).await?;

@@ -220,6 +220,15 @@ impl Tx {
         })
     }
 
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await,
+            Tx::Postgres(t) => t.rollback().await,
+            Tx::Mysql(t) => t.rollback().await,
+        }
+        .map_err(fail)
+    }
+
     pub async fn commit(self) -> Result<()> {
         match self {
             Tx::Sqlite(t) => t.commit().await,

@@ -565,6 +565,84 @@ pub fn delete_rows(
     })
 }
 
+/// What a batch does to the rows it changes.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    Delete,
+    /// Set columns to a value, or NULL.
+    Set(&'a [(Column, Option<String>)]),
+}
+
+/// SQLite only (`None` elsewhere): one statement that changes each row of `rows` — its
+/// key, then its values of `columns` as backed up, as text — whose key and every one of
+/// those columns still read exactly as backed up (byte for byte, whatever the column's
+/// collation), and no other row. A caller that sees fewer rows changed than it gave rolls
+/// the statement back and looks at each row (some were changed already, or changed since
+/// their backup). The rows travel as one bound JSON array, read by `json_each`.
+pub fn change_rows_as_backed_up(
+    d: Dialect,
+    table: &Table,
+    columns: &[Column],
+    change: Change<'_>,
+    rows: &[Vec<Option<&str>>],
+) -> Result<Option<Statement>> {
+    if d != Dialect::Sqlite {
+        return Ok(None);
+    }
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let name = b.q(&table.name)?;
+    let k = b.q(&table.key)?;
+    let head = match change {
+        Change::Delete => format!("DELETE FROM {name}"),
+        Change::Set(sets) => format!("UPDATE {name} SET {}", assignments(&mut b, sets)?),
+    };
+    let array = serde_json::to_string(rows)?;
+    let ph = b.bind(&array);
+    let (row, each) = ("\"quietus_backed\"", "\"quietus_each\"");
+    let at = |i: usize| format!("json_extract({each}.value, '$[{i}]')");
+    let mut same = vec![format!(
+        "{} COLLATE BINARY IS {}",
+        d.as_text(&format!("{row}.{k}")),
+        at(0)
+    )];
+    for (i, c) in columns.iter().enumerate() {
+        same.push(format!(
+            "{} COLLATE BINARY IS {}",
+            d.as_text(&format!("{row}.{}", b.q(&c.name)?)),
+            at(i + 1)
+        ));
+    }
+    let sql = format!(
+        "{head} WHERE {k} IN (SELECT {row}.{k} FROM json_each({ph}) AS {each} \
+         JOIN {name} AS {row} ON {row}.{k} = {} WHERE {})",
+        at(0),
+        same.join(" AND ")
+    );
+    Ok(Some(Statement {
+        sql,
+        binds: b.binds,
+    }))
+}
+
+/// `col = value` (or NULL) for each of `sets`, each value bound.
+fn assignments(b: &mut Builder, sets: &[(Column, Option<String>)]) -> Result<String> {
+    let mut out = Vec::with_capacity(sets.len());
+    for (c, v) in sets {
+        let col = b.q(&c.name)?;
+        match v {
+            Some(v) => {
+                let ph = b.bind(v);
+                out.push(format!("{col} = {}", b.dialect.typed(ph, &c.sql_type)?));
+            }
+            None => out.push(format!("{col} = NULL")),
+        }
+    }
+    Ok(out.join(", "))
+}
+
 /// Set columns (to a value, or NULL) on rows by key.
 pub fn update_rows(
     d: Dialect,
@@ -577,23 +655,12 @@ pub fn update_rows(
         dialect: d,
         binds: Vec::new(),
     };
-    let mut assigns = Vec::with_capacity(sets.len());
-    for (c, v) in sets {
-        let col = b.q(&c.name)?;
-        match v {
-            Some(v) => {
-                let ph = b.bind(v);
-                assigns.push(format!("{col} = {}", d.typed(ph, &c.sql_type)?));
-            }
-            None => assigns.push(format!("{col} = NULL")),
-        }
-    }
+    let assigns = assignments(&mut b, sets)?;
     let key = b.q(&table.key)?;
     let list = key_list(&mut b, key_type, keys)?;
     let sql = format!(
-        "UPDATE {} SET {} WHERE {key} IN ({list})",
+        "UPDATE {} SET {assigns} WHERE {key} IN ({list})",
         b.q(&table.name)?,
-        assigns.join(", ")
     );
     Ok(Statement {
         sql,
