@@ -422,34 +422,37 @@ async fn apply_batch(
     // Where the dialect can say it in one statement: change every row of the batch that
     // is still as backed up. When that is all of them (the usual case), that is the
     // batch; otherwise it is rolled back and each row is looked at below.
-    let backed: Vec<Vec<Option<&str>>> = batch
-        .iter()
-        .map(|rec| {
-            std::iter::once(Some(rec.k.as_str()))
-                .chain(
-                    tm.columns
-                        .iter()
-                        .map(|c| rec.v.get(&c.name).and_then(Option::as_deref)),
-                )
-                .collect()
-        })
-        .collect();
-    if let Some(st) = sql::change_rows_as_backed_up(d, &part.table, &tm.columns, change, &backed)? {
-        let mut tx = target.begin().await?;
-        let n = tx.execute(&st).await?;
-        if n == batch.len() as u64 {
-            if first {
-                hit(Point::InBatch);
+    if d.changes_a_batch_in_one_statement() {
+        let backed: Vec<Vec<Option<&str>>> = batch
+            .iter()
+            .map(|rec| {
+                std::iter::once(Some(rec.k.as_str()))
+                    .chain(
+                        tm.columns
+                            .iter()
+                            .map(|c| rec.v.get(&c.name).and_then(Option::as_deref)),
+                    )
+                    .collect()
+            })
+            .collect();
+        if let Some(st) =
+            sql::change_rows_as_backed_up(d, &part.table, &tm.columns, change, &backed)?
+        {
+            let mut tx = target.begin().await?;
+            let n = tx.execute(&st).await?;
+            if n == batch.len() as u64 {
+                if first {
+                    hit(Point::InBatch);
+                }
+                tx.commit().await?;
+                return Ok(Batch::Applied {
+                    changed: n,
+                    already: 0,
+                });
             }
-            tx.commit().await?;
-            return Ok(Batch::Applied {
-                changed: n,
-                already: 0,
-            });
+            tx.rollback().await?;
         }
-        tx.rollback().await?;
     }
-    drop(backed);
     let keys: Vec<String> = batch.iter().map(|r| r.k.clone()).collect();
     let mut tx = target.begin().await?;
     let current = tx

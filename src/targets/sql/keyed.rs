@@ -86,6 +86,19 @@ pub enum Change<'a> {
     Set(&'a [(Column, Option<String>)]),
 }
 
+impl Dialect {
+    /// Whether [`change_rows_as_backed_up`] has a statement for this dialect: SQLite's
+    /// batch holds the write lock from its start (`BEGIN IMMEDIATE`), so no row changes
+    /// between the statement's look at a row and its change. (PostgreSQL would need the
+    /// comparison in the changed table's own WHERE, re-checked on a row updated meanwhile.)
+    pub fn changes_a_batch_in_one_statement(self) -> bool {
+        match self {
+            Dialect::Sqlite => true,
+            Dialect::Postgres | Dialect::Mysql => false,
+        }
+    }
+}
+
 /// SQLite only (`None` elsewhere): one statement that changes each row of `rows` — its
 /// key, then its values of `columns` as backed up, as text — whose key and every one of
 /// those columns still read exactly as backed up (byte for byte, whatever the column's
@@ -99,7 +112,7 @@ pub fn change_rows_as_backed_up(
     change: Change<'_>,
     rows: &[Vec<Option<&str>>],
 ) -> Result<Option<Statement>> {
-    if d != Dialect::Sqlite {
+    if !d.changes_a_batch_in_one_statement() {
         return Ok(None);
     }
     let mut b = Builder {

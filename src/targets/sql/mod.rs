@@ -1,6 +1,7 @@
-//! ALL dynamic SQL of quietus lives here (and in `keyed`, the statements about rows named by key). Names come only from a validated data map (plain
-//! identifiers, checked again here) and are quoted per dialect; every value is a bound
-//! parameter. Nothing a ticket says ever becomes part of a statement's text.
+//! ALL dynamic SQL of quietus lives here (and in `keyed`, the statements about rows named
+//! by key). Names come only from a validated data map (plain identifiers, checked again
+//! here) and are quoted per dialect; every value is a bound parameter. Nothing a ticket
+//! says ever becomes part of a statement's text.
 
 use crate::error::{Code, Error, Result};
 use crate::policy::Identities;
