@@ -1264,3 +1264,151 @@ async fn an_auditor_sees_identities_masked_and_each_unmasking_is_recorded() {
     api_error(&bad, 400, "usage", "unmask=maybe");
     drop(server);
 }
+
+/// Every decision a DPO takes in the CLI can be taken through the API, by the DPO only,
+/// with the same rules (a reason where one is needed, only from the states that allow it),
+/// recorded in the history with the token that took it; an approval reaches serve's worker.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dpo_decides_through_the_api(#[case] backend: Backend) {
+    let kind = StoreKind::of(backend).await;
+    let label = kind.label();
+    let env = Env::new(&kind).await;
+    let server = Server::start(&env);
+    let made = post(&server, "/api/v1/requests", Some(HR), ERASURE_TICKET).await;
+    assert_eq!(made.status, StatusCode::CREATED, "[{label}] {}", made.text);
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        made.body["state"], "pending_review",
+        "[{label}] {}",
+        made.text
+    );
+    let at = |action: &str| format!("/api/v1/requests/{id}/{action}");
+    let state = || async {
+        let a = get(&server, &format!("/api/v1/requests/{id}"), Some(DPO)).await;
+        assert_eq!(a.status, StatusCode::OK, "[{label}] {}", a.text);
+        a
+    };
+
+    // Only the DPO (or an admin) decides; nothing changes on a refused call.
+    for (token, status, code) in [
+        (None, 401, "unauthorized"),
+        (Some(HR), 403, "forbidden"),
+        (Some(FORM), 403, "forbidden"),
+    ] {
+        let a = post(&server, &at("approve"), token, "").await;
+        api_error(&a, status, code, &format!("[{label}] approve by {token:?}"));
+    }
+    // Bad bodies and paths are refused with the documented error.
+    let a = post(&server, &at("approve"), Some(DPO), r#"{"reasn":"typo"}"#).await;
+    let msg = api_error(&a, 400, "usage", "unknown field");
+    assert!(msg.contains("reasn"), "[{label}] {msg}");
+    let a = post(&server, &at("approve"), Some(DPO), "not json").await;
+    api_error(&a, 400, "usage", "not JSON");
+    let a = post(&server, &at("frobnicate"), Some(DPO), "").await;
+    api_error(&a, 404, "not_found", "unknown decision");
+    let a = get(&server, &at("approve"), Some(DPO)).await;
+    assert_eq!(a.status.as_u16(), 405, "[{label}] GET approve: {}", a.text);
+    let a = post(&server, "/api/v1/requests/nosuchid/approve", Some(DPO), "").await;
+    api_error(&a, 404, "not_found", "unknown request");
+    let a = post(&server, &at("reject"), Some(DPO), "{}").await;
+    let msg = api_error(&a, 400, "usage", "reject without a reason");
+    assert!(msg.contains("reason"), "[{label}] {msg}");
+    let a = post(&server, &at("release"), Some(DPO), "{}").await;
+    api_error(
+        &a,
+        409,
+        "illegal_transition",
+        "release of a request not on hold",
+    );
+    let a = post(
+        &server,
+        &at("extend"),
+        Some(DPO),
+        r#"{"reason":"x","by":"ages"}"#,
+    )
+    .await;
+    let msg = api_error(&a, 400, "usage", "extend by nonsense");
+    assert!(msg.contains("by"), "[{label}] {msg}");
+    assert_eq!(state().await.body["request"]["state"], "pending_review");
+
+    // Hold, release, extend, approve: each answered with the request as it is now.
+    let a = post(
+        &server,
+        &at("hold"),
+        Some(DPO),
+        r#"{"reason":"litigation check"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "[{label}] hold: {}", a.text);
+    assert_eq!(
+        a.body["request"]["state"], "on_hold",
+        "[{label}] {}",
+        a.text
+    );
+    let a = post(&server, &at("approve"), Some(DPO), "").await;
+    api_error(&a, 409, "illegal_transition", "approve while on hold");
+    let a = post(&server, &at("release"), Some(DPO), "").await;
+    assert_eq!(a.status, StatusCode::OK, "[{label}] release: {}", a.text);
+    assert_eq!(a.body["request"]["state"], "pending_review", "[{label}]");
+    let due = a.body["request"]["due_date"].clone();
+    let a = post(
+        &server,
+        &at("extend"),
+        Some(DPO),
+        r#"{"reason":"many systems to search","by":"1 month"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "[{label}] extend: {}", a.text);
+    assert_ne!(a.body["request"]["due_date"], due, "[{label}] {}", a.text);
+    let a = post(
+        &server,
+        &at("approve"),
+        Some(DPO),
+        r#"{"reason":"checked"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "[{label}] approve: {}", a.text);
+    assert_eq!(
+        a.body["request"]["state"], "approved",
+        "[{label}] {}",
+        a.text
+    );
+    let a = post(&server, &at("approve"), Some(DPO), "").await;
+    api_error(&a, 409, "illegal_transition", "approved twice");
+
+    // Recorded with the token that decided.
+    let shown = state().await;
+    let history = shown.body["history"].as_array().unwrap();
+    for to in ["on_hold", "approved"] {
+        let entry = history
+            .iter()
+            .find(|h| h["to_state"] == to)
+            .unwrap_or_else(|| panic!("[{label}] no {to} in {}", shown.text));
+        assert_eq!(entry["actor"], "api:dpo", "[{label}] {entry}");
+    }
+
+    // serve's worker carries the approval out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = state().await;
+        if s.body["request"]["state"] == "completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{label}] not completed within 60 s: {}\n{}",
+            s.text,
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(server);
+    kind.cleanup().await;
+}

@@ -27,6 +27,8 @@ use crate::lifecycle::Context;
 use crate::policy::IdentityKind;
 use crate::store::exports::ExportRow;
 
+mod decide;
+
 /// What the handlers share.
 pub struct AppState {
     pub ctx: Context,
@@ -199,10 +201,14 @@ fn require(caller: &Caller, roles: &[Role]) -> Result<(), Error> {
 /// Build the router.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/requests", post(create_request).get(list_requests))
         .route("/requests/{id}", get(get_request))
-        .route("/verify", post(verify))
+        .route("/verify", post(verify));
+    for d in decide::ApiDecision::ALL {
+        api = api.route(&d.path(), d.route());
+    }
+    let api = api
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed);
     Router::new()
