@@ -46,7 +46,7 @@ cargo bench --bench e2e -- [CASE] [OPTIONS]
 Cases (default: quick):
   quick      intake, verify, backup, run, serve with 1 and 100 requests
   all        quick, then serve with 1000 requests, instances 1-3, growth
-  serve      quietus serve end to end: HTTP intake, `quietus approve`, worker, receipts,
+  serve      quietus serve end to end: HTTP intake, approval (API), worker, receipts,
              completion mail; vs the raw-SQL floor (sequential and with --clients)
              (default: 1 request, then 100 with 8 clients; --requests N for one row)
   instances  serve with 1..=N instances on one PostgreSQL store (default 3, 300 requests)
@@ -71,6 +71,8 @@ Options:
   --timeout S       give up waiting for completions after S seconds (default 900)
   --strace          also run one `quietus run` of the run case under `strace -c -f`
   --keep            keep the databases and the run folder
+  --approve HOW     api | cli: the serve cases approve through the API (default, with
+                    --clients clients) or with one `quietus approve` process of every id
 ";
 
 // ---------------------------------------------------------------------------------------
@@ -117,6 +119,31 @@ struct Opts {
     timeout: u64,
     strace: bool,
     keep: bool,
+    approve: Approve,
+}
+
+/// How the serve cases approve: through the API (the default) or one CLI process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approve {
+    Api,
+    Cli,
+}
+
+impl Approve {
+    fn parse(s: &str) -> Approve {
+        match s {
+            "api" => Approve::Api,
+            "cli" => Approve::Cli,
+            other => panic!("--approve {other}: api or cli"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Approve::Api => "API",
+            Approve::Cli => "`quietus approve`",
+        }
+    }
 }
 
 fn parse_args() -> Opts {
@@ -134,6 +161,7 @@ fn parse_args() -> Opts {
         timeout: 900,
         strace: false,
         keep: false,
+        approve: Approve::Api,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -160,6 +188,7 @@ fn parse_args() -> Opts {
             "--timeout" => o.timeout = val(&a).parse().unwrap(),
             "--strace" => o.strace = true,
             "--keep" => o.keep = true,
+            "--approve" => o.approve = Approve::parse(&val(&a)),
             s if !s.starts_with('-') => o.case = s.to_owned(),
             s => panic!("unknown option {s} (see --help)"),
         }
@@ -1208,6 +1237,40 @@ struct Posted {
 /// POST every body to `/api/v1/requests` (round robin over `bases`) with `clients`
 /// concurrent clients; every answer must be 201 Created.
 async fn post_all(bases: &[String], bodies: Vec<String>, clients: usize) -> Posted {
+    let calls = bodies
+        .into_iter()
+        .map(|b| ("/api/v1/requests".to_owned(), b))
+        .collect();
+    post_calls(
+        bases,
+        calls,
+        HR_TOKEN,
+        reqwest::StatusCode::CREATED,
+        clients,
+    )
+    .await
+}
+
+/// Approve every request through `POST /api/v1/requests/{id}/approve`, as the DPO, with
+/// `clients` concurrent clients; every answer must be 200.
+async fn approve_all(bases: &[String], ids: &[String], clients: usize) -> Posted {
+    let calls = ids
+        .iter()
+        .map(|id| (format!("/api/v1/requests/{id}/approve"), String::new()))
+        .collect();
+    post_calls(bases, calls, DPO_TOKEN, reqwest::StatusCode::OK, clients).await
+}
+
+/// POST each `(path, body)` (round robin over `bases`) with `clients` concurrent clients
+/// and `token`; every answer must be `expect`. The ids are the answers' request ids.
+async fn post_calls(
+    bases: &[String],
+    calls: Vec<(String, String)>,
+    token: &'static str,
+    expect: reqwest::StatusCode,
+    clients: usize,
+) -> Posted {
+    let bodies = calls;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -1224,12 +1287,14 @@ async fn post_all(bases: &[String], bodies: Vec<String>, clients: usize) -> Post
             let mut out = Vec::new();
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(k) else { break };
+                let Some((path, body)) = bodies.get(k) else {
+                    break;
+                };
                 let base = &bases[k % bases.len()];
                 let t = Instant::now();
                 let res = http
-                    .post(format!("{base}/api/v1/requests"))
-                    .bearer_auth(HR_TOKEN)
+                    .post(format!("{base}{path}"))
+                    .bearer_auth(token)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
@@ -1238,8 +1303,9 @@ async fn post_all(bases: &[String], bodies: Vec<String>, clients: usize) -> Post
                 let status = res.status();
                 let v: serde_json::Value = res.json().await.unwrap();
                 let dt = t.elapsed().as_secs_f64();
-                assert_eq!(status, reqwest::StatusCode::CREATED, "{v}");
-                out.push((k, v["id"].as_str().unwrap().to_owned(), dt));
+                assert_eq!(status, expect, "{v}");
+                let id = v["id"].as_str().or(v["request"]["id"].as_str()).unwrap();
+                out.push((k, id.to_owned(), dt));
             }
             out
         }));
@@ -1283,12 +1349,20 @@ async fn case_serve(root: &Path, o: &Opts, r: usize, c: usize, n: usize) {
     let bases: Vec<String> = s.inst.iter().map(|i| i.base.clone()).collect();
     let posted = post_all(&bases, bodies, c).await;
 
-    // Approval through the CLI (one process, every id), then wait for every completion.
+    // Approval through the API (or one `quietus approve` of every id, with
+    // `--approve cli`), then wait for every completion.
     let store = s.store.pool().await;
     let t_approve = Instant::now();
-    let mut args = vec!["approve"];
-    args.extend(posted.ids.iter().map(String::as_str));
-    quietus(&s.inst[0].config, &args);
+    match o.approve {
+        Approve::Api => {
+            approve_all(&bases, &posted.ids, c).await;
+        }
+        Approve::Cli => {
+            let mut args = vec!["approve"];
+            args.extend(posted.ids.iter().map(String::as_str));
+            quietus(&s.inst[0].config, &args);
+        }
+    }
     let approve_wall = t_approve.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(o.timeout);
     let mut done = 0;
@@ -1385,11 +1459,12 @@ async fn case_serve(root: &Path, o: &Opts, r: usize, c: usize, n: usize) {
             pct(&lats, 50.0) / pct(&f_seq.each, 50.0)
         ),
         &format!(
-            "{incomplete}intake {:.0} tickets/s (p99 {}); `approve` of {r}: {approve_wall:.2} s; \
+            "{incomplete}intake {:.0} tickets/s (p99 {}); approval of {r} ({}): {approve_wall:.2} s; \
              {receipts} receipts ({receipt_files} files), {mails} completion mails ({on_disk} .eml), \
              {erased}/{r} customers anonymised; peak RSS serve {} MiB; load {load_before}",
             r as f64 / posted.wall,
             ms(pct(&posted.each, 99.0)),
+            o.approve.label(),
             rss.join("/")
         ),
     );

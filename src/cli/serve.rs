@@ -47,6 +47,14 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
     // Tests and supervisors read this line to learn the port.
     crate::outln!("listening on http://{bound}");
     let web = tokio::spawn(crate::web::serve(state.clone(), listener, rx.clone()));
+    // The target systems' pools, opened beside the first requests rather than by them.
+    let opening = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let ctx = &state.ctx;
+            ctx.targets.open_all(&ctx.policies.systems).await;
+        })
+    };
     let schedules = crate::jobs::schedule::from_config(&config.schedule)?;
     let catch_up = config.schedule.catch_up;
     let work_every = Duration::from_secs(config.jobs.poll_seconds);
@@ -71,6 +79,7 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
     shutdown.await;
     tracing::info!("shutting down");
     let _ = tx.send(true);
+    opening.abort();
     let _ = inbox.await;
     let _ = worker.await;
     match web.await {

@@ -337,28 +337,12 @@ async fn survey_one(
         ));
     }
     let d = target.dialect();
-    let mut tables = BTreeMap::new();
     let result = async {
-        for t in &sys.tables {
-            let mut c = TableCounts::default();
-            if let Some(st) = sql::count_subject_rows(d, sys, t, subject)? {
-                c.subject_rows = first(
-                    &target
-                        .query_counts(&st)
-                        .await
-                        .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
-                );
-            }
-            if let Some(st) = sql::count_owned_rows(d, sys, t, subject)? {
-                c.owned_rows = first(
-                    &target
-                        .query_counts(&st)
-                        .await
-                        .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
-                );
-            }
-            tables.insert(t.name.clone(), c);
-        }
+        let tables = match count_tables(&target, sys, subject).await {
+            Ok(tables) => tables,
+            // Counted again table by table, so that the error names the table it is in.
+            Err(_) => count_each_table(&target, sys, subject).await?,
+        };
         let mut succ = None;
         if let Some(ids) = successor {
             // The successor is looked up where the owner columns point.
@@ -376,10 +360,83 @@ async fn survey_one(
                 succ = Some(SuccessorCheck::from_counts(tn, &counts));
             }
         }
-        Ok::<_, Error>(succ)
+        Ok::<_, Error>((tables, succ))
     }
     .await;
-    Ok(Surveyed::Counted(tables, result?))
+    let (tables, succ) = result?;
+    Ok(Surveyed::Counted(tables, succ))
+}
+
+/// Every count of a survey of `sys`, in one statement ([`sql::count_tables`]).
+async fn count_tables(
+    target: &Target,
+    sys: &System,
+    subject: &Identities,
+) -> Result<BTreeMap<String, TableCounts>> {
+    let mut tables: BTreeMap<String, TableCounts> = sys
+        .tables
+        .iter()
+        .map(|t| (t.name.clone(), TableCounts::default()))
+        .collect();
+    let Some(sql::SurveyCounts {
+        statement: st,
+        columns: which,
+    }) = sql::count_tables(target.dialect(), sys, subject)?
+    else {
+        return Ok(tables);
+    };
+    let counts = target.query_counts(&st).await?;
+    if counts.len() != which.len() {
+        return Err(Error::new(
+            Code::Target,
+            format!(
+                "{}: the survey's counts came back as {} columns, not {}",
+                sys.name,
+                counts.len(),
+                which.len()
+            ),
+        ));
+    }
+    for ((t, c), n) in which.iter().zip(counts) {
+        let entry = tables.entry(t.name.clone()).or_default();
+        let n = n.max(0) as u64;
+        match c {
+            sql::Counted::Subject => entry.subject_rows = n,
+            sql::Counted::Owned => entry.owned_rows = n,
+        }
+    }
+    Ok(tables)
+}
+
+/// The counts of [`count_tables`], one statement each; an error names its table.
+async fn count_each_table(
+    target: &Target,
+    sys: &System,
+    subject: &Identities,
+) -> Result<BTreeMap<String, TableCounts>> {
+    let d = target.dialect();
+    let mut tables = BTreeMap::new();
+    for t in &sys.tables {
+        let mut c = TableCounts::default();
+        if let Some(st) = sql::count_subject_rows(d, sys, t, subject)? {
+            c.subject_rows = first(
+                &target
+                    .query_counts(&st)
+                    .await
+                    .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
+            );
+        }
+        if let Some(st) = sql::count_owned_rows(d, sys, t, subject)? {
+            c.owned_rows = first(
+                &target
+                    .query_counts(&st)
+                    .await
+                    .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
+            );
+        }
+        tables.insert(t.name.clone(), c);
+    }
+    Ok(tables)
 }
 
 fn first(v: &[i64]) -> u64 {

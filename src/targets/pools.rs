@@ -118,6 +118,21 @@ impl Pools {
         Ok(target.clone())
     }
 
+    /// Open the pool of every system that has a connector, one after another, so that
+    /// the first survey or task finds it open (a PostgreSQL TLS connection is several
+    /// round trips). A system that cannot be reached is said (a warning naming it) and
+    /// tried again when it is next used. For a long-running process (`serve`).
+    pub async fn open_all(&self, systems: &[System]) {
+        for sys in systems {
+            if sys.driver == crate::policy::Driver::Manual {
+                continue;
+            }
+            if let Err(e) = self.get(sys).await {
+                tracing::warn!(system = %sys.name, code = %e.code, "not reachable yet: {}", e.message);
+            }
+        }
+    }
+
     /// How many pools this process has opened (each system once, unless its URL changed
     /// or it could not be reached until now).
     pub fn opened(&self) -> usize {

@@ -117,6 +117,18 @@ async fn a_subjects_rows_are_found_through_indexes(#[case] backend: Backend) {
             statements.push((format!("select {}", t.name), st));
         }
     }
+    {
+        let d = match backend {
+            Backend::Postgres => quietus::targets::Dialect::Postgres,
+            Backend::Mysql => quietus::targets::Dialect::Mysql,
+            Backend::Sqlite => unreachable!(),
+        };
+        // The survey's one statement of every count.
+        let counts = quietus::targets::sql::count_tables(d, sys, &subject)
+            .unwrap()
+            .unwrap();
+        statements.push(("count every table".to_owned(), counts.statement));
+    }
     assert!(statements.len() >= sys.tables.len());
     let mut scans = Vec::new();
     match backend {

@@ -211,18 +211,7 @@ pub fn count_subject_rows(
     table: &Table,
     ids: &Identities,
 ) -> Result<Option<Statement>> {
-    let mut b = Builder {
-        dialect: d,
-        binds: Vec::new(),
-    };
-    let Some(pred) = b.subject_predicate(sys, table, ids, 0)? else {
-        return Ok(None);
-    };
-    let sql = format!("SELECT COUNT(*) FROM {} WHERE {pred}", b.q(&table.name)?);
-    Ok(Some(Statement {
-        sql,
-        binds: b.binds,
-    }))
+    one_count(d, |b| b.count(sys, table, ids, Counted::Subject))
 }
 
 /// `SELECT COUNT(*)` of the rows of `table` the subject owns.
@@ -232,18 +221,96 @@ pub fn count_owned_rows(
     table: &Table,
     ids: &Identities,
 ) -> Result<Option<Statement>> {
+    one_count(d, |b| b.count(sys, table, ids, Counted::Owned))
+}
+
+fn one_count(
+    d: Dialect,
+    count: impl FnOnce(&mut Builder) -> Result<Option<String>>,
+) -> Result<Option<Statement>> {
     let mut b = Builder {
         dialect: d,
         binds: Vec::new(),
     };
-    let Some(pred) = b.owned_predicate(sys, table, ids)? else {
-        return Ok(None);
-    };
-    let sql = format!("SELECT COUNT(*) FROM {} WHERE {pred}", b.q(&table.name)?);
-    Ok(Some(Statement {
+    Ok(count(&mut b)?.map(|sql| Statement {
         sql,
         binds: b.binds,
     }))
+}
+
+/// Which rows of a table a count of [`count_tables`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// The subject's rows ([`count_subject_rows`]).
+    Subject,
+    /// The rows the subject owns ([`count_owned_rows`]).
+    Owned,
+}
+
+/// The statement of [`count_tables`] and what each of its columns counts.
+#[derive(Debug)]
+pub struct SurveyCounts<'a> {
+    pub statement: Statement,
+    pub columns: Vec<(&'a Table, Counted)>,
+}
+
+/// Every count a survey makes of `sys`'s tables, in one statement of one row (one round
+/// trip instead of one per count): `SELECT (count), (count), …`, each count the statement
+/// [`count_subject_rows`] or [`count_owned_rows`] would make, and which table and count
+/// each column is. `None` when no row of any table can match.
+pub fn count_tables<'a>(
+    d: Dialect,
+    sys: &'a System,
+    ids: &Identities,
+) -> Result<Option<SurveyCounts<'a>>> {
+    let mut b = Builder {
+        dialect: d,
+        binds: Vec::new(),
+    };
+    let (mut columns, mut which) = (Vec::new(), Vec::new());
+    for t in &sys.tables {
+        for c in [Counted::Subject, Counted::Owned] {
+            if let Some(sql) = b.count(sys, t, ids, c)? {
+                columns.push(format!("({sql})"));
+                which.push((t, c));
+            }
+        }
+    }
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let sql = format!("SELECT {}", columns.join(", "));
+    Ok(Some(SurveyCounts {
+        statement: Statement {
+            sql,
+            binds: b.binds,
+        },
+        columns: which,
+    }))
+}
+
+impl Builder {
+    /// `SELECT COUNT(*) FROM table WHERE …` of the rows `c` names; `None` when none can
+    /// match.
+    fn count(
+        &mut self,
+        sys: &System,
+        table: &Table,
+        ids: &Identities,
+        c: Counted,
+    ) -> Result<Option<String>> {
+        let pred = match c {
+            Counted::Subject => self.subject_predicate(sys, table, ids, 0)?,
+            Counted::Owned => self.owned_predicate(sys, table, ids)?,
+        };
+        let Some(pred) = pred else {
+            return Ok(None);
+        };
+        Ok(Some(format!(
+            "SELECT COUNT(*) FROM {} WHERE {pred}",
+            self.q(&table.name)?
+        )))
+    }
 }
 
 /// Count the rows of `table` matching the `successor`'s identities directly by identity
@@ -602,6 +669,51 @@ mod tests {
             "SELECT COUNT(*) FROM `deals` WHERE (`owner_id` IN (SELECT `id` FROM `employees` WHERE ((`email` = ? AND `email` = ? COLLATE utf8mb4_bin))) AND `stage` IN (?, ?))"
         );
         assert_eq!(st.binds.len(), 4);
+    }
+
+    /// The survey's one statement is the per-table counts side by side, placeholders
+    /// numbered across them.
+    #[test]
+    fn every_count_of_a_survey_in_one_statement() {
+        let sys = crm();
+        for d in [Dialect::Sqlite, Dialect::Postgres, Dialect::Mysql] {
+            let SurveyCounts {
+                statement: st,
+                columns: which,
+            } = count_tables(d, &sys, &ids()).unwrap().unwrap();
+            let mut parts = Vec::new();
+            let mut binds = Vec::new();
+            for (t, c) in &which {
+                let one = match c {
+                    Counted::Subject => count_subject_rows(d, &sys, t, &ids()),
+                    Counted::Owned => count_owned_rows(d, &sys, t, &ids()),
+                }
+                .unwrap()
+                .unwrap();
+                // Renumber `$n` past the binds before it.
+                let mut sql = one.sql.clone();
+                if d != Dialect::Mysql {
+                    for n in (1..=one.binds.len()).rev() {
+                        sql = sql.replace(&format!("${n}"), &format!("$#{}", n + binds.len()));
+                    }
+                    sql = sql.replace("$#", "$");
+                }
+                parts.push(format!("({sql})"));
+                binds.extend(one.binds);
+            }
+            assert_eq!(st.sql, format!("SELECT {}", parts.join(", ")), "{d:?}");
+            assert_eq!(st.binds, binds, "{d:?}");
+            let tables: Vec<&str> = which.iter().map(|(t, _)| t.name.as_str()).collect();
+            assert!(
+                tables.contains(&"notes") && tables.contains(&"deals"),
+                "{tables:?}"
+            );
+            assert!(
+                which
+                    .iter()
+                    .any(|(t, c)| t.name == "deals" && *c == Counted::Owned)
+            );
+        }
     }
 
     #[test]
