@@ -883,3 +883,56 @@ async fn workers_leasing_at_once_never_take_two_siblings(#[case] backend: Backen
     drop(env);
     kind.cleanup().await;
 }
+
+/// A round's lanes lease together (issue 8): the lanes waiting at once take their tasks in
+/// one statement, and when it finds fewer than there are lanes waiting, those left over
+/// end without asking again. Before, every lane asked on its own: one `quietus run` of one
+/// approved erasure on four lanes leased five times (the task, then four times nothing),
+/// each under the lease lock, one after another, while the task waited its turn.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rounds_lanes_lease_together(#[case] backend: Backend) {
+    let kind = StoreKind::of(backend).await;
+    let label = kind.label();
+    let env = Env::new(&kind).await;
+    let f = env.write("erasure.json", common::ERASURE_TICKET);
+    let id = ok(&env.run(&["submit", f.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    ok(&env.run(&["approve", &id]));
+    let out = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["run", "--json"])
+        .env_remove("QUIETUS_CONFIG")
+        .env_remove("QUIETUS_NOW")
+        .env("QUIETUS_JOBS__PARALLEL", "4")
+        .env("QUIETUS_LOG", "info,sqlx::query=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "[{label}] {log}");
+    let s = json(&String::from_utf8_lossy(&out.stdout));
+    let done = s["done"].as_u64().unwrap();
+    assert!(done >= 1, "[{label}] {s}");
+    assert_eq!(s["completed_requests"][0], id.as_str(), "[{label}] {s}");
+    let leases = log
+        .lines()
+        .filter(|l| {
+            l.contains("lease_owner = $1, lease_expires_at = $3, updated_at = $2 WHERE id IN")
+        })
+        .count() as u64;
+    assert!(
+        leases <= done + 1,
+        "[{label}] {leases} lease statements for {done} task(s) on four lanes (at most {})",
+        done + 1
+    );
+    kind.cleanup().await;
+}

@@ -47,12 +47,17 @@ pub async fn run(app: App, listen: Option<std::net::SocketAddr>) -> Result<()> {
     // Tests and supervisors read this line to learn the port.
     crate::outln!("listening on http://{bound}");
     let web = tokio::spawn(crate::web::serve(state.clone(), listener, rx.clone()));
-    // The target systems' pools, opened beside the first requests rather than by them.
+    // The store's connections (one per lane, the issuer, the sender, the web) and the
+    // target systems' pools, opened beside the first requests rather than by them.
     let opening = {
         let state = state.clone();
+        let connections = settings.parallel + 3;
         tokio::spawn(async move {
             let ctx = &state.ctx;
-            ctx.targets.open_all(&ctx.policies.systems).await;
+            tokio::join!(
+                ctx.store.open_connections(connections),
+                ctx.targets.open_all(&ctx.policies.systems)
+            );
         })
     };
     let schedules = crate::jobs::schedule::from_config(&config.schedule)?;

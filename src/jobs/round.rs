@@ -209,8 +209,8 @@ pub async fn run_due(
         completed_requests,
         ..RunSummary::default()
     };
-    // `parallel` lanes, each leasing and running one task at a time, until none is due
-    // (or `stop` says so). Each lane is its own future, polled all the time: a lane never
+    // `parallel` lanes, each running one task at a time, until none is due (or `stop`
+    // says so); the lanes waiting for a task lease together ([`Dispatch`]). Each lane is its own future, polled all the time: a lane never
     // waits on the store while another holds a store transaction that it cannot finish
     // (on SQLite that would hold the write lock until the busy timeout). A task that fails
     // the round has its lease given back at once (when the store does not answer then, at
@@ -228,23 +228,28 @@ pub async fn run_due(
     // And a sender delivers what is queued: after each append (the completion mails),
     // after a task that queued mail without completing its request (a failure alert),
     // and once at the start (the approvals just scheduled).
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let mail_due = tokio::sync::Notify::new();
+    let lanes = s.parallel.max(1);
+    let shared = Shared::new(lanes);
+    let Shared {
+        failed,
+        mail_due,
+        completions,
+        dispatch,
+    } = &shared;
     mail_due.notify_one();
-    let completions = Completions::default();
     let (lanes_over, lanes_over_rx) = tokio::sync::watch::channel(false);
     let (issuer_over, issuer_over_rx) = tokio::sync::watch::channel(false);
     let lanes = async {
         let parts = futures_util::future::join_all(
-            (0..s.parallel.max(1))
-                .map(|_| lane(ctx, s, stop, on_task, &failed, &mail_due, &completions)),
+            (0..lanes).map(|_| lane(ctx, s, stop, on_task, &shared)),
         )
         .await;
+        dispatch.give_back(ctx, s).await;
         lanes_over.send_replace(true);
         parts
     };
     let issuer = async {
-        let issued = issue_completions(ctx, s, &completions, lanes_over_rx, &mail_due).await;
+        let issued = issue_completions(ctx, s, completions, lanes_over_rx, mail_due).await;
         if issued.is_err() {
             failed.store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -255,10 +260,12 @@ pub async fn run_due(
         let mut sent = (0, 0);
         let mut over = issuer_over_rx;
         loop {
+            // Mail made due (the last receipts' completion mails) goes before the sender
+            // ends with the issuer, not after the round's closing work.
             tokio::select! {
                 biased;
-                _ = over.wait_for(|o| *o) => return sent,
                 () = mail_due.notified() => {}
+                _ = over.wait_for(|o| *o) => return sent,
             }
             match crate::mail::send_due(
                 &ctx.store,
@@ -395,38 +402,173 @@ async fn issue_completions(
     }
 }
 
-/// One lane of a round: lease a task, run it, again, until none is due, `stop` says so,
+/// What a round's lanes, issuer and sender share.
+struct Shared {
+    /// A lane or the issuer failed: the lanes take no more tasks.
+    failed: std::sync::atomic::AtomicBool,
+    /// Mail was queued: the sender's wake-up.
+    mail_due: tokio::sync::Notify,
+    completions: Completions,
+    dispatch: Dispatch,
+}
+
+impl Shared {
+    fn new(lanes: usize) -> Shared {
+        Shared {
+            failed: Default::default(),
+            mail_due: Default::default(),
+            completions: Default::default(),
+            dispatch: Dispatch {
+                idle: lanes.into(),
+                ..Dispatch::default()
+            },
+        }
+    }
+}
+
+/// The tasks of a round's lanes: leased for every lane waiting at once, in one statement
+/// (one turn of the lease lock), the first for the lane that asked and the others handed
+/// to the lanes waiting behind it. When a lease finds fewer tasks than lanes were
+/// waiting, the lanes that have run nothing yet this round and were waiting then end:
+/// nothing more was due when they asked. A lane back from a task always asks again: its
+/// task may have made more due (a leaver's export done lets the changes of that request
+/// go; a task done lets its sibling on the same system go).
+#[derive(Default)]
+struct Dispatch {
+    /// Leased for waiting lanes and not taken yet.
+    handed: std::sync::Mutex<std::collections::VecDeque<crate::store::TaskRow>>,
+    /// One lane leases at a time.
+    leasing: tokio::sync::Mutex<()>,
+    /// Lanes that are not running a task and have not ended: those a lease is for.
+    idle: std::sync::atomic::AtomicUsize,
+    /// Counts the leases that found fewer tasks than lanes waiting.
+    drained: std::sync::atomic::AtomicU64,
+}
+
+impl Dispatch {
+    /// The next task for a lane, or `None` when nothing is due. `fresh`: the lane has run
+    /// no task yet this round.
+    async fn next(
+        &self,
+        ctx: &Context,
+        s: &Settings,
+        fresh: bool,
+    ) -> Result<Option<crate::store::TaskRow>> {
+        use std::sync::atomic::Ordering;
+        let drained_before = fresh.then(|| self.drained.load(Ordering::SeqCst));
+        let r = self.lease_or_take(ctx, s, drained_before).await;
+        // A lane with a task runs it; one without ends.
+        self.idle.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    /// A lane is back from its task.
+    fn back(&self) {
+        self.idle.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn lease_or_take(
+        &self,
+        ctx: &Context,
+        s: &Settings,
+        drained_before: Option<u64>,
+    ) -> Result<Option<crate::store::TaskRow>> {
+        use std::sync::atomic::Ordering;
+        let _turn = self.leasing.lock().await;
+        if let Some(t) = self.take() {
+            return Ok(Some(t));
+        }
+        // A lease since this fresh lane began to wait found less than there were lanes.
+        if drained_before.is_some_and(|d| self.drained.load(Ordering::SeqCst) != d) {
+            return Ok(None);
+        }
+        let wanted = self.idle.load(Ordering::SeqCst).max(1);
+        let now = crate::clock::now();
+        let window_open = s.window.as_ref().is_none_or(|w| w.includes(now));
+        let lease_until =
+            now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
+        let mut tasks = ctx
+            .store
+            .lease(
+                &s.worker,
+                now,
+                lease_until,
+                i64::try_from(wanted).unwrap_or(1),
+                window_open,
+            )
+            .await?
+            .into_iter();
+        if tasks.len() < wanted {
+            self.drained.fetch_add(1, Ordering::SeqCst);
+        }
+        let first = tasks.next();
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(tasks);
+        Ok(first)
+    }
+
+    fn take(&self) -> Option<crate::store::TaskRow> {
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
+
+    /// Give back the leases of tasks handed to lanes that ended before taking them (the
+    /// round failed or was stopped). Any that cannot be given back now go at the start of
+    /// the next round.
+    async fn give_back(&self, ctx: &Context, s: &Settings) {
+        while let Some(t) = self.take() {
+            if let Err(e) = ctx.store.release_lease(&t.id, &s.worker).await {
+                tracing::warn!(task = %t.id, code = %e.code, "cannot release the lease (it is given back before the next round): {}", e.message);
+                s.unreleased.lock().await.insert(t.id.clone());
+            }
+        }
+    }
+}
+
+/// One lane of a round: take a task, run it, again, until none is due, `stop` says so,
 /// or a lane failed. The requests it completes go to `completions`.
 async fn lane(
     ctx: &Context,
     s: &Settings,
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
-    failed: &std::sync::atomic::AtomicBool,
-    mail_due: &tokio::sync::Notify,
-    completions: &Completions,
+    shared: &Shared,
 ) -> (RunSummary, Result<()>) {
     use std::sync::atomic::Ordering;
+    let Shared {
+        failed,
+        mail_due,
+        completions,
+        dispatch,
+    } = shared;
     let mut summary = RunSummary::default();
+    let mut fresh = true;
     while !*stop.borrow() && !failed.load(Ordering::SeqCst) {
-        let now = crate::clock::now();
-        let window_open = s.window.as_ref().is_none_or(|w| w.includes(now));
-        let lease_until =
-            now + chrono::Duration::seconds(i64::try_from(s.lease_seconds).unwrap_or(300));
-        let task = match ctx
-            .store
-            .lease(&s.worker, now, lease_until, 1, window_open)
-            .await
-        {
-            Ok(tasks) => tasks.into_iter().next(),
+        let task = match dispatch.next(ctx, s, fresh).await {
+            Ok(t) => t,
             Err(e) => {
                 failed.store(true, Ordering::SeqCst);
                 return (summary, Err(e));
             }
         };
         let Some(task) = task else { break };
+        // Taken while the round was stopping or failing: not begun, given back.
+        if *stop.borrow() || failed.load(Ordering::SeqCst) {
+            dispatch
+                .handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push_back(task);
+            break;
+        }
         on_task(&task);
+        fresh = false;
         let outcome = run_one(ctx, s, &task, &mut summary).await;
+        dispatch.back();
         match &outcome {
             // Its receipt, and with it the completion mail, comes from the issuer.
             Ok(Some(rid)) => completions.push(rid.clone()),

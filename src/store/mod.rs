@@ -477,6 +477,18 @@ impl Store {
         on_pool!(self, p => p.close().await)
     }
 
+    /// Open up to `n` connections now (at most the pool's size), all at once, and leave
+    /// them idle in the pool: a long-running process's first requests then find them
+    /// made instead of each waiting for one (on PostgreSQL a TLS handshake). Returns how
+    /// many are open; one that cannot be made is made again when it is needed.
+    pub async fn open_connections(&self, n: usize) -> usize {
+        on_pool!(self, p => {
+            let n = n.min(usize::try_from(p.options().get_max_connections()).unwrap_or(1));
+            let conns = futures_util::future::join_all((0..n).map(|_| p.acquire())).await;
+            conns.iter().filter(|c| c.is_ok()).count()
+        })
+    }
+
     /// The statement [`Store::request`] runs, `$1` the whole id: a search of one key in
     /// the primary key (public for the test that shows the database plans it so).
     pub fn request_sql() -> String {

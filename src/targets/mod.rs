@@ -153,6 +153,22 @@ impl Target {
         Target { db, catalog: None }
     }
 
+    /// Open up to `n` connections now (at most the pool's size) and leave them idle in
+    /// the pool (see [`Pools::open_all`]).
+    async fn open_connections(&self, n: u32) {
+        macro_rules! open {
+            ($p:expr) => {{
+                let n = n.min($p.options().get_max_connections());
+                futures_util::future::join_all((0..n).map(|_| $p.acquire())).await;
+            }};
+        }
+        match &self.db {
+            Db::Sqlite(p) => open!(p),
+            Db::Postgres(p) => open!(p),
+            Db::Mysql(p) => open!(p),
+        }
+    }
+
     /// The pool itself.
     pub fn db(&self) -> &Db {
         &self.db

@@ -127,8 +127,12 @@ impl Pools {
             if sys.driver == crate::policy::Driver::Manual {
                 continue;
             }
-            if let Err(e) = self.get(sys).await {
-                tracing::warn!(system = %sys.name, code = %e.code, "not reachable yet: {}", e.message);
+            match self.get(sys).await {
+                // A task holds two at once (its reads beside its transaction).
+                Ok(t) => t.open_connections(2).await,
+                Err(e) => {
+                    tracing::warn!(system = %sys.name, code = %e.code, "not reachable yet: {}", e.message)
+                }
             }
         }
     }
