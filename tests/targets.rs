@@ -764,3 +764,66 @@ async fn a_batch_changes_in_one_statement_only_rows_still_as_backed_up() {
     }
     target.close().await;
 }
+
+/// A survey counts every table of a system in one statement (issue 8); when that
+/// statement fails, the tables are counted one by one again, so that the error names the
+/// table it is in — here one whose row-level security policy fails on every row it is
+/// asked about (the table and its columns are there, so nothing is missing from the data
+/// map; the CRM's role is not the table's owner, so the policy applies to it).
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_survey_that_cannot_count_a_table_names_it() {
+    let crm = load(Backend::Postgres).await;
+    let db = crm.db.as_ref().unwrap();
+    let role = format!("quietus_limited_{:08x}", rand::random::<u32>());
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
+        "ALTER TABLE call_notes ENABLE ROW LEVEL SECURITY".to_owned(),
+        format!("CREATE POLICY quietus_fails ON call_notes TO {role} USING (1 / (id - id) = 1)"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (_, host_db) = rest.split_once('@').unwrap();
+    let limited = Crm {
+        label: "postgres (limited role)",
+        system: crm_system("postgres", &format!("{scheme}://{role}@{host_db}")),
+        base: tempfile::tempdir().unwrap(),
+        db: None,
+    };
+    // The leaver wrote call notes: the policy is asked about them; Olivia has none.
+    let leaver_survey = survey_one(&limited, &leaver(), None).await;
+    let erasure = survey_one(
+        &limited,
+        &ids(&[(IdentityKind::Email, "olivia.chen@example.com")]),
+        None,
+    )
+    .await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+    drop_all(vec![crm]).await;
+    let e = leaver_survey
+        .error
+        .as_deref()
+        .unwrap_or_else(|| panic!("no error: {leaver_survey:?}"));
+    assert!(
+        e.contains("crm.call_notes") && e.contains("division by zero"),
+        "the error names the table: {e}"
+    );
+    surveyed("postgres (limited role)", &erasure);
+    assert_eq!(erasure.tables["customers"].subject_rows, 1, "{erasure:?}");
+}
