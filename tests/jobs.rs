@@ -936,3 +936,79 @@ async fn a_rounds_lanes_lease_together(#[case] backend: Backend) {
     );
     kind.cleanup().await;
 }
+
+/// An approval committed while a round's lanes run is carried out in that round (issue
+/// 8): scheduled as soon as the lanes have nothing left, not after the round's closing
+/// work and the next round's start. Here the second request is approved the moment the
+/// first one's task is taken; before, the round ended with only the first done.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[cfg_attr(
+    not(quietus_test_postgres),
+    ignore = "needs PostgreSQL: set QUIETUS_TEST_POSTGRES_URL"
+)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_during_a_round_is_carried_out_in_it(#[case] backend: Backend) {
+    let kind = StoreKind::of(backend).await;
+    let label = kind.label();
+    let env = Env::new(&kind).await;
+    let app = quietus::app::App::open(quietus::config::Config::load(Some(&env.config)).unwrap())
+        .await
+        .unwrap();
+    let ctx = &app.ctx;
+    let s = app.worker().unwrap();
+    let now = quietus::clock::now();
+    let first = common::approved_erasures(ctx, &["olivia.chen@example.com"], "A", now).await;
+    // The second is filed now and approved during the round.
+    let raw = r#"{"kind":"erasure","external_id":"B-0","subject":{"email":"alice.brown@example.com"},"jurisdiction":"GDPR"}"#;
+    let ticket =
+        quietus::intake::parse_ticket(raw.as_bytes(), "ticket", ctx.policies.handover_required())
+            .unwrap();
+    let source = quietus::intake::Source {
+        door: quietus::intake::Door::Cli,
+        actor: "test".into(),
+        trusted: true,
+    };
+    let second = quietus::intake::submit(ctx, &ticket, raw, &source, now)
+        .await
+        .unwrap()
+        .id;
+    let approved = std::sync::atomic::AtomicBool::new(false);
+    let on_task = |_: &quietus::store::TaskRow| {
+        if !approved.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(ctx.decide(
+                        &second,
+                        quietus::lifecycle::Decision::Approve,
+                        "dpo",
+                        None,
+                        quietus::clock::now(),
+                    ))
+                    .unwrap();
+            });
+        }
+    };
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let summary = quietus::jobs::run_due(ctx, &s, &stop, &on_task)
+        .await
+        .unwrap();
+    assert!(approved.load(std::sync::atomic::Ordering::SeqCst));
+    for id in [&first[0], &second] {
+        assert!(
+            summary.completed_requests.contains(id),
+            "[{label}] {id} not completed in the round: {summary:?}"
+        );
+        assert_eq!(
+            ctx.store.request(id).await.unwrap().state,
+            quietus::lifecycle::State::Completed,
+            "[{label}] {id}"
+        );
+    }
+    assert_eq!(summary.scheduled, 2, "[{label}] {summary:?}");
+    assert_eq!(summary.receipts.len(), 2, "[{label}] {summary:?}");
+    app.close().await;
+    drop(env);
+    kind.cleanup().await;
+}

@@ -201,20 +201,24 @@ async fn run_on(
             (b.id, Some(roots))
         }
     };
-    let row = ctx.store.backup(&backup_id).await?.ok_or_else(|| {
-        Error::new(
-            Code::Store,
-            format!("task {}: backup {backup_id} is not recorded", task.id),
-        )
-    })?;
     let (path, key_path) = backup::paths(&s.backup_dir, &s.keys_dir, &backup_id);
-    // Never act on an archive that does not verify (on a resume, check it again).
+    // Never act on an archive that does not verify: this run's was read back whole before
+    // it was recorded; on a resume, check it again against its record.
+    let resumed = roots.is_none();
     let roots = match roots {
         Some(r) => r,
-        None => super::collect::read_back(&path, &key_path, &row.sha256)?.1,
+        None => {
+            let row = ctx.store.backup(&backup_id).await?.ok_or_else(|| {
+                Error::new(
+                    Code::Store,
+                    format!("task {}: backup {backup_id} is not recorded", task.id),
+                )
+            })?;
+            super::collect::read_back(&path, &key_path, &row.sha256)?.1
+        }
     };
     let mut results = match apply(
-        ctx, s, task, sys, &parts, target, &backup_id, &path, &key_path,
+        ctx, s, task, sys, &parts, target, &backup_id, &path, &key_path, resumed,
     )
     .await
     .map_err(in_system)?
@@ -263,7 +267,8 @@ struct ApplyProgress {
 }
 
 /// Apply the changes recorded in the archive, batch by batch, from where a previous run
-/// of the task got to.
+/// of the task got to (`resumed`: the archive is not this run's; one this run wrote has
+/// no progress yet).
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     ctx: &Context,
@@ -275,6 +280,7 @@ async fn apply(
     backup_id: &str,
     path: &std::path::Path,
     key_path: &std::path::Path,
+    resumed: bool,
 ) -> Result<Applied> {
     let mut reader = backup::Reader::open(path, key_path)?;
     let manifest = reader.manifest.clone();
@@ -293,9 +299,13 @@ async fn apply(
     // Resume after the rows whose batches committed (their changes are in the database;
     // the re-check at the end still looks at every planned row).
     let mut rows_done = 0u64;
-    let progress: Option<ApplyProgress> = match ctx.store.apply_progress(&task.id).await? {
-        Some(p) => Some(serde_json::from_str(&p)?),
-        None => None,
+    let progress: Option<ApplyProgress> = if resumed {
+        match ctx.store.apply_progress(&task.id).await? {
+            Some(p) => Some(serde_json::from_str(&p)?),
+            None => None,
+        }
+    } else {
+        None
     };
     if let Some(p) = progress.filter(|p| p.backup == backup_id) {
         for _ in 0..p.rows {

@@ -196,6 +196,8 @@ pub async fn run_due(
     stop: &tokio::sync::watch::Receiver<bool>,
     on_task: &(dyn Fn(&crate::store::TaskRow) + Sync),
 ) -> Result<RunSummary> {
+    // Taken before anything is scheduled: an approval committed from here on is seen.
+    let mut made = ctx.store.work_made();
     give_back_leases(ctx, s).await?;
     // A worker of this host that died: its leases go now, and so does any archive that no
     // one can record any more.
@@ -240,13 +242,41 @@ pub async fn run_due(
     let (lanes_over, lanes_over_rx) = tokio::sync::watch::channel(false);
     let (issuer_over, issuer_over_rx) = tokio::sync::watch::channel(false);
     let lanes = async {
-        let parts = futures_util::future::join_all(
-            (0..lanes).map(|_| lane(ctx, s, stop, on_task, &shared)),
-        )
-        .await;
+        let mut parts = Vec::new();
+        let mut later = (0, Vec::new());
+        loop {
+            parts.extend(
+                futures_util::future::join_all(
+                    (0..lanes).map(|_| lane(ctx, s, stop, on_task, &shared)),
+                )
+                .await,
+            );
+            // Work made while the lanes ran (an approval committed meanwhile) is scheduled
+            // now and the lanes go on, rather than after the round's closing work and the
+            // next round's start.
+            if *stop.borrow() || failed.load(std::sync::atomic::Ordering::SeqCst) || !made.take() {
+                break;
+            }
+            match schedule_approved(ctx, "quietus", crate::clock::now()).await {
+                Ok((0, _)) => break,
+                Ok((n, done)) => {
+                    later.0 += n;
+                    for id in done {
+                        completions.push(id.clone());
+                        later.1.push(id);
+                    }
+                    dispatch.reset(lanes);
+                }
+                Err(e) => {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    parts.push((RunSummary::default(), Err(e)));
+                    break;
+                }
+            }
+        }
         dispatch.give_back(ctx, s).await;
         lanes_over.send_replace(true);
-        parts
+        (parts, later)
     };
     let issuer = async {
         let issued = issue_completions(ctx, s, completions, lanes_over_rx, mail_due).await;
@@ -287,7 +317,10 @@ pub async fn run_due(
             }
         }
     };
-    let (parts, issued, (sent_early, failed_early)) = tokio::join!(lanes, issuer, sender);
+    let ((parts, (scheduled_later, completed_later)), issued, (sent_early, failed_early)) =
+        tokio::join!(lanes, issuer, sender);
+    summary.scheduled += scheduled_later;
+    summary.completed_requests.extend(completed_later);
     summary.mail_sent = sent_early;
     summary.mail_failed = failed_early;
     let mut failure = None;
@@ -507,6 +540,11 @@ impl Dispatch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(tasks);
         Ok(first)
+    }
+
+    /// For the lanes of a new stretch of the round: all idle, none has run a task.
+    fn reset(&self, lanes: usize) {
+        self.idle.store(lanes, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn take(&self) -> Option<crate::store::TaskRow> {

@@ -70,6 +70,14 @@ impl Wake {
 pub struct Woken(watch::Receiver<u64>);
 
 impl Woken {
+    /// Whether work was made since this was made or last asked (or waited), without
+    /// waiting.
+    pub fn take(&mut self) -> bool {
+        let made = self.0.has_changed().unwrap_or(false);
+        self.0.mark_unchanged();
+        made
+    }
+
     /// Until work is made (at once if some was made since the last wait).
     pub async fn wait(&mut self) {
         if self.0.changed().await.is_err() {
