@@ -479,12 +479,22 @@ impl Store {
 
     /// Open up to `n` connections now (at most the pool's size), all at once, and leave
     /// them idle in the pool: a long-running process's first requests then find them
-    /// made instead of each waiting for one (on PostgreSQL a TLS handshake). Returns how
-    /// many are open; one that cannot be made is made again when it is needed.
+    /// made instead of each waiting for one (on PostgreSQL a TLS handshake, and a look-up
+    /// of the type `text` by name that sqlx makes once per connection, on the first
+    /// statement that binds one of the store's enums: done here with one such statement).
+    /// Returns how many are open; one that cannot be made is made again when needed.
     pub async fn open_connections(&self, n: usize) -> usize {
         on_pool!(self, p => {
             let n = n.min(usize::try_from(p.options().get_max_connections()).unwrap_or(1));
-            let conns = futures_util::future::join_all((0..n).map(|_| p.acquire())).await;
+            let conns = futures_util::future::join_all((0..n).map(|_| async {
+                let mut c = p.acquire().await?;
+                sqlx::query("SELECT $1")
+                    .bind(State::Approved)
+                    .execute(&mut *c)
+                    .await?;
+                Ok::<_, sqlx::Error>(c)
+            }))
+            .await;
             conns.iter().filter(|c| c.is_ok()).count()
         })
     }
