@@ -212,8 +212,9 @@ pub async fn run_due(
         ..RunSummary::default()
     };
     // `parallel` lanes, each running one task at a time, until none is due (or `stop`
-    // says so); the lanes waiting for a task lease together ([`Dispatch`]). Each lane is its own future, polled all the time: a lane never
-    // waits on the store while another holds a store transaction that it cannot finish
+    // says so); the lanes waiting for a task lease together ([`Dispatch`]). Each lane is
+    // its own future, polled all the time: a lane never waits on the store while another
+    // holds a store transaction that it cannot finish
     // (on SQLite that would hold the write lock until the busy timeout). A task that fails
     // the round has its lease given back at once (when the store does not answer then, at
     // the start of the next round), not left leased for the rest of its lease (its
@@ -547,6 +548,14 @@ impl Dispatch {
         self.idle.store(lanes, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// A task taken and not begun, for [`Dispatch::give_back`].
+    fn hand_back(&self, task: crate::store::TaskRow) {
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back(task);
+    }
+
     fn take(&self) -> Option<crate::store::TaskRow> {
         self.handed
             .lock()
@@ -596,11 +605,7 @@ async fn lane(
         let Some(task) = task else { break };
         // Taken while the round was stopping or failing: not begun, given back.
         if *stop.borrow() || failed.load(Ordering::SeqCst) {
-            dispatch
-                .handed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push_back(task);
+            dispatch.hand_back(task);
             break;
         }
         on_task(&task);

@@ -482,8 +482,8 @@ impl Store {
     /// made instead of each waiting for one (on PostgreSQL a TLS handshake, and a look-up
     /// of the type `text` by name that sqlx makes once per connection, on the first
     /// statement that binds one of the store's enums: done here with one such statement).
-    /// Returns how many are open; one that cannot be made is made again when needed.
-    pub async fn open_connections(&self, n: usize) -> usize {
+    /// One that cannot be made now is made when it is needed.
+    pub async fn open_connections(&self, n: usize) {
         on_pool!(self, p => {
             let n = n.min(usize::try_from(p.options().get_max_connections()).unwrap_or(1));
             let conns = futures_util::future::join_all((0..n).map(|_| async {
@@ -495,7 +495,9 @@ impl Store {
                 Ok::<_, sqlx::Error>(c)
             }))
             .await;
-            conns.iter().filter(|c| c.is_ok()).count()
+            if let Some(Err(e)) = conns.iter().find(|c| c.is_err()) {
+                tracing::debug!("a store connection was not opened ahead: {e}");
+            }
         })
     }
 

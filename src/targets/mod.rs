@@ -245,6 +245,15 @@ pub struct TableCounts {
     pub owned_rows: u64,
 }
 
+impl TableCounts {
+    fn set(&mut self, c: sql::Counted, n: u64) {
+        match c {
+            sql::Counted::Subject => self.subject_rows = n,
+            sql::Counted::Owned => self.owned_rows = n,
+        }
+    }
+}
+
 /// The successor of an exit, as found in the table the owner columns point at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SuccessorCheck {
@@ -352,34 +361,28 @@ async fn survey_one(
             lacks.iter().map(|l| l.message_in(&sys.name)).collect(),
         ));
     }
-    let d = target.dialect();
-    let result = async {
-        let tables = match count_tables(&target, sys, subject).await {
-            Ok(tables) => tables,
-            // Counted again table by table, so that the error names the table it is in.
-            Err(_) => count_each_table(&target, sys, subject).await?,
-        };
-        let mut succ = None;
-        if let Some(ids) = successor {
-            // The successor is looked up where the owner columns point.
-            let owner_table = sys
-                .tables
-                .iter()
-                .filter_map(|t| t.owner.as_ref())
-                .filter_map(|o| crate::policy::datamap::split_target(&o.references).map(|(t, _)| t))
-                .next();
-            if let Some(tn) = owner_table
-                && let Some(t) = sys.table(tn)
-                && let Some(st) = sql::count_successor_rows(d, sys, t, ids, subject)?
-            {
-                let counts = target.query_counts(&st).await?;
-                succ = Some(SuccessorCheck::from_counts(tn, &counts));
-            }
+    let tables = match count_tables(&target, sys, subject).await {
+        Ok(tables) => tables,
+        // Counted again table by table, so that the error names the table it is in.
+        Err(_) => count_each_table(&target, sys, subject).await?,
+    };
+    let mut succ = None;
+    if let Some(ids) = successor {
+        // The successor is looked up where the owner columns point.
+        let owner_table = sys
+            .tables
+            .iter()
+            .filter_map(|t| t.owner.as_ref())
+            .filter_map(|o| crate::policy::datamap::split_target(&o.references).map(|(t, _)| t))
+            .next();
+        if let Some(tn) = owner_table
+            && let Some(t) = sys.table(tn)
+            && let Some(st) = sql::count_successor_rows(target.dialect(), sys, t, ids, subject)?
+        {
+            let counts = target.query_counts(&st).await?;
+            succ = Some(SuccessorCheck::from_counts(tn, &counts));
         }
-        Ok::<_, Error>((tables, succ))
     }
-    .await;
-    let (tables, succ) = result?;
     Ok(Surveyed::Counted(tables, succ))
 }
 
@@ -414,12 +417,10 @@ async fn count_tables(
         ));
     }
     for ((t, c), n) in which.iter().zip(counts) {
-        let entry = tables.entry(t.name.clone()).or_default();
-        let n = n.max(0) as u64;
-        match c {
-            sql::Counted::Subject => entry.subject_rows = n,
-            sql::Counted::Owned => entry.owned_rows = n,
-        }
+        tables
+            .entry(t.name.clone())
+            .or_default()
+            .set(*c, n.max(0) as u64);
     }
     Ok(tables)
 }
@@ -430,27 +431,19 @@ async fn count_each_table(
     sys: &System,
     subject: &Identities,
 ) -> Result<BTreeMap<String, TableCounts>> {
-    let d = target.dialect();
     let mut tables = BTreeMap::new();
     for t in &sys.tables {
-        let mut c = TableCounts::default();
-        if let Some(st) = sql::count_subject_rows(d, sys, t, subject)? {
-            c.subject_rows = first(
-                &target
+        let mut counts = TableCounts::default();
+        for c in [sql::Counted::Subject, sql::Counted::Owned] {
+            if let Some(st) = sql::count_rows(target.dialect(), sys, t, subject, c)? {
+                let n = target
                     .query_counts(&st)
                     .await
-                    .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
-            );
+                    .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?;
+                counts.set(c, first(&n));
+            }
         }
-        if let Some(st) = sql::count_owned_rows(d, sys, t, subject)? {
-            c.owned_rows = first(
-                &target
-                    .query_counts(&st)
-                    .await
-                    .map_err(|e| e.context(format!("{}.{}", sys.name, t.name)))?,
-            );
-        }
-        tables.insert(t.name.clone(), c);
+        tables.insert(t.name.clone(), counts);
     }
     Ok(tables)
 }
