@@ -367,6 +367,27 @@ fn eml_parts(path: &Path) -> (String, Vec<(String, Vec<u8>)>, String) {
     (to, atts, text)
 }
 
+/// `text` with every run of 40 or more base64 characters (a signature, a hash) blanked:
+/// such a run is the encoding of bytes, not anybody's words.
+fn without_base64(text: &str) -> String {
+    let re = regex::Regex::new(r"[A-Za-z0-9+/]{40,}={0,2}").unwrap();
+    re.replace_all(text, "<base64>").into_owned()
+}
+
+#[test]
+fn base64_runs_are_left_out_of_the_search_and_nothing_else() {
+    let sig =
+        "83p6hOsADcuzFLd7BHpGb5eQ9dd66n1JHxlu+44qaUYReh3H2OsYEe8AkMHo5sLu4ogfz5to+C6BEQXVhftdBg==";
+    assert!(!without_base64(&format!("{{\"ed25519\":\"{sig}\"}}")).contains("+44"));
+    for text in [
+        "+44 20 7946 0958",
+        "\"phone\":\"+447700900123\"",
+        "olivia.chen@example.com",
+    ] {
+        assert_eq!(without_base64(text), text);
+    }
+}
+
 #[test]
 fn the_completion_email_carries_a_receipt_that_verifies_and_no_one_elses_data() {
     let d = Demo::new();
@@ -425,9 +446,12 @@ fn the_completion_email_carries_a_receipt_that_verifies_and_no_one_elses_data() 
         for (name, bytes) in atts {
             assert!(name.ends_with(".json"), "{name}");
             let body = String::from_utf8(bytes).unwrap();
+            // The signature, the log root and the checkpoint are base64, which may spell
+            // `+44` by chance (it did, once in CI): they are left out of the search.
+            let searched = without_base64(&body);
             for needle in forbidden.iter().chain(std::iter::once(&to.as_str())) {
                 assert!(
-                    !body.contains(needle),
+                    !searched.contains(needle),
                     "{needle} appears in the attached receipt"
                 );
             }
